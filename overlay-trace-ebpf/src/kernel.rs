@@ -1,0 +1,139 @@
+//! Helpers shared by the probe families: configuration, kernel reads, event headers, counters.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str,
+};
+use overlay_trace_common::{
+    Config, EventHeader, MAX_PATH_DEPTH, NAME_READ_MAX, PATH_BUDGET, PATH_TRUNCATED,
+    STAT_READ_ERRORS,
+};
+
+use crate::{CONFIG, STATS};
+
+/// Reads one field of the load-time configuration, e.g. `cfg(|c| &c.dentry_d_parent)`.
+/// `read_volatile` keeps the compiler from folding CONFIG's all-zero initial value into the code.
+#[inline(always)]
+pub fn cfg(field: impl FnOnce(&'static Config) -> &'static u32) -> u32 {
+    // SAFETY: the reference points into the CONFIG static.
+    unsafe { core::ptr::read_volatile(field(&CONFIG)) }
+}
+
+pub fn count(stat: u32) {
+    if let Some(p) = STATS.get_ptr_mut(stat) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory; counts failures and returns zero then.
+#[inline(always)]
+pub fn read_field<T: Copy + Default>(base: u64, offset: u32) -> T {
+    // SAFETY: bpf_probe_read_kernel handles faulting addresses.
+    match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
+        Ok(v) => v,
+        Err(_) => {
+            count(STAT_READ_ERRORS);
+            T::default()
+        }
+    }
+}
+
+pub fn current_tgid_pid() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+/// True when the `--pid` filter excludes the current task.
+#[inline(always)]
+pub fn filtered_out(tgid: u32) -> bool {
+    let want = cfg(|c| &c.filter_tgid);
+    want != 0 && want != tgid
+}
+
+/// `dentry->d_sb->s_dev`.
+#[inline(always)]
+pub fn dentry_dev(dentry: u64) -> u32 {
+    let sb: u64 = read_field(dentry, cfg(|c| &c.dentry_d_sb));
+    if sb == 0 {
+        return 0;
+    }
+    read_field(sb, cfg(|c| &c.super_block_s_dev))
+}
+
+pub fn fill_header(h: *mut EventHeader, kind: u32, start_ns: u64, dev: u32) {
+    let (tgid, pid) = current_tgid_pid();
+    // SAFETY: `h` points into a reserved ring buffer entry.
+    unsafe {
+        (*h).kind = kind;
+        (*h).pid = pid;
+        (*h).tgid = tgid;
+        (*h).dev = dev;
+        (*h).start_ns = start_ns;
+        (*h).cgroup_id = bpf_get_current_cgroup_id();
+        (*h).comm = bpf_get_current_comm().unwrap_or_default();
+    }
+}
+
+/// Reads `dentry->d_name.name` into `dst` (at most `max` bytes, NUL included).
+/// Returns the bytes written including the NUL, or 0 on failure.
+#[inline(always)]
+pub fn read_name(dentry: u64, dst: *mut u8, max: u32) -> u32 {
+    let name: u64 = read_field(dentry, cfg(|c| &c.dentry_d_name_name));
+    if name == 0 {
+        return 0;
+    }
+    // SAFETY: the helper bounds the write to `max` bytes of `dst`, which callers size for it.
+    let n = unsafe { bpf_probe_read_kernel_str(dst as *mut _, max, name as *const _) };
+    if n <= 0 {
+        count(STAT_READ_ERRORS);
+        0
+    } else {
+        n as u32
+    }
+}
+
+pub struct PathInfo {
+    pub len: u32,
+    pub depth: u32,
+    pub flags: u32,
+}
+
+/// Walks `d_parent` from `dentry` up to the overlay root, writing each component name leaf first
+/// (NUL-terminated) into `buf`, which must hold `PATH_BUF_LEN` bytes. The root's own name ("/")
+/// is not written. Userspace reverses the components.
+#[inline(always)]
+pub fn read_path(mut dentry: u64, buf: *mut u8) -> PathInfo {
+    let parent_off = cfg(|c| &c.dentry_d_parent);
+    let mut info = PathInfo { len: 0, depth: 0, flags: PATH_TRUNCATED };
+    let mut off: usize = 0;
+    for _ in 0..MAX_PATH_DEPTH {
+        let parent: u64 = read_field(dentry, parent_off);
+        if parent == dentry || parent == 0 {
+            info.flags = 0;
+            break;
+        }
+        if off >= PATH_BUDGET {
+            break;
+        }
+        // The mask proves to the verifier that off + NAME_READ_MAX stays inside the buffer.
+        let at = off & (PATH_BUDGET - 1);
+        // SAFETY: at + NAME_READ_MAX <= PATH_BUF_LEN.
+        let n = read_name(dentry, unsafe { buf.add(at) }, NAME_READ_MAX as u32);
+        if n == 0 {
+            break;
+        }
+        off = at + n as usize;
+        info.depth += 1;
+        dentry = parent;
+    }
+    info.len = off as u32;
+    info
+}
+
+/// Monotonic time in ns.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}

@@ -1,0 +1,165 @@
+//! Struct member offsets read from the running kernel's BTF (vmlinux, plus the overlay module's
+//! split BTF when overlay is a module). aya has no CO-RE for Rust eBPF programs, so these become
+//! the `CONFIG` global the programs read their fields with. Nothing is hard-coded per kernel.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+use overlay_trace_common::Config;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub const OVERLAY_MODULE_BTF: &str = "/sys/kernel/btf/overlay";
+
+/// The kernel's BTF: vmlinux, and overlay's types (split BTF when it is a module).
+pub struct KernelBtf {
+    vmlinux: Btf,
+    overlay: Option<Btf>,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self> {
+        Self::load_from(Path::new(VMLINUX_BTF), Path::new(OVERLAY_MODULE_BTF))
+    }
+
+    pub fn load_from(vmlinux: &Path, overlay_module: &Path) -> Result<Self> {
+        let vmlinux_btf = Btf::from_file(vmlinux).map_err(|e| {
+            anyhow!("cannot read kernel BTF {}: {e} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)", vmlinux.display())
+        })?;
+        let overlay = if overlay_module.exists() {
+            Some(Btf::from_split_file(overlay_module, &vmlinux_btf).map_err(|e| {
+                anyhow!("cannot read overlay module BTF {}: {e}", overlay_module.display())
+            })?)
+        } else {
+            None
+        };
+        Ok(Self { vmlinux: vmlinux_btf, overlay })
+    }
+
+    /// BTF holding overlay's own types: the module's split BTF, or vmlinux when built in.
+    fn overlay_types(&self) -> &Btf {
+        self.overlay.as_ref().unwrap_or(&self.vmlinux)
+    }
+
+    /// The configuration the eBPF programs need, with every offset filled in.
+    pub fn config(&self, filter_tgid: u32) -> Result<Config> {
+        let v = &self.vmlinux;
+        let d_name = member_offset(v, "dentry", "d_name")?;
+        let upper = match (
+            member_offset(self.overlay_types(), "ovl_inode", "__upperdentry"),
+            member_offset(self.overlay_types(), "ovl_inode", "vfs_inode"),
+        ) {
+            (Ok(upper), Ok(vfs)) if upper > vfs => upper - vfs,
+            // Without it lookups are still counted and timed; only the layer is unknown.
+            _ => 0,
+        };
+        Ok(Config {
+            filter_tgid,
+            dentry_d_name_len: d_name + member_offset(v, "qstr", "len")?,
+            dentry_d_name_name: d_name + member_offset(v, "qstr", "name")?,
+            dentry_d_parent: member_offset(v, "dentry", "d_parent")?,
+            dentry_d_inode: member_offset(v, "dentry", "d_inode")?,
+            dentry_d_sb: member_offset(v, "dentry", "d_sb")?,
+            inode_i_size: member_offset(v, "inode", "i_size")?,
+            inode_i_mode: member_offset(v, "inode", "i_mode")?,
+            super_block_s_dev: member_offset(v, "super_block", "s_dev")?,
+            ovl_upper_from_vfs_inode: upper,
+        })
+    }
+
+    /// True when overlay's `ovl_inode` type is known (module loaded or built in).
+    pub fn has_overlay_types(&self) -> bool {
+        self.overlay_types().resolve_ids_by_name("ovl_inode").is_ok_and(|ids| !ids.is_empty())
+    }
+}
+
+/// Byte offset of `member` in `struct name`, looking through anonymous structs and unions
+/// (6.18 puts `dentry.d_name` in one, `qstr.len` has always been in one).
+pub fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<u32> {
+    let ids = btf.resolve_ids_by_name(name).unwrap_or_default();
+    for id in ids {
+        if let Ok(Type::Struct(s)) = btf.resolve_type_by_id(id) {
+            if let Some(bits) = find_member(btf, &s, member)? {
+                if bits % 8 != 0 {
+                    bail!("{name}.{member} is a bitfield");
+                }
+                return Ok(bits / 8);
+            }
+        }
+    }
+    Err(anyhow!("kernel BTF has no member {member} in struct {name}"))
+}
+
+/// Bit offset of `member` inside `s`, searching anonymous members recursively.
+fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Result<Option<u32>> {
+    for m in &s.members {
+        let m_name = btf.resolve_name(m).unwrap_or_default();
+        if m_name == member {
+            return Ok(Some(m.bit_offset()));
+        }
+        if m_name.is_empty() {
+            let inner = resolve_through_modifiers(btf, btf.resolve_chained_type(m)?)?;
+            if let Type::Struct(inner) | Type::Union(inner) = inner {
+                if let Some(bits) = find_member(btf, &inner, member)? {
+                    return Ok(Some(m.bit_offset() + bits));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn resolve_through_modifiers(btf: &Btf, mut t: Type) -> Result<Type> {
+    loop {
+        t = match &t {
+            Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                btf.resolve_chained_type(t.as_btf_type().context("modifier without type")?)?
+            }
+            _ => return Ok(t),
+        }
+    }
+}
+
+/// Where overlay's split BTF would be, for messages.
+pub fn overlay_module_btf_path() -> PathBuf {
+    PathBuf::from(OVERLAY_MODULE_BTF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Offsets from this machine's real kernel BTF. The expected values are layout facts that hold
+    /// on every 64-bit kernel since 3.x: qstr is { hash_len (u64), name }, and d_parent follows
+    /// d_seq/d_hash in dentry; the rest must merely be found and lie inside the struct.
+    #[test]
+    fn offsets_from_this_hosts_vmlinux() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            panic!("this test needs {VMLINUX_BTF}: the host kernel lacks BTF");
+        }
+        let btf = KernelBtf::load().expect("load BTF");
+        let cfg = btf.config(42).expect("offsets");
+        assert_eq!(cfg.filter_tgid, 42);
+        assert_eq!(cfg.dentry_d_name_name - cfg.dentry_d_name_len, 4, "qstr: len (u32) then name after hash");
+        assert!(cfg.dentry_d_parent < cfg.dentry_d_name_len, "d_parent precedes d_name");
+        assert!(cfg.dentry_d_inode > cfg.dentry_d_name_name, "d_inode follows d_name");
+        assert!(cfg.inode_i_mode < 8, "i_mode is the first member of struct inode");
+        assert!(cfg.inode_i_size > cfg.inode_i_mode);
+        assert!(cfg.super_block_s_dev > 0 && cfg.super_block_s_dev < 64);
+    }
+
+    #[test]
+    fn unknown_member_is_a_clear_error() {
+        let btf = KernelBtf::load().expect("load BTF");
+        let err = member_offset(&btf.vmlinux, "dentry", "no_such_member").unwrap_err();
+        assert_eq!(err.to_string(), "kernel BTF has no member no_such_member in struct dentry");
+    }
+
+    #[test]
+    fn missing_btf_file_is_a_clear_error() {
+        let err = KernelBtf::load_from(Path::new("/nonexistent/vmlinux"), Path::new("/nonexistent/overlay"))
+            .err()
+            .expect("must fail");
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    }
+}

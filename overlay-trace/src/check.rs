@@ -1,0 +1,66 @@
+//! `overlay-trace check`: what this machine offers and whether `run` will work.
+
+use anyhow::Result;
+
+use crate::{btf_offsets::KernelBtf, preflight, probes};
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Prints the report; returns whether `run` will work.
+pub fn check() -> Result<bool> {
+    let mut caps = preflight::inspect();
+    preflight::ensure_overlay_loaded(&mut caps);
+    println!("kernel:          {}", caps.kernel);
+    println!("privileges:      {}", if caps.privileged { "yes (root or CAP_BPF+CAP_PERFMON)" } else { "no: run with sudo" });
+    println!("BTF:             {}", yes_no(caps.btf));
+    println!(
+        "kprobes:         {}",
+        match caps.kprobes {
+            preflight::KprobeSupport::Pmu => "yes (perf kprobe PMU)",
+            preflight::KprobeSupport::Tracefs => "yes (tracefs kprobe_events)",
+            preflight::KprobeSupport::None => "no: this kernel has no kprobes (CONFIG_KPROBES off)",
+        }
+    );
+    println!("overlay:         {}", if caps.overlay_loaded { "yes" } else { "no (not in /proc/filesystems)" });
+    println!("overlay BTF:     {}", if caps.overlay_btf { "yes" } else { "no: lookups will not tell upper from lower" });
+    for p in probes::PROBES {
+        let found = probes::target_for(p, &caps.symbols);
+        println!(
+            "  {:<22} {}",
+            p.program,
+            match found {
+                Some(t) => format!("-> {t}"),
+                None if p.required => format!("MISSING {} (required)", p.targets.join("/")),
+                None => format!("missing {} (optional: {} not measured)", p.targets.join("/"), p.purpose),
+            }
+        );
+    }
+    // Loading needs privileges and BTF; the verifier and fentry results are then real answers.
+    if caps.privileged && caps.btf {
+        match KernelBtf::load().and_then(|b| b.config(0)).and_then(probes::open) {
+            Ok(mut ebpf) => {
+                match probes::load_all(&mut ebpf) {
+                    Ok(n) => println!("verifier:        accepts all {n} programs"),
+                    Err(e) => println!("verifier:        {e:#}"),
+                }
+                match probes::fentry_works(&mut ebpf) {
+                    Ok(()) => println!("fentry:          yes (kprobes are used: aya cannot attach fentry to module functions)"),
+                    Err(e) => println!("fentry:          no ({e:#})"),
+                }
+            }
+            Err(e) => println!("eBPF:            cannot load: {e:#}"),
+        }
+    }
+    match preflight::require_for_run(&caps) {
+        Ok(()) => {
+            println!("run:             will work");
+            Ok(true)
+        }
+        Err(e) => {
+            println!("run:             will not work: {e:#}");
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Command-line arguments, raw: parsing only, no behaviour.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "overlay-trace", version, about = "Trace what overlayfs copy-ups and lookups cost, per mount")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Trace copy-ups and lookups until Ctrl-C, SIGTERM, --duration or the end of CMD; then report.
+    Run(RunArgs),
+    /// Show what this machine offers (kernel, BTF, kprobes, fentry, overlay, privileges) and
+    /// whether `run` will work. Exits non-zero when it will not.
+    Check,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// Stop after this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Only trace this process id (filtered in the kernel).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write every event as one JSON line to FILE.
+    #[arg(long, value_name = "FILE.ndjson")]
+    pub events: Option<PathBuf>,
+    /// No live status line.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Run CMD with the probes attached; trace until it exits and exit with its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,345 @@
+//! Decoding of the raw ring buffer records into owned, validated events. No transmute: each
+//! record is length-checked and read with `read_unaligned` into its `#[repr(C)]` type.
+
+use std::mem::size_of;
+
+use overlay_trace_common::{
+    COMM_LEN, CopyUpEvent, EVENT_COPY_UP, EVENT_LOOKUP, EventHeader, LOOKUP_ERROR, LOOKUP_LOWER,
+    LOOKUP_NAME_LEN, LOOKUP_NEGATIVE, LOOKUP_POSITIVE_UNKNOWN_LAYER, LOOKUP_UPPER, LookupEvent,
+    NO_DATA_COPY, PATH_BUF_LEN, PATH_TRUNCATED,
+};
+use serde::{Deserialize, Serialize};
+
+/// Who and where, common to all events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// Overlay superblock device as userspace writes it (major:minor in `st_dev` encoding).
+    pub dev: Dev,
+    pub start_ns: u64,
+}
+
+/// A device number split as mountinfo prints it; serialized as "major:minor".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dev {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Dev {
+    /// The kernel's internal `dev_t` is `major << 20 | minor`.
+    pub fn from_kernel(dev: u32) -> Self {
+        Self { major: dev >> 20, minor: dev & ((1 << 20) - 1) }
+    }
+}
+
+impl std::str::FromStr for Dev {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once(':').ok_or_else(|| format!("device {s:?} is not major:minor"))?;
+        let num = |x: &str| x.parse::<u32>().map_err(|_| format!("device {s:?} is not major:minor"));
+        Ok(Self { major: num(a)?, minor: num(b)? })
+    }
+}
+
+impl Serialize for Dev {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dev {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Dev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CopyUp {
+    #[serde(flatten)]
+    pub origin: Origin,
+    pub duration_ns: u64,
+    /// Bytes the data copy was asked for and the time it took; `None` when no data was copied
+    /// (directories, empty files, O_TRUNC opens, metadata-only copy-ups).
+    pub data: Option<DataCopy>,
+    pub size: i64,
+    pub open_flags: u32,
+    pub mode: u32,
+    pub ret: i32,
+    /// Path inside the overlay, starting with '/'.
+    pub path: String,
+    pub path_truncated: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DataCopy {
+    pub bytes: u64,
+    pub ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupOutcome {
+    Negative,
+    Upper,
+    LowerOnly,
+    /// Positive, but the layer is unknown (no `ovl_inode` in the kernel's BTF).
+    Positive,
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lookup {
+    #[serde(flatten)]
+    pub origin: Origin,
+    pub duration_ns: u64,
+    pub outcome: LookupOutcome,
+    pub layers: u32,
+    pub name: String,
+}
+
+/// One line of `--events FILE.ndjson`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    CopyUp(CopyUp),
+    Lookup(Lookup),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    TooShort { kind: u32, len: usize, need: usize },
+    UnknownKind(u32),
+    BadOutcome(u32),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooShort { kind, len, need } => write!(f, "event kind {kind}: {len} bytes, need {need}"),
+            Self::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+            Self::BadOutcome(o) => write!(f, "unknown lookup outcome {o}"),
+        }
+    }
+}
+
+fn read<T: Copy>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
+    if buf.len() < size_of::<T>() {
+        return Err(DecodeError::TooShort { kind, len: buf.len(), need: size_of::<T>() });
+    }
+    // SAFETY: length checked; T is a repr(C) type of plain integers, valid for any bits.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn origin(h: &EventHeader) -> Origin {
+    Origin {
+        pid: h.pid,
+        tgid: h.tgid,
+        comm: c_string(&h.comm[..COMM_LEN]),
+        cgroup_id: h.cgroup_id,
+        dev: Dev::from_kernel(h.dev),
+        start_ns: h.start_ns,
+    }
+}
+
+/// Turns the leaf-first, NUL-separated components into "/a/b/c".
+fn path_from_components(buf: &[u8]) -> String {
+    let mut parts: Vec<&[u8]> = buf.split(|&b| b == 0).filter(|p| !p.is_empty()).collect();
+    parts.reverse();
+    let mut path = String::new();
+    for p in parts {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(p));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    path
+}
+
+impl TryFrom<&[u8]> for Event {
+    type Error = DecodeError;
+
+    fn try_from(buf: &[u8]) -> Result<Self, Self::Error> {
+        let kind = read::<u32>(buf, 0)?;
+        match kind {
+            EVENT_COPY_UP => {
+                let e: CopyUpEvent = read(buf, kind)?;
+                let used = (e.path_len as usize).min(PATH_BUF_LEN);
+                Ok(Event::CopyUp(CopyUp {
+                    origin: origin(&e.header),
+                    duration_ns: e.duration_ns,
+                    data: (e.data_bytes != NO_DATA_COPY)
+                        .then(|| DataCopy { bytes: e.data_bytes.max(0) as u64, ns: e.data_ns }),
+                    size: e.size,
+                    open_flags: e.flags,
+                    mode: e.mode,
+                    ret: e.ret,
+                    path: path_from_components(&e.path[..used]),
+                    path_truncated: e.path_flags & PATH_TRUNCATED != 0,
+                }))
+            }
+            EVENT_LOOKUP => {
+                let e: LookupEvent = read(buf, kind)?;
+                let outcome = match e.outcome {
+                    LOOKUP_NEGATIVE => LookupOutcome::Negative,
+                    LOOKUP_UPPER => LookupOutcome::Upper,
+                    LOOKUP_LOWER => LookupOutcome::LowerOnly,
+                    LOOKUP_POSITIVE_UNKNOWN_LAYER => LookupOutcome::Positive,
+                    LOOKUP_ERROR => LookupOutcome::Error,
+                    other => return Err(DecodeError::BadOutcome(other)),
+                };
+                let used = (e.name_len as usize).min(LOOKUP_NAME_LEN);
+                Ok(Event::Lookup(Lookup {
+                    origin: origin(&e.header),
+                    duration_ns: e.duration_ns,
+                    outcome,
+                    layers: e.layers,
+                    name: c_string(&e.name[..used]),
+                }))
+            }
+            other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+}
+
+/// Builders of raw records, as the kernel writes them: for tests and benchmarks.
+pub mod raw {
+    use super::*;
+
+    pub fn header(kind: u32, dev: u32, comm: &str) -> EventHeader {
+        let mut c = [0u8; COMM_LEN];
+        c[..comm.len().min(COMM_LEN - 1)].copy_from_slice(&comm.as_bytes()[..comm.len().min(COMM_LEN - 1)]);
+        EventHeader { kind, pid: 101, tgid: 100, dev, start_ns: 5, cgroup_id: 7, comm: c }
+    }
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a repr(C) value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    /// `path` is given root first ("a/b/c"); it is stored leaf first like the kernel does.
+    pub fn copy_up(dev: u32, path: &str, size: i64, data_bytes: i64, duration_ns: u64) -> Vec<u8> {
+        let mut buf = [0u8; PATH_BUF_LEN];
+        let mut off = 0;
+        let mut depth = 0;
+        for comp in path.split('/').filter(|c| !c.is_empty()).rev() {
+            buf[off..off + comp.len()].copy_from_slice(comp.as_bytes());
+            off += comp.len() + 1;
+            depth += 1;
+        }
+        let e = CopyUpEvent {
+            header: header(EVENT_COPY_UP, dev, "writer"),
+            duration_ns,
+            data_ns: duration_ns / 2,
+            data_bytes,
+            size,
+            flags: 0,
+            mode: 0o100644,
+            ret: 0,
+            path_len: off as u32,
+            path_depth: depth,
+            path_flags: 0,
+            path: buf,
+        };
+        bytes_of(&e)
+    }
+
+    pub fn lookup(dev: u32, name: &str, outcome: u32, layers: u32, duration_ns: u64) -> Vec<u8> {
+        let mut n = [0u8; LOOKUP_NAME_LEN];
+        n[..name.len()].copy_from_slice(name.as_bytes());
+        let e = LookupEvent {
+            header: header(EVENT_LOOKUP, dev, "reader"),
+            duration_ns,
+            outcome,
+            layers,
+            name_len: name.len() as u32,
+            _pad: 0,
+            name: n,
+        };
+        bytes_of(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_up_round_trip() {
+        let raw = raw::copy_up((0 << 20) | 52, "etc/apt/sources.list", 4096, 4096, 1000);
+        let Event::CopyUp(c) = Event::try_from(raw.as_slice()).unwrap() else { panic!("kind") };
+        assert_eq!(c.path, "/etc/apt/sources.list");
+        assert_eq!(c.origin.dev, Dev { major: 0, minor: 52 });
+        assert_eq!(c.origin.comm, "writer");
+        assert_eq!(c.origin.tgid, 100);
+        assert_eq!(c.data, Some(DataCopy { bytes: 4096, ns: 500 }));
+        assert_eq!(c.size, 4096);
+        assert!(!c.path_truncated);
+    }
+
+    #[test]
+    fn copy_up_without_data_copy() {
+        let raw = raw::copy_up(1, "d", 0, NO_DATA_COPY, 10);
+        let Event::CopyUp(c) = Event::try_from(raw.as_slice()).unwrap() else { panic!("kind") };
+        assert_eq!(c.data, None);
+        assert_eq!(c.path, "/d");
+    }
+
+    #[test]
+    fn lookup_round_trip() {
+        let raw = raw::lookup(3 << 20 | 9, "libc.so.6", LOOKUP_LOWER, 3, 777);
+        let Event::Lookup(l) = Event::try_from(raw.as_slice()).unwrap() else { panic!("kind") };
+        assert_eq!(l.name, "libc.so.6");
+        assert_eq!(l.outcome, LookupOutcome::LowerOnly);
+        assert_eq!(l.layers, 3);
+        assert_eq!(l.origin.dev, Dev { major: 3, minor: 9 });
+    }
+
+    #[test]
+    fn short_unknown_and_corrupt_records_are_errors() {
+        let raw = raw::lookup(1, "x", LOOKUP_UPPER, 1, 1);
+        assert!(matches!(Event::try_from(&raw[..20]), Err(DecodeError::TooShort { .. })));
+        assert!(matches!(Event::try_from(&[1u8, 2][..]), Err(DecodeError::TooShort { .. })));
+        let mut bad = raw.clone();
+        bad[0] = 99;
+        assert_eq!(Event::try_from(bad.as_slice()), Err(DecodeError::UnknownKind(99)));
+        let mut bad = raw;
+        let at = size_of::<EventHeader>() + 8;
+        bad[at] = 42;
+        assert_eq!(Event::try_from(bad.as_slice()), Err(DecodeError::BadOutcome(42)));
+    }
+
+    #[test]
+    fn ndjson_line_is_flat_and_names_the_device() {
+        let raw = raw::copy_up(52, "a/b", 3, 3, 9);
+        let v = serde_json::to_value(Event::try_from(raw.as_slice()).unwrap()).unwrap();
+        assert_eq!(v["type"], "copy_up");
+        assert_eq!(v["dev"], "0:52");
+        assert_eq!(v["path"], "/a/b");
+        assert_eq!(v["data"]["bytes"], 3);
+        assert_eq!("0:52".parse::<Dev>().unwrap(), Dev::from_kernel(52));
+        assert!("052".parse::<Dev>().is_err());
+    }
+
+    #[test]
+    fn path_components_are_reversed_and_empty_is_root() {
+        assert_eq!(path_from_components(b"c\0b\0a\0"), "/a/b/c");
+        assert_eq!(path_from_components(b""), "/");
+    }
+}

@@ -1,0 +1,15 @@
+//! overlay-trace: an eBPF tracer for Linux overlayfs.
+//!
+//! Data flows one way: `probes` (kernel programs, loaded with offsets from `btf_offsets`) ->
+//! `events` (decode) -> `aggregate` (pure) -> `report` (text, JSON). `mounts` names superblocks.
+
+pub mod aggregate;
+pub mod btf_offsets;
+pub mod check;
+pub mod cli;
+pub mod events;
+pub mod mounts;
+pub mod preflight;
+pub mod probes;
+pub mod report;
+pub mod run;

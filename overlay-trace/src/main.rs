@@ -1,0 +1,34 @@
+//! Parses arguments, dispatches, and turns errors into one line and an exit code:
+//! 0 success, 1 failure, 2 bad usage (clap), or the traced command's own status.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use overlay_trace::{
+    check,
+    cli::{Cli, Command},
+    run::{self, Outcome},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check => check::check().map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run::run(args)))
+            .map(|o| match o {
+                Outcome::Done => ExitCode::SUCCESS,
+                Outcome::Command(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("overlay-trace: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

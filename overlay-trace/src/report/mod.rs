@@ -1,0 +1,208 @@
+//! The report: a serializable summary built from the aggregate, rendered as text or JSON.
+//! `schema_version` changes whenever a field changes meaning or disappears.
+
+pub mod json;
+pub mod text;
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    aggregate::{Aggregate, CopyUpStats, LookupStats, outcome_of_key},
+    events::{Dev, LookupOutcome},
+    mounts::OverlayMount,
+};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub tool_version: String,
+    pub kernel: String,
+    /// Seconds the probes were attached.
+    pub traced_seconds: f64,
+    pub events: EventCounts,
+    pub mounts: Vec<MountReport>,
+}
+
+/// What was seen and what was lost: nothing is dropped silently.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    pub copy_up: u64,
+    pub lookup: u64,
+    /// Ring buffer full: events the kernel could not hand over.
+    pub dropped_copy_up: u64,
+    pub dropped_lookup: u64,
+    /// Calls whose start could not be recorded (in-flight table full).
+    pub untracked_calls: u64,
+    /// Kernel reads that failed (fields left zero in an event that was still sent).
+    pub kernel_read_errors: u64,
+    /// Records userspace could not decode.
+    pub decode_errors: u64,
+}
+
+impl EventCounts {
+    pub fn lost(&self) -> u64 {
+        self.dropped_copy_up + self.dropped_lookup + self.untracked_calls + self.decode_errors
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MountReport {
+    /// Overlay superblock device, "major:minor" as in mountinfo.
+    pub dev: String,
+    /// None when the mount was gone before it could be named.
+    pub mount: Option<OverlayMount>,
+    pub copy_up: CopyUpReport,
+    pub lookup: LookupReport,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p99_9_ns: u64,
+    pub max_ns: u64,
+    pub mean_ns: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50_ns: h.value_at_quantile(0.5),
+            p90_ns: h.value_at_quantile(0.9),
+            p99_ns: h.value_at_quantile(0.99),
+            p99_9_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+            mean_ns: h.mean().round() as u64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyUpReport {
+    pub count: u64,
+    pub failed: u64,
+    pub data_bytes: u64,
+    pub data_ns: u64,
+    pub total_ns: u64,
+    pub latency: Latency,
+    pub slowest: Vec<SlowCopyUpReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowCopyUpReport {
+    pub path: String,
+    pub path_truncated: bool,
+    pub size: i64,
+    pub mode: u32,
+    /// None when no data was copied.
+    pub data_bytes: Option<u64>,
+    pub data_ns: Option<u64>,
+    pub total_ns: u64,
+    pub ret: i32,
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LookupReport {
+    pub count: u64,
+    pub latency: Latency,
+    pub negative: u64,
+    pub negative_share: f64,
+    pub outcomes: BTreeMap<String, u64>,
+    /// Layers consulted -> lookups.
+    pub layers_consulted: BTreeMap<u32, u64>,
+}
+
+fn outcome_name(o: LookupOutcome) -> &'static str {
+    match o {
+        LookupOutcome::Upper => "upper",
+        LookupOutcome::LowerOnly => "lower_only",
+        LookupOutcome::Positive => "positive_layer_unknown",
+        LookupOutcome::Negative => "negative",
+        LookupOutcome::Error => "error",
+    }
+}
+
+fn copy_up_report(c: &CopyUpStats) -> CopyUpReport {
+    CopyUpReport {
+        count: c.count,
+        failed: c.failed,
+        data_bytes: c.data_bytes,
+        data_ns: c.data_ns,
+        total_ns: c.total_ns,
+        latency: Latency::of(&c.latency),
+        slowest: c
+            .slowest()
+            .into_iter()
+            .map(|s| SlowCopyUpReport {
+                path: s.event.path.clone(),
+                path_truncated: s.event.path_truncated,
+                size: s.event.size,
+                mode: s.event.mode,
+                data_bytes: s.event.data.map(|d| d.bytes),
+                data_ns: s.event.data.map(|d| d.ns),
+                total_ns: s.duration_ns,
+                ret: s.event.ret,
+                pid: s.event.origin.tgid,
+                comm: s.event.origin.comm.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn lookup_report(l: &LookupStats) -> LookupReport {
+    let negative = l.outcome(LookupOutcome::Negative);
+    LookupReport {
+        count: l.count,
+        latency: Latency::of(&l.latency),
+        negative,
+        negative_share: if l.count == 0 { 0.0 } else { negative as f64 / l.count as f64 },
+        outcomes: l.outcomes.iter().map(|(k, v)| (outcome_name(outcome_of_key(*k)).to_string(), *v)).collect(),
+        layers_consulted: l.layers.clone(),
+    }
+}
+
+impl Report {
+    /// Mounts with copy-ups come first, by total copy-up time, then by lookups.
+    pub fn build(
+        agg: &Aggregate,
+        names: &BTreeMap<Dev, OverlayMount>,
+        kernel: String,
+        traced_seconds: f64,
+        mut events: EventCounts,
+    ) -> Self {
+        events.copy_up = agg.copy_up_events;
+        events.lookup = agg.lookup_events;
+        let mut mounts: Vec<MountReport> = agg
+            .mounts
+            .iter()
+            .map(|(dev, m)| MountReport {
+                dev: dev.to_string(),
+                mount: names.get(dev).cloned(),
+                copy_up: copy_up_report(&m.copy_ups),
+                lookup: lookup_report(&m.lookups),
+            })
+            .collect();
+        mounts.sort_by(|a, b| {
+            (b.copy_up.total_ns, b.lookup.count).cmp(&(a.copy_up.total_ns, a.lookup.count))
+        });
+        Report {
+            schema_version: SCHEMA_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel,
+            traced_seconds,
+            events,
+            mounts,
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! `overlay-trace run`: preflight, load, attach, drain the ring buffer into the aggregate until
+//! told to stop, detach, drain what is left, report. Data flows one way: probe -> decode ->
+//! aggregate -> report.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufWriter, IsTerminal as _, Write as _},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use overlay_trace_common::{
+    NUM_STATS, STAT_DROPPED_COPY_UP, STAT_DROPPED_LOOKUP, STAT_INFLIGHT_FULL, STAT_READ_ERRORS,
+};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    aggregate::Aggregate,
+    btf_offsets::KernelBtf,
+    cli::RunArgs,
+    events::{Dev, Event},
+    mounts::{OverlayMount, read_overlay_mounts},
+    preflight, probes,
+    report::{EventCounts, Report, json, text},
+};
+
+/// How `run` ended, for the exit code.
+pub enum Outcome {
+    Done,
+    /// The traced command's exit code.
+    Command(i32),
+}
+
+fn create(path: &Path, what: &str) -> Result<BufWriter<File>> {
+    File::create(path)
+        .map(BufWriter::new)
+        .with_context(|| format!("cannot write {what} to {}", path.display()))
+}
+
+/// Everything that turns ring buffer records into the report's numbers.
+struct Collector {
+    agg: Aggregate,
+    names: BTreeMap<Dev, OverlayMount>,
+    decode_errors: u64,
+    events_out: Option<BufWriter<File>>,
+}
+
+impl Collector {
+    fn take(&mut self, record: &[u8]) -> Result<()> {
+        match Event::try_from(record) {
+            Ok(e) => {
+                if let Some(out) = self.events_out.as_mut() {
+                    serde_json::to_writer(&mut *out, &e).context("writing events")?;
+                    out.write_all(b"\n").context("writing events")?;
+                }
+                if self.agg.add(&e) {
+                    self.name_new_mounts();
+                }
+            }
+            Err(_) => self.decode_errors += 1,
+        }
+        Ok(())
+    }
+
+    /// Names superblocks while their mount still exists: a container may be gone by report time.
+    fn name_new_mounts(&mut self) {
+        if self.agg.mounts.keys().all(|d| self.names.contains_key(d)) {
+            return;
+        }
+        if let Ok(now) = read_overlay_mounts() {
+            for (dev, m) in now {
+                if self.agg.mounts.contains_key(&dev) {
+                    self.names.entry(dev).or_insert(m);
+                }
+            }
+        }
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, c: &mut Collector) -> Result<()> {
+    while let Some(item) = ring.next() {
+        c.take(&item)?;
+    }
+    Ok(())
+}
+
+fn read_stats(stats: &PerCpuArray<MapData, u64>) -> [u64; NUM_STATS as usize] {
+    let mut out = [0u64; NUM_STATS as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Ok(per_cpu) = stats.get(&(i as u32), 0) {
+            *slot = per_cpu.iter().sum();
+        }
+    }
+    out
+}
+
+fn status_line(started: Instant, c: &Collector, stats: &[u64]) -> String {
+    format!(
+        "\r[overlay-trace] {:>5.0}s  copy-ups {}  lookups {}  dropped {}   ",
+        started.elapsed().as_secs_f64(),
+        c.agg.copy_up_events,
+        c.agg.lookup_events,
+        stats[STAT_DROPPED_COPY_UP as usize] + stats[STAT_DROPPED_LOOKUP as usize]
+    )
+}
+
+pub async fn run(args: RunArgs) -> Result<Outcome> {
+    let mut caps = preflight::inspect();
+    preflight::ensure_overlay_loaded(&mut caps);
+    preflight::require_for_run(&caps)?;
+
+    // Open outputs first: a bad path fails before any probe is attached.
+    let mut json_out = args.json.as_deref().map(|p| create(p, "the JSON report")).transpose()?;
+    let events_out = args.events.as_deref().map(|p| create(p, "events")).transpose()?;
+
+    let config = KernelBtf::load()?.config(args.pid.unwrap_or(0))?;
+    let mut ebpf = probes::open(config)?;
+    let ring = ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("eBPF object has no EVENTS map"))?;
+    let stats = ebpf.take_map("STATS").ok_or_else(|| anyhow!("eBPF object has no STATS map"))?;
+    let ring = RingBuf::try_from(ring).map_err(|e| anyhow!("EVENTS: {e}"))?;
+    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(stats).map_err(|e| anyhow!("STATS: {e}"))?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged while the AsyncFd
+    // owns the RingBuf.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow!("cannot poll the ring buffer: {e}"))?;
+
+    let attached = probes::attach(&mut ebpf, &caps.symbols)?;
+    for w in &attached.warnings {
+        eprintln!("warning: {w}");
+    }
+
+    let mut collector = Collector { agg: Aggregate::default(), names: read_overlay_mounts()?, decode_errors: 0, events_out };
+    let started = Instant::now();
+    let live = !args.quiet && std::io::stderr().is_terminal();
+
+    let mut child = match args.command.split_first() {
+        Some((prog, rest)) => Some(
+            tokio::process::Command::new(prog)
+                .args(rest)
+                .spawn()
+                .with_context(|| format!("cannot run {prog}"))?,
+        ),
+        None => None,
+    };
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut exit_code = None;
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("ring buffer poll")?;
+                drain(guard.get_inner_mut(), &mut collector)?;
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                if live {
+                    eprint!("{}", status_line(started, &collector, &read_stats(&stats)));
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break,
+            status = async { child.as_mut().unwrap().wait().await }, if child.is_some() && exit_code.is_none() => {
+                let status = status.context("waiting for the command")?;
+                // A command killed by a signal exits like a shell reports it: 128 + signal.
+                use std::os::unix::process::ExitStatusExt as _;
+                exit_code = Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
+                break;
+            }
+        }
+    }
+    let traced = started.elapsed().as_secs_f64();
+
+    // Detach every probe, then take what is still in the ring buffer.
+    drop(ebpf);
+    drain(ring.get_mut(), &mut collector)?;
+    if live {
+        eprint!("\r{:70}\r", "");
+    }
+    let s = read_stats(&stats);
+    let counts = EventCounts {
+        dropped_copy_up: s[STAT_DROPPED_COPY_UP as usize],
+        dropped_lookup: s[STAT_DROPPED_LOOKUP as usize],
+        untracked_calls: s[STAT_INFLIGHT_FULL as usize],
+        kernel_read_errors: s[STAT_READ_ERRORS as usize],
+        decode_errors: collector.decode_errors,
+        ..Default::default()
+    };
+    collector.name_new_mounts();
+    if let Some(mut out) = collector.events_out.take() {
+        out.flush().context("writing events")?;
+    }
+    let report = Report::build(&collector.agg, &collector.names, caps.kernel.clone(), traced, counts);
+    if let Some(out) = json_out.as_mut() {
+        out.write_all(json::to_string(&report).as_bytes())
+            .and_then(|_| out.flush())
+            .context("writing the JSON report")?;
+    }
+    print!("{}", text::render(&report));
+    Ok(match exit_code {
+        Some(code) => Outcome::Command(code),
+        None => Outcome::Done,
+    })
+}
