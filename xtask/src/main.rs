@@ -44,6 +44,9 @@ enum Task {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// (inside the VM) one timed storm, run under each tracer.
+    #[command(hide = true)]
+    BenchWorkload { storm: String, merged: PathBuf },
     /// (inside the VM) the benchmark workload driver.
     #[command(hide = true)]
     BenchInVm {
@@ -192,6 +195,7 @@ fn main() {
         Task::Demo => demo(),
         Task::Bench { rounds } => build_tracer().and_then(|t| bench::host(rounds, &t)),
         Task::BenchInVm { rounds, tracer } => bench::in_vm(rounds, &tracer),
+        Task::BenchWorkload { storm, merged } => bench::workload(&storm, &merged),
         Task::Vm { cmd } => in_vm(&cmd.join(" ")).and_then(|c| if c == 0 { Ok(()) } else { Err(anyhow!("exit {c}")) }),
     };
     if let Err(e) = r {

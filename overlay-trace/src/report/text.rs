@@ -73,7 +73,7 @@ fn mount(out: &mut String, m: &MountReport) {
                 "    {:>10} {:>10} {:>10} {:>10}  {:<16} {}{}",
                 ns(s.total_ns),
                 s.data_ns.map(ns).unwrap_or_else(|| "-".into()),
-                bytes(s.size.max(0) as u64),
+                if s.mode & 0o170000 == 0o040000 { "dir".to_string() } else { bytes(s.size.max(0) as u64) },
                 s.data_bytes.map(bytes).unwrap_or_else(|| "-".into()),
                 format!("{}[{}]", s.comm, s.pid),
                 s.path,
