@@ -9,6 +9,8 @@ use core::mem::size_of;
 pub const EVENT_COPY_UP: u32 = 1;
 /// `EventHeader::kind` of a [`LookupEvent`].
 pub const EVENT_LOOKUP: u32 = 2;
+/// `EventHeader::kind` of a [`MountEvent`].
+pub const EVENT_MOUNT: u32 = 3;
 
 pub const COMM_LEN: usize = 16;
 
@@ -43,7 +45,8 @@ pub const STAT_DROPPED_LOOKUP: u32 = 1;
 pub const STAT_INFLIGHT_FULL: u32 = 2;
 /// A kernel read failed (the field pointer was bad): the event is still sent, with what was read.
 pub const STAT_READ_ERRORS: u32 = 3;
-pub const NUM_STATS: u32 = 4;
+pub const STAT_DROPPED_MOUNT: u32 = 4;
+pub const NUM_STATS: u32 = 5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +111,18 @@ pub struct LookupEvent {
 }
 const _: () = assert!(size_of::<LookupEvent>() == 48 + 24 + LOOKUP_NAME_LEN);
 
+/// One `ovl_fill_super` call: an overlay being mounted (a container's root, typically).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MountEvent {
+    pub header: EventHeader,
+    pub duration_ns: u64,
+    /// 0 or -errno.
+    pub ret: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<MountEvent>() == 48 + 16);
+
 /// Load-time configuration: filters and the struct member offsets read from the running
 /// kernel's BTF (aya has no CO-RE for Rust eBPF programs). Handed over as the `CONFIG` global.
 #[repr(C)]
@@ -125,8 +140,11 @@ pub struct Config {
     pub super_block_s_dev: u32,
     /// Offset of `ovl_inode.__upperdentry` from its embedded `vfs_inode`; 0 when unknown.
     pub ovl_upper_from_vfs_inode: u32,
+    /// Non-zero: only superblocks in the `DEV_FILTER` map are traced (`--container`).
+    pub filter_devs: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 40);
+const _: () = assert!(size_of::<Config>() == 48);
 
 #[cfg(feature = "user")]
 // SAFETY: plain old data, every bit pattern is valid.

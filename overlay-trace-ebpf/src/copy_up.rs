@@ -12,7 +12,7 @@ use overlay_trace_common::{
 
 use crate::{
     EVENTS,
-    kernel::{cfg, count, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, read_field, read_path},
+    kernel::{cfg, count, dev_filtered_out, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, read_field, read_path},
 };
 
 /// What the entry probe saw, kept until the return probe of the same thread.
@@ -40,6 +40,9 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let dentry: u64 = ctx.arg(1).unwrap_or(0);
+    if dev_filtered_out(dentry) {
+        return 0;
+    }
     let flags: i32 = ctx.arg(2).unwrap_or(0);
     // Size and mode before the copy: what had to be copied from below.
     let inode: u64 = read_field(dentry, cfg(|c| &c.dentry_d_inode));

@@ -9,7 +9,7 @@ use overlay_trace_common::{
     STAT_READ_ERRORS,
 };
 
-use crate::{CONFIG, STATS};
+use crate::{CONFIG, DEV_FILTER, STATS};
 
 /// Reads one field of the load-time configuration, e.g. `cfg(|c| &c.dentry_d_parent)`.
 /// `read_volatile` keeps the compiler from folding CONFIG's all-zero initial value into the code.
@@ -49,6 +49,17 @@ pub fn current_tgid_pid() -> (u32, u32) {
 pub fn filtered_out(tgid: u32) -> bool {
     let want = cfg(|c| &c.filter_tgid);
     want != 0 && want != tgid
+}
+
+/// True when `--container` is in force and `dentry` is on none of the chosen superblocks.
+#[inline(always)]
+pub fn dev_filtered_out(dentry: u64) -> bool {
+    if cfg(|c| &c.filter_devs) == 0 {
+        return false;
+    }
+    let dev = dentry_dev(dentry);
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { DEV_FILTER.get(&dev) }.is_none()
 }
 
 /// `dentry->d_sb->s_dev`.

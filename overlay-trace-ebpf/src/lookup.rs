@@ -14,7 +14,7 @@ use overlay_trace_common::{
 
 use crate::{
     EVENTS,
-    kernel::{cfg, count, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, read_field, read_name},
+    kernel::{cfg, count, dev_filtered_out, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, read_field, read_name},
 };
 
 #[repr(C)]
@@ -43,9 +43,13 @@ pub fn lookup_entry(ctx: ProbeContext) -> u32 {
         unsafe { (*outer).nested += 1 };
         return 0;
     }
+    let dentry: u64 = ctx.arg(1).unwrap_or(0);
+    if dev_filtered_out(dentry) {
+        return 0;
+    }
     let start = LookupStart {
         start_ns: now_ns(),
-        dentry: ctx.arg(1).unwrap_or(0),
+        dentry,
         layers: 0,
         nested: 0,
     };

@@ -9,10 +9,11 @@
 mod copy_up;
 mod kernel;
 mod lookup;
+mod mount;
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 use overlay_trace_common::{Config, NUM_STATS};
 
@@ -29,7 +30,13 @@ static CONFIG: Config = Config {
     inode_i_mode: 0,
     super_block_s_dev: 0,
     ovl_upper_from_vfs_inode: 0,
+    filter_devs: 0,
+    _pad: 0,
 };
+
+/// Superblocks to trace when `CONFIG.filter_devs` is set (`--container`); key: kernel `s_dev`.
+#[map]
+static DEV_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
 /// All events, copy-ups and lookups alike; userspace tells them apart by `EventHeader::kind`.
 /// Userspace may resize it before load.

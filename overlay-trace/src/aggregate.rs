@@ -154,6 +154,8 @@ impl LookupStats {
 pub struct MountStats {
     pub copy_ups: CopyUpStats,
     pub lookups: LookupStats,
+    /// `ovl_fill_super` time, when the mount happened while tracing.
+    pub mount_ns: Option<u64>,
 }
 
 /// Everything seen so far, per overlay superblock.
@@ -162,6 +164,7 @@ pub struct Aggregate {
     pub mounts: BTreeMap<Dev, MountStats>,
     pub copy_up_events: u64,
     pub lookup_events: u64,
+    pub mount_events: u64,
     seq: u64,
 }
 
@@ -170,10 +173,7 @@ impl Aggregate {
     /// name the mount while it still exists.
     pub fn add(&mut self, e: &Event) -> bool {
         self.seq += 1;
-        let dev = match e {
-            Event::CopyUp(c) => c.origin.dev,
-            Event::Lookup(l) => l.origin.dev,
-        };
+        let dev = e.origin().dev;
         let new = !self.mounts.contains_key(&dev);
         let m = self.mounts.entry(dev).or_default();
         match e {
@@ -184,6 +184,12 @@ impl Aggregate {
             Event::Lookup(l) => {
                 self.lookup_events += 1;
                 m.lookups.add(l);
+            }
+            Event::Mount(mt) => {
+                self.mount_events += 1;
+                if mt.ret == 0 {
+                    m.mount_ns = Some(mt.duration_ns);
+                }
             }
         }
         new
@@ -235,6 +241,15 @@ mod tests {
         assert_eq!(l.outcome(LookupOutcome::LowerOnly), 1);
         assert_eq!(l.layers.get(&3), Some(&2));
         assert_eq!(l.latency.value_at_quantile(0.5), 10);
+    }
+
+    #[test]
+    fn mount_time_is_kept_per_superblock() {
+        let mut a = Aggregate::default();
+        assert!(a.add(&ev(raw::mount(9, 4242))));
+        assert!(!a.add(&ev(raw::copy_up(9, "f", 1, 1, 5))));
+        assert_eq!(a.mounts[&Dev::from_kernel(9)].mount_ns, Some(4242));
+        assert_eq!(a.mount_events, 1);
     }
 
     #[test]

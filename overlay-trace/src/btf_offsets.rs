@@ -64,6 +64,8 @@ impl KernelBtf {
             inode_i_mode: member_offset(v, "inode", "i_mode")?,
             super_block_s_dev: member_offset(v, "super_block", "s_dev")?,
             ovl_upper_from_vfs_inode: upper,
+            filter_devs: 0,
+            _pad: 0,
         })
     }
 

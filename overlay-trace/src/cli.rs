@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// Only trace this process id (filtered in the kernel).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
+    /// Only trace this container (name, id or id prefix; repeatable). Filtered in the kernel by
+    /// the container's overlay superblock, so other containers cost nothing.
+    #[arg(long = "container", value_name = "NAME|ID")]
+    pub containers: Vec<String>,
     /// Also write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

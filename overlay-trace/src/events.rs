@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use overlay_trace_common::{
-    COMM_LEN, CopyUpEvent, EVENT_COPY_UP, EVENT_LOOKUP, EventHeader, LOOKUP_ERROR, LOOKUP_LOWER,
+    COMM_LEN, CopyUpEvent, EVENT_COPY_UP, EVENT_LOOKUP, EVENT_MOUNT, MountEvent, EventHeader, LOOKUP_ERROR, LOOKUP_LOWER,
     LOOKUP_NAME_LEN, LOOKUP_NEGATIVE, LOOKUP_POSITIVE_UNKNOWN_LAYER, LOOKUP_UPPER, LookupEvent,
     NO_DATA_COPY, PATH_BUF_LEN, PATH_TRUNCATED,
 };
@@ -33,6 +33,12 @@ impl Dev {
     /// The kernel's internal `dev_t` is `major << 20 | minor`.
     pub fn from_kernel(dev: u32) -> Self {
         Self { major: dev >> 20, minor: dev & ((1 << 20) - 1) }
+    }
+}
+
+impl Dev {
+    pub fn to_kernel(self) -> u32 {
+        (self.major << 20) | self.minor
     }
 }
 
@@ -108,12 +114,32 @@ pub struct Lookup {
     pub name: String,
 }
 
+/// An overlay mounted (`ovl_fill_super`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    #[serde(flatten)]
+    pub origin: Origin,
+    pub duration_ns: u64,
+    pub ret: i32,
+}
+
 /// One line of `--events FILE.ndjson`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     CopyUp(CopyUp),
     Lookup(Lookup),
+    Mount(Mount),
+}
+
+impl Event {
+    pub fn origin(&self) -> &Origin {
+        match self {
+            Event::CopyUp(c) => &c.origin,
+            Event::Lookup(l) => &l.origin,
+            Event::Mount(m) => &m.origin,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -213,6 +239,10 @@ impl TryFrom<&[u8]> for Event {
                     name: c_string(&e.name[..used]),
                 }))
             }
+            EVENT_MOUNT => {
+                let e: MountEvent = read(buf, kind)?;
+                Ok(Event::Mount(Mount { origin: origin(&e.header), duration_ns: e.duration_ns, ret: e.ret }))
+            }
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -257,6 +287,11 @@ pub mod raw {
             path_flags: 0,
             path: buf,
         };
+        bytes_of(&e)
+    }
+
+    pub fn mount(dev: u32, duration_ns: u64) -> Vec<u8> {
+        let e = MountEvent { header: header(EVENT_MOUNT, dev, "dockerd"), duration_ns, ret: 0, _pad: 0 };
         bytes_of(&e)
     }
 
@@ -309,6 +344,14 @@ mod tests {
         assert_eq!(l.outcome, LookupOutcome::LowerOnly);
         assert_eq!(l.layers, 3);
         assert_eq!(l.origin.dev, Dev { major: 3, minor: 9 });
+    }
+
+    #[test]
+    fn mount_round_trip() {
+        let Event::Mount(m) = Event::try_from(raw::mount(77, 1234).as_slice()).unwrap() else { panic!("kind") };
+        assert_eq!(m.duration_ns, 1234);
+        assert_eq!(m.origin.dev.to_kernel(), 77);
+        assert_eq!(m.origin.comm, "dockerd");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod btf_offsets;
 pub mod check;
+pub mod containers;
 pub mod cli;
 pub mod events;
 pub mod mounts;

@@ -44,6 +44,9 @@ pub const PROBES: &[ProbeSpec] = &[
     },
     ProbeSpec { program: "lookup_entry", targets: &["ovl_lookup"], required: true, purpose: "lookups" },
     ProbeSpec { program: "lookup_return", targets: &["ovl_lookup"], required: true, purpose: "lookups" },
+    // 6.1: ovl_fill_super(sb, data, silent); 6.5+: ovl_fill_super(sb, fc). sb is first in both.
+    ProbeSpec { program: "mount_entry", targets: &["ovl_fill_super"], required: false, purpose: "mount time" },
+    ProbeSpec { program: "mount_return", targets: &["ovl_fill_super"], required: false, purpose: "mount time" },
     ProbeSpec {
         program: "lookup_layer_entry",
         targets: &["ovl_lookup_layer"],

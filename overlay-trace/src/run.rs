@@ -13,12 +13,14 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use overlay_trace_common::{
-    NUM_STATS, STAT_DROPPED_COPY_UP, STAT_DROPPED_LOOKUP, STAT_INFLIGHT_FULL, STAT_READ_ERRORS,
+    NUM_STATS, STAT_DROPPED_COPY_UP, STAT_DROPPED_LOOKUP, STAT_DROPPED_MOUNT, STAT_INFLIGHT_FULL,
+    STAT_READ_ERRORS,
 };
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     aggregate::Aggregate,
+    containers::{Container, Resolver},
     btf_offsets::KernelBtf,
     cli::RunArgs,
     events::{Dev, Event},
@@ -44,6 +46,9 @@ fn create(path: &Path, what: &str) -> Result<BufWriter<File>> {
 struct Collector {
     agg: Aggregate,
     names: BTreeMap<Dev, OverlayMount>,
+    containers: BTreeMap<Dev, Container>,
+    /// Superblocks seen for the first time since the last naming pass.
+    unnamed: Vec<Dev>,
     decode_errors: u64,
     events_out: Option<BufWriter<File>>,
 }
@@ -57,7 +62,7 @@ impl Collector {
                     out.write_all(b"\n").context("writing events")?;
                 }
                 if self.agg.add(&e) {
-                    self.name_new_mounts();
+                    self.unnamed.push(e.origin().dev);
                 }
             }
             Err(_) => self.decode_errors += 1,
@@ -65,15 +70,24 @@ impl Collector {
         Ok(())
     }
 
-    /// Names superblocks while their mount still exists: a container may be gone by report time.
-    fn name_new_mounts(&mut self) {
-        if self.agg.mounts.keys().all(|d| self.names.contains_key(d)) {
+    /// Names new superblocks while their mount still exists (a container may be gone by report
+    /// time): the mount from mountinfo, then the container from its runtime.
+    async fn name_new_mounts(&mut self, resolver: &mut Resolver) {
+        if self.unnamed.is_empty() {
             return;
         }
-        if let Ok(now) = read_overlay_mounts() {
-            for (dev, m) in now {
-                if self.agg.mounts.contains_key(&dev) {
+        let devs = std::mem::take(&mut self.unnamed);
+        if devs.iter().any(|d| !self.names.contains_key(d)) {
+            if let Ok(now) = read_overlay_mounts() {
+                for (dev, m) in now {
                     self.names.entry(dev).or_insert(m);
+                }
+            }
+        }
+        for dev in devs {
+            if let Some(m) = self.names.get(&dev) {
+                if let Some(c) = resolver.resolve(m).await {
+                    self.containers.insert(dev, c);
                 }
             }
         }
@@ -107,6 +121,32 @@ fn status_line(started: Instant, c: &Collector, stats: &[u64]) -> String {
     )
 }
 
+/// Resolves `--container` arguments to the superblocks of running containers. An argument that
+/// matches none is an error listing what is running.
+async fn select_containers(
+    wanted: &[String],
+    mounts: &BTreeMap<Dev, OverlayMount>,
+    resolver: &mut Resolver,
+) -> Result<Vec<(Dev, Container)>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let running = resolver.running(mounts).await;
+    let mut out = Vec::new();
+    for w in wanted {
+        let hits: Vec<&(Dev, Container)> = running.iter().filter(|(_, c)| c.matches(w)).collect();
+        if hits.is_empty() {
+            let list: Vec<String> = running.iter().map(|(_, c)| format!("{} ({})", c.name, c.short_id())).collect();
+            return Err(anyhow!(
+                "no running container matches {w:?}; running containers: {}",
+                if list.is_empty() { "none found".to_string() } else { list.join(", ") }
+            ));
+        }
+        out.extend(hits.into_iter().cloned());
+    }
+    Ok(out)
+}
+
 pub async fn run(args: RunArgs) -> Result<Outcome> {
     let mut caps = preflight::inspect();
     preflight::ensure_overlay_loaded(&mut caps);
@@ -116,8 +156,21 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     let mut json_out = args.json.as_deref().map(|p| create(p, "the JSON report")).transpose()?;
     let events_out = args.events.as_deref().map(|p| create(p, "events")).transpose()?;
 
-    let config = KernelBtf::load()?.config(args.pid.unwrap_or(0))?;
+    let mut resolver = Resolver::new();
+    let mounts_now = read_overlay_mounts()?;
+    let only_devs = select_containers(&args.containers, &mounts_now, &mut resolver).await?;
+
+    let mut config = KernelBtf::load()?.config(args.pid.unwrap_or(0))?;
+    config.filter_devs = u32::from(!only_devs.is_empty());
     let mut ebpf = probes::open(config)?;
+    if !only_devs.is_empty() {
+        let map = ebpf.map_mut("DEV_FILTER").ok_or_else(|| anyhow!("eBPF object has no DEV_FILTER map"))?;
+        let mut filter: aya::maps::HashMap<_, u32, u8> =
+            aya::maps::HashMap::try_from(map).map_err(|e| anyhow!("DEV_FILTER: {e}"))?;
+        for (dev, _) in &only_devs {
+            filter.insert(dev.to_kernel(), 1, 0).map_err(|e| anyhow!("DEV_FILTER: {e}"))?;
+        }
+    }
     let ring = ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("eBPF object has no EVENTS map"))?;
     let stats = ebpf.take_map("STATS").ok_or_else(|| anyhow!("eBPF object has no STATS map"))?;
     let ring = RingBuf::try_from(ring).map_err(|e| anyhow!("EVENTS: {e}"))?;
@@ -132,7 +185,17 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         eprintln!("warning: {w}");
     }
 
-    let mut collector = Collector { agg: Aggregate::default(), names: read_overlay_mounts()?, decode_errors: 0, events_out };
+    let mut collector = Collector {
+        agg: Aggregate::default(),
+        names: mounts_now,
+        containers: only_devs.into_iter().collect(),
+        unnamed: Vec::new(),
+        decode_errors: 0,
+        events_out,
+    };
+    if let Some(w) = resolver.docker_warning() {
+        eprintln!("warning: {w}");
+    }
     let started = Instant::now();
     let live = !args.quiet && std::io::stderr().is_terminal();
 
@@ -157,6 +220,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
                 let mut guard = guard.context("ring buffer poll")?;
                 drain(guard.get_inner_mut(), &mut collector)?;
                 guard.clear_ready();
+                collector.name_new_mounts(&mut resolver).await;
             }
             _ = tick.tick() => {
                 if live {
@@ -187,16 +251,17 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     let counts = EventCounts {
         dropped_copy_up: s[STAT_DROPPED_COPY_UP as usize],
         dropped_lookup: s[STAT_DROPPED_LOOKUP as usize],
+        dropped_mount: s[STAT_DROPPED_MOUNT as usize],
         untracked_calls: s[STAT_INFLIGHT_FULL as usize],
         kernel_read_errors: s[STAT_READ_ERRORS as usize],
         decode_errors: collector.decode_errors,
         ..Default::default()
     };
-    collector.name_new_mounts();
+    collector.name_new_mounts(&mut resolver).await;
     if let Some(mut out) = collector.events_out.take() {
         out.flush().context("writing events")?;
     }
-    let report = Report::build(&collector.agg, &collector.names, caps.kernel.clone(), traced, counts);
+    let report = Report::build(&collector.agg, &collector.names, &collector.containers, caps.kernel.clone(), traced, counts);
     if let Some(out) = json_out.as_mut() {
         out.write_all(json::to_string(&report).as_bytes())
             .and_then(|_| out.flush())

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     aggregate::{Aggregate, CopyUpStats, LookupStats, outcome_of_key},
+    containers::Container,
     events::{Dev, LookupOutcome},
     mounts::OverlayMount,
 };
@@ -33,9 +34,11 @@ pub struct Report {
 pub struct EventCounts {
     pub copy_up: u64,
     pub lookup: u64,
+    pub mount: u64,
     /// Ring buffer full: events the kernel could not hand over.
     pub dropped_copy_up: u64,
     pub dropped_lookup: u64,
+    pub dropped_mount: u64,
     /// Calls whose start could not be recorded (in-flight table full).
     pub untracked_calls: u64,
     /// Kernel reads that failed (fields left zero in an event that was still sent).
@@ -46,7 +49,7 @@ pub struct EventCounts {
 
 impl EventCounts {
     pub fn lost(&self) -> u64 {
-        self.dropped_copy_up + self.dropped_lookup + self.untracked_calls + self.decode_errors
+        self.dropped_copy_up + self.dropped_lookup + self.dropped_mount + self.untracked_calls + self.decode_errors
     }
 }
 
@@ -56,6 +59,12 @@ pub struct MountReport {
     pub dev: String,
     /// None when the mount was gone before it could be named.
     pub mount: Option<OverlayMount>,
+    /// The container whose root this is, when a runtime claimed it.
+    pub container: Option<Container>,
+    /// Lower layers (from the mount options).
+    pub layers: Option<usize>,
+    /// Time to mount this overlay (`ovl_fill_super`), when it was mounted while tracing.
+    pub mount_ns: Option<u64>,
     pub copy_up: CopyUpReport,
     pub lookup: LookupReport,
 }
@@ -177,18 +186,23 @@ impl Report {
     pub fn build(
         agg: &Aggregate,
         names: &BTreeMap<Dev, OverlayMount>,
+        containers: &BTreeMap<Dev, Container>,
         kernel: String,
         traced_seconds: f64,
         mut events: EventCounts,
     ) -> Self {
         events.copy_up = agg.copy_up_events;
         events.lookup = agg.lookup_events;
+        events.mount = agg.mount_events;
         let mut mounts: Vec<MountReport> = agg
             .mounts
             .iter()
             .map(|(dev, m)| MountReport {
                 dev: dev.to_string(),
                 mount: names.get(dev).cloned(),
+                container: containers.get(dev).cloned(),
+                layers: names.get(dev).map(|m| m.lowerdirs.len()),
+                mount_ns: m.mount_ns,
                 copy_up: copy_up_report(&m.copy_ups),
                 lookup: lookup_report(&m.lookups),
             })

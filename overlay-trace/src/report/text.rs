@@ -37,6 +37,20 @@ fn latency_line(l: &Latency) -> String {
 }
 
 fn mount(out: &mut String, m: &MountReport) {
+    if let Some(c) = &m.container {
+        let _ = writeln!(
+            out,
+            "container {} ({}, {}{}) image {}",
+            c.name,
+            c.short_id(),
+            c.runtime,
+            c.namespace.as_deref().map(|n| format!(" namespace {n}")).unwrap_or_default(),
+            if c.image.is_empty() { "-" } else { &c.image }
+        );
+    }
+    if let Some(t) = m.mount_ns {
+        let _ = writeln!(out, "  mounted in {}{}", ns(t), m.layers.map(|l| format!(" ({l} lower layers)")).unwrap_or_default());
+    }
     match &m.mount {
         Some(mi) => {
             let _ = writeln!(out, "overlay {} (dev {})", mi.mount_point, m.dev);
@@ -107,7 +121,7 @@ pub fn render(r: &Report) -> String {
             out,
             "LOST: {} copy-up and {} lookup events dropped (ring buffer full), {} calls untracked, \
              {} undecodable records, {} failed kernel reads",
-            e.dropped_copy_up, e.dropped_lookup, e.untracked_calls, e.decode_errors, e.kernel_read_errors
+            e.dropped_copy_up, e.dropped_lookup + e.dropped_mount, e.untracked_calls, e.decode_errors, e.kernel_read_errors
         );
     } else {
         let _ = writeln!(out, "no events lost");
@@ -153,13 +167,25 @@ mod tests {
                 workdir: Some("/work".into()),
             },
         );
-        Report::build(&a, &names, "6.1.0".into(), 2.0, EventCounts { dropped_lookup: 3, ..Default::default() })
+        let mut containers = BTreeMap::new();
+        containers.insert(
+            Dev::from_kernel(52),
+            crate::containers::Container {
+                runtime: "docker".into(),
+                id: "153bf8403972b4a60b573a9e331118a8".into(),
+                name: "web".into(),
+                image: "base:1".into(),
+                namespace: None,
+            },
+        );
+        a.add(&Event::try_from(raw::mount(52, 2_500_000).as_slice()).unwrap());
+        Report::build(&a, &names, &containers, "6.1.0".into(), 2.0, EventCounts { dropped_lookup: 3, ..Default::default() })
     }
 
     #[test]
     fn text_names_mount_slowest_first_and_losses() {
         let t = render(&sample());
-        assert!(t.contains("overlay /merged (dev 0:52)"), "{t}");
+        assert!(t.contains("container web (153bf8403972, docker) image base:1\n  mounted in 2.50 ms (3 lower layers)\noverlay /merged (dev 0:52)"), "{t}");
         assert!(t.contains("lower layers 3"), "{t}");
         assert!(t.contains("copy-ups: 2  data 2.0 MiB"), "{t}");
         let big = t.find("/var/log/big.log").unwrap();

@@ -1,0 +1,64 @@
+//! Mounting: one event per `ovl_fill_super(sb, ...)` call, what setting up an overlay (a
+//! container's root) cost. The superblock's device is assigned before fill_super runs.
+
+use aya_ebpf::{
+    macros::{kprobe, kretprobe, map},
+    maps::HashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+use overlay_trace_common::{EVENT_MOUNT, MountEvent, STAT_DROPPED_MOUNT, STAT_INFLIGHT_FULL};
+
+use crate::{
+    EVENTS,
+    kernel::{cfg, count, current_tgid_pid, fill_header, filtered_out, now_ns, read_field},
+};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MountStart {
+    start_ns: u64,
+    sb: u64,
+}
+
+#[map]
+static MOUNT_INFLIGHT: HashMap<u32, MountStart> = HashMap::with_max_entries(1024, 0);
+
+#[kprobe]
+pub fn mount_entry(ctx: ProbeContext) -> u32 {
+    let (tgid, pid) = current_tgid_pid();
+    if filtered_out(tgid) {
+        return 0;
+    }
+    let start = MountStart { start_ns: now_ns(), sb: ctx.arg(0).unwrap_or(0) };
+    if MOUNT_INFLIGHT.insert(pid, start, 0).is_err() {
+        count(STAT_INFLIGHT_FULL);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn mount_return(ctx: RetProbeContext) -> u32 {
+    let now = now_ns();
+    let (_, pid) = current_tgid_pid();
+    // SAFETY: copied out before removal.
+    let Some(start) = (unsafe { MOUNT_INFLIGHT.get(pid) }).copied() else {
+        return 0;
+    };
+    let _ = MOUNT_INFLIGHT.remove(pid);
+    let ret: i64 = ctx.ret();
+    let dev: u32 = read_field(start.sb, cfg(|c| &c.super_block_s_dev));
+    let Some(mut entry) = EVENTS.reserve::<MountEvent>(0) else {
+        count(STAT_DROPPED_MOUNT);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: reserved, exclusively owned entry.
+    unsafe {
+        fill_header(&raw mut (*ev).header, EVENT_MOUNT, start.start_ns, dev);
+        (*ev).duration_ns = now - start.start_ns;
+        (*ev).ret = ret as i32;
+        (*ev)._pad = 0;
+    }
+    entry.submit(0);
+    0
+}

@@ -1,0 +1,259 @@
+//! Docker with the overlay2 graph driver. First the Engine API on /var/run/docker.sock (bollard,
+//! every call under a timeout so a hung daemon never hangs the tracer), matching a mount by its
+//! upperdir (`GraphDriver.Data.UpperDir`); when the API does not answer, Docker's on-disk
+//! metadata: `image/overlay2/layerdb/mounts/<container>/mount-id` holds the overlay2 directory
+//! name and `containers/<container>/config.v2.json` the name and image.
+//! Docker with the containerd image store mounts at `<root>/rootfs/overlayfs/<container-id>`.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bollard::query_parameters::ListContainersOptions;
+use serde_json::Value;
+
+use super::Container;
+use crate::mounts::OverlayMount;
+
+const API_TIMEOUT: Duration = Duration::from_secs(3);
+const DEFAULT_ROOT: &str = "/var/lib/docker";
+
+/// What a Docker container looks like to us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerContainer {
+    pub container: Container,
+    /// Absolute upperdir, or None (containerd image store).
+    pub upperdir: Option<String>,
+}
+
+pub struct Docker {
+    api: Option<bollard::Docker>,
+    /// Inspected containers by id (inspect results never change for a given container).
+    inspected: HashMap<String, DockerContainer>,
+    warning: Option<String>,
+}
+
+/// The `<id>` of an overlay2 upperdir `<root>/overlay2/<id>/diff` (also when relative: `<id>/diff`).
+pub fn overlay2_id(upperdir: &str) -> Option<&str> {
+    let p = upperdir.strip_suffix("/diff")?;
+    Some(p.rsplit('/').next().unwrap_or(p)).filter(|s| !s.is_empty())
+}
+
+fn socket_path() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_string())
+}
+
+/// Data root from the running dockerd's command line, /etc/docker/daemon.json, or the default.
+pub fn data_root() -> PathBuf {
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(cmd) = fs::read(p.path().join("cmdline")) else { continue };
+            let args: Vec<String> = cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            if !args.first().is_some_and(|a| a.ends_with("dockerd")) {
+                continue;
+            }
+            for (i, a) in args.iter().enumerate() {
+                if let Some(v) = a.strip_prefix("--data-root=") {
+                    return PathBuf::from(v);
+                }
+                if a == "--data-root" {
+                    if let Some(v) = args.get(i + 1) {
+                        return PathBuf::from(v);
+                    }
+                }
+            }
+        }
+    }
+    fs::read_to_string("/etc/docker/daemon.json")
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["data-root"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+}
+
+/// Reads every container from Docker's on-disk metadata under `root`.
+pub fn from_disk(root: &Path) -> Vec<DockerContainer> {
+    let mut out = Vec::new();
+    let Ok(dirs) = fs::read_dir(root.join("containers")) else { return out };
+    for d in dirs.flatten() {
+        let id = d.file_name().to_string_lossy().into_owned();
+        let Ok(text) = fs::read_to_string(d.path().join("config.v2.json")) else { continue };
+        let Ok(cfg) = serde_json::from_str::<Value>(&text) else { continue };
+        let mount_id = fs::read_to_string(root.join("image/overlay2/layerdb/mounts").join(&id).join("mount-id"))
+            .ok()
+            .map(|s| s.trim().to_string());
+        out.push(DockerContainer {
+            container: Container {
+                runtime: "docker".into(),
+                id: id.clone(),
+                name: cfg["Name"].as_str().unwrap_or("").trim_start_matches('/').to_string(),
+                image: cfg["Config"]["Image"].as_str().unwrap_or("").to_string(),
+                namespace: None,
+            },
+            upperdir: mount_id.map(|m| root.join("overlay2").join(m).join("diff").display().to_string()),
+        });
+    }
+    out
+}
+
+/// Converts an inspect response (API JSON) into our view of the container.
+pub fn from_inspect(v: &bollard::models::ContainerInspectResponse) -> Option<DockerContainer> {
+    let id = v.id.clone()?;
+    Some(DockerContainer {
+        container: Container {
+            runtime: "docker".into(),
+            id,
+            name: v.name.as_deref().unwrap_or("").trim_start_matches('/').to_string(),
+            image: v.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
+            namespace: None,
+        },
+        upperdir: v.graph_driver.as_ref().and_then(|g| g.data.get("UpperDir").cloned()),
+    })
+}
+
+/// Does `c` own mount `m`? By overlay2 directory name (works for relative upperdirs and for a
+/// data root seen under another path), or by the containerd-store mount point.
+pub fn owns(c: &DockerContainer, m: &OverlayMount) -> bool {
+    if let (Some(cu), Some(mu)) = (c.upperdir.as_deref(), m.upperdir.as_deref()) {
+        if cu == mu || (overlay2_id(cu).is_some() && overlay2_id(cu) == overlay2_id(mu)) {
+            return true;
+        }
+    }
+    m.mount_point.contains("/rootfs/overlayfs/") && m.mount_point.ends_with(&c.container.id)
+}
+
+impl Docker {
+    pub fn new() -> Self {
+        let path = socket_path();
+        let (api, warning) = if Path::new(&path).exists() {
+            match bollard::Docker::connect_with_unix(&path, API_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION) {
+                Ok(d) => (Some(d), None),
+                Err(e) => (None, Some(format!("cannot use the Docker API at {path}: {e}"))),
+            }
+        } else {
+            (None, None)
+        };
+        Self { api, inspected: HashMap::new(), warning }
+    }
+
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
+    /// All containers the API knows, inspecting the ones not seen before. None when the API
+    /// is absent, fails or times out.
+    async fn from_api(&mut self) -> Option<Vec<DockerContainer>> {
+        let api = self.api.as_ref()?;
+        let list = tokio::time::timeout(
+            API_TIMEOUT,
+            api.list_containers(Some(ListContainersOptions { all: true, ..Default::default() })),
+        )
+        .await;
+        let list = match list {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                self.warning = Some(format!("Docker API: {e}; using Docker's on-disk metadata"));
+                return None;
+            }
+            Err(_) => {
+                self.warning = Some("Docker API did not answer in 3 s; using Docker's on-disk metadata".into());
+                return None;
+            }
+        };
+        for s in list {
+            let Some(id) = s.id else { continue };
+            if self.inspected.contains_key(&id) {
+                continue;
+            }
+            if let Ok(Ok(v)) = tokio::time::timeout(API_TIMEOUT, api.inspect_container(&id, None)).await {
+                if let Some(c) = from_inspect(&v) {
+                    self.inspected.insert(id, c);
+                }
+            }
+        }
+        Some(self.inspected.values().cloned().collect())
+    }
+
+    pub async fn resolve(&mut self, m: &OverlayMount) -> Option<super::Container> {
+        if let Some(c) = self.inspected.values().find(|c| owns(c, m)) {
+            return Some(c.container.clone());
+        }
+        let all = match self.from_api().await {
+            Some(all) => all,
+            None => from_disk(&data_root()),
+        };
+        all.into_iter().find(|c| owns(c, m)).map(|c| c.container)
+    }
+}
+
+impl Default for Docker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mounts::parse_mountinfo;
+
+    // Captured from a real dockerd (Debian docker.io 20.10, data root /tmp/dk/data).
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/docker");
+    const CID: &str = "153bf8403972b4a60b573a9e331118a8d092d693bba049f105e24cb201a77b9f";
+
+    fn mount() -> OverlayMount {
+        let text = fs::read_to_string(format!("{FIXTURES}/mountinfo")).unwrap();
+        parse_mountinfo(&text).into_values().next().unwrap()
+    }
+
+    #[test]
+    fn on_disk_metadata_names_the_mount() {
+        let all = from_disk(Path::new(&format!("{FIXTURES}/root")));
+        assert_eq!(all.len(), 1);
+        let c = &all[0];
+        assert_eq!(c.container.id, CID);
+        assert_eq!(c.container.name, "web");
+        assert_eq!(c.container.image, "base:1");
+        assert!(owns(c, &mount()), "fixture data root differs from the live one: matched by overlay2 id");
+    }
+
+    #[test]
+    fn api_inspect_response_names_the_mount() {
+        let text = fs::read_to_string(format!("{FIXTURES}/inspect.json")).unwrap();
+        let v: bollard::models::ContainerInspectResponse = serde_json::from_str(&text).unwrap();
+        let c = from_inspect(&v).unwrap();
+        assert_eq!(c.container.name, "web");
+        assert_eq!(c.container.image, "base:1");
+        assert_eq!(c.container.short_id(), "153bf8403972");
+        assert_eq!(c.upperdir.as_deref(), mount().upperdir.as_deref());
+        assert!(owns(&c, &mount()));
+    }
+
+    #[test]
+    fn relative_upperdir_and_containerd_store() {
+        assert_eq!(overlay2_id("/var/lib/docker/overlay2/abc/diff"), Some("abc"));
+        assert_eq!(overlay2_id("abc/diff"), Some("abc"));
+        assert_eq!(overlay2_id("/x/upper"), None);
+        let mut m = mount();
+        let c = DockerContainer {
+            container: Container { runtime: "docker".into(), id: "f00d".repeat(16), name: "n".into(), image: "i".into(), namespace: None },
+            upperdir: None,
+        };
+        assert!(!owns(&c, &m));
+        m.mount_point = format!("/var/lib/docker/rootfs/overlayfs/{}", "f00d".repeat(16));
+        assert!(owns(&c, &m));
+    }
+
+    #[test]
+    fn container_matching_by_name_and_id() {
+        let c = from_disk(Path::new(&format!("{FIXTURES}/root"))).remove(0).container;
+        assert!(c.matches("web") && c.matches("/web") && c.matches("153bf840") && c.matches(CID));
+        assert!(!c.matches("153") && !c.matches("db"));
+    }
+}

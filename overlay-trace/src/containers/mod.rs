@@ -1,0 +1,90 @@
+//! Naming overlay mounts after the containers they belong to. Each runtime has its own resolver;
+//! a mount no runtime claims is still reported by mount point and upperdir.
+
+pub mod containerd;
+pub mod docker;
+pub mod podman;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{events::Dev, mounts::OverlayMount};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// "docker", "containerd" or "podman".
+    pub runtime: String,
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    /// containerd namespace (e.g. "k8s.io" for Kubernetes) where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl Container {
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+
+    /// `--container` accepts a name (with or without Docker's leading '/'), a full id or an id
+    /// prefix of at least 4 characters.
+    pub fn matches(&self, wanted: &str) -> bool {
+        let wanted = wanted.trim_start_matches('/');
+        self.name == wanted || self.id == wanted || (wanted.len() >= 4 && self.id.starts_with(wanted))
+    }
+}
+
+/// Maps mounts to containers, asking each runtime in turn, and remembers every answer so a
+/// container that exits before the report keeps its name.
+pub struct Resolver {
+    docker: docker::Docker,
+    podman: podman::Podman,
+    known: BTreeMap<Dev, Container>,
+}
+
+impl Resolver {
+    pub fn new() -> Self {
+        Self { docker: docker::Docker::new(), podman: podman::Podman::new(), known: BTreeMap::new() }
+    }
+
+    pub async fn resolve(&mut self, m: &OverlayMount) -> Option<Container> {
+        if let Some(c) = self.known.get(&m.dev) {
+            return Some(c.clone());
+        }
+        let found = match self.docker.resolve(m).await {
+            Some(c) => Some(c),
+            None => match containerd::from_mount_point(&m.mount_point) {
+                Some(c) => Some(c),
+                None => self.podman.resolve(m),
+            },
+        };
+        if let Some(c) = &found {
+            self.known.insert(m.dev, c.clone());
+        }
+        found
+    }
+
+    /// Containers whose root filesystem is mounted now, with their superblock.
+    pub async fn running(&mut self, mounts: &BTreeMap<Dev, OverlayMount>) -> Vec<(Dev, Container)> {
+        let mut out = Vec::new();
+        for m in mounts.values() {
+            if let Some(c) = self.resolve(m).await {
+                out.push((m.dev, c));
+            }
+        }
+        out
+    }
+
+    /// Why Docker could not be asked, if it could not (shown once as a warning).
+    pub fn docker_warning(&self) -> Option<&str> {
+        self.docker.warning()
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Self::new()
+    }
+}

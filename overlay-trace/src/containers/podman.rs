@@ -1,0 +1,97 @@
+//! podman (containers/storage): a container's root is `<storage>/overlay/<layer-id>/merged`
+//! (upperdir `<storage>/overlay/<layer-id>/diff`), and
+//! `<storage>/overlay-containers/containers.json` maps layer ids to container ids and names.
+
+use std::{fs, path::PathBuf};
+
+use serde::Deserialize;
+
+use super::Container;
+use crate::mounts::OverlayMount;
+
+const ROOTS: &[&str] = &["/var/lib/containers/storage"];
+
+#[derive(Deserialize)]
+struct Entry {
+    id: String,
+    #[serde(default)]
+    names: Vec<String>,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    layer: String,
+}
+
+pub struct Podman {
+    roots: Vec<PathBuf>,
+}
+
+/// The containers listed in a containers.json text, keyed by their layer id.
+pub fn parse_containers_json(text: &str) -> Vec<(String, Container)> {
+    let entries: Vec<Entry> = serde_json::from_str(text).unwrap_or_default();
+    entries
+        .into_iter()
+        .map(|e| {
+            let name = e.names.first().cloned().unwrap_or_else(|| e.id.chars().take(12).collect());
+            (e.layer, Container { runtime: "podman".into(), id: e.id, name, image: e.image, namespace: None })
+        })
+        .collect()
+}
+
+/// The layer id of a containers/storage overlay mount.
+pub fn layer_of(m: &OverlayMount) -> Option<String> {
+    let from = |p: &str, leaf: &str| -> Option<String> {
+        let dir = p.strip_suffix(leaf)?;
+        let (parent, id) = dir.rsplit_once('/')?;
+        parent.ends_with("/overlay").then(|| id.to_string())
+    };
+    m.upperdir.as_deref().and_then(|u| from(u, "/diff")).or_else(|| from(&m.mount_point, "/merged"))
+}
+
+impl Podman {
+    pub fn new() -> Self {
+        Self { roots: ROOTS.iter().map(PathBuf::from).collect() }
+    }
+
+    pub fn resolve(&self, m: &OverlayMount) -> Option<Container> {
+        let layer = layer_of(m)?;
+        self.roots.iter().find_map(|r| {
+            let text = fs::read_to_string(r.join("overlay-containers/containers.json")).ok()?;
+            parse_containers_json(&text).into_iter().find(|(l, _)| *l == layer).map(|(_, c)| c)
+        })
+    }
+}
+
+impl Default for Podman {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Dev;
+
+    // The shape containers/storage writes (fields we do not read trimmed).
+    const CONTAINERS_JSON: &str = r#"[{"id":"5c7a2b1d9e8f00112233445566778899aabbccddeeff00112233445566778899",
+        "names":["api"],"image":"d1c2b3a4","layer":"8e8d8c8b8a898887868584838281807f7e7d7c7b7a797877767574737271706f",
+        "metadata":"{\"image-name\":\"localhost/api:latest\"}","created":"2026-11-01T10:00:00Z"}]"#;
+
+    #[test]
+    fn layer_maps_to_container() {
+        let layer = "8e8d8c8b8a898887868584838281807f7e7d7c7b7a797877767574737271706f";
+        let m = OverlayMount {
+            dev: Dev { major: 0, minor: 70 },
+            mount_point: format!("/var/lib/containers/storage/overlay/{layer}/merged"),
+            lowerdirs: vec![],
+            upperdir: Some(format!("/var/lib/containers/storage/overlay/{layer}/diff")),
+            workdir: None,
+        };
+        assert_eq!(layer_of(&m).as_deref(), Some(layer));
+        let all = parse_containers_json(CONTAINERS_JSON);
+        assert_eq!(all[0].0, layer);
+        assert_eq!(all[0].1.name, "api");
+        assert!(parse_containers_json("not json").is_empty());
+    }
+}
