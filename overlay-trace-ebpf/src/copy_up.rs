@@ -12,7 +12,7 @@ use overlay_trace_common::{
 
 use crate::{
     EVENTS,
-    kernel::{cfg, count, dev_filtered_out, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, read_field, read_path},
+    kernel::{cfg, count, dev_filtered_out, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, submit_flags, read_field, read_path},
 };
 
 /// What the entry probe saw, kept until the return probe of the same thread.
@@ -99,7 +99,7 @@ pub fn copy_up_one_return(ctx: RetProbeContext) -> u32 {
         (*ev).path_depth = path.depth;
         (*ev).path_flags = path.flags;
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     0
 }
 

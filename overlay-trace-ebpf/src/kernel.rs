@@ -148,3 +148,18 @@ pub fn now_ns() -> u64 {
     // SAFETY: the helper has no preconditions.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
+
+/// Userspace is woken only once this much is waiting; it also drains on a short timer. Waking it
+/// for every event costs the traced workload a context switch per event.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
+/// Flags for `submit`: no wakeup until `WAKEUP_BYTES` are pending.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    if crate::EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}

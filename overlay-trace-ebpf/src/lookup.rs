@@ -14,7 +14,7 @@ use overlay_trace_common::{
 
 use crate::{
     EVENTS,
-    kernel::{cfg, count, dev_filtered_out, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, read_field, read_name},
+    kernel::{cfg, count, dev_filtered_out, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, submit_flags, read_field, read_name},
 };
 
 #[repr(C)]
@@ -125,6 +125,6 @@ pub fn lookup_return(ctx: RetProbeContext) -> u32 {
         let n = read_name(start.dentry, (&raw mut (*ev).name).cast(), LOOKUP_NAME_LEN as u32);
         (*ev).name_len = n.saturating_sub(1);
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     0
 }

@@ -10,7 +10,7 @@ use overlay_trace_common::{EVENT_MOUNT, MountEvent, STAT_DROPPED_MOUNT, STAT_INF
 
 use crate::{
     EVENTS,
-    kernel::{cfg, count, current_tgid_pid, fill_header, filtered_out, now_ns, read_field},
+    kernel::{cfg, count, current_tgid_pid, fill_header, filtered_out, now_ns, submit_flags, read_field},
 };
 
 #[repr(C)]
@@ -59,6 +59,6 @@ pub fn mount_return(ctx: RetProbeContext) -> u32 {
         (*ev).ret = ret as i32;
         (*ev)._pad = 0;
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
     0
 }

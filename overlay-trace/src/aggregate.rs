@@ -3,10 +3,11 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BinaryHeap},
+    collections::{BTreeMap, BinaryHeap, HashMap},
 };
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 use crate::events::{CopyUp, Dev, Event, Lookup, LookupOutcome};
 
@@ -158,10 +159,22 @@ pub struct MountStats {
     pub mount_ns: Option<u64>,
 }
 
+/// One overlay superblock's life. Anonymous device numbers are reused as soon as a mount goes
+/// away (Docker mounts each container's init layer briefly, then its root, often on the same
+/// number), so each mount seen being made (`ovl_fill_super`) starts a new generation of its device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MountKey {
+    pub dev: Dev,
+    /// 0 for a mount that existed before tracing started; +1 per mount of this device seen.
+    pub generation: u32,
+}
+
 /// Everything seen so far, per overlay superblock.
 #[derive(Default)]
 pub struct Aggregate {
-    pub mounts: BTreeMap<Dev, MountStats>,
+    pub mounts: BTreeMap<MountKey, MountStats>,
+    /// Current generation of each device.
+    generations: HashMap<Dev, u32>,
     pub copy_up_events: u64,
     pub lookup_events: u64,
     pub mount_events: u64,
@@ -169,13 +182,24 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
-    /// Adds one event. Returns true when its superblock was not seen before, so the caller can
-    /// name the mount while it still exists.
-    pub fn add(&mut self, e: &Event) -> bool {
+    /// The key events of `dev` go to now.
+    pub fn current(&self, dev: Dev) -> MountKey {
+        MountKey { dev, generation: self.generations.get(&dev).copied().unwrap_or(0) }
+    }
+
+    /// Adds one event. Returns its mount and whether that mount is new, so the caller can name
+    /// it while it still exists.
+    pub fn add(&mut self, e: &Event) -> (MountKey, bool) {
         self.seq += 1;
         let dev = e.origin().dev;
-        let new = !self.mounts.contains_key(&dev);
-        let m = self.mounts.entry(dev).or_default();
+        if let Event::Mount(mt) = e {
+            if mt.ret == 0 {
+                *self.generations.entry(dev).or_default() += 1;
+            }
+        }
+        let key = self.current(dev);
+        let new = !self.mounts.contains_key(&key);
+        let m = self.mounts.entry(key).or_default();
         match e {
             Event::CopyUp(c) => {
                 self.copy_up_events += 1;
@@ -192,7 +216,7 @@ impl Aggregate {
                 }
             }
         }
-        new
+        (key, new)
     }
 }
 
@@ -209,12 +233,12 @@ mod tests {
     #[test]
     fn copy_ups_are_counted_per_mount_with_top_n() {
         let mut a = Aggregate::default();
-        assert!(a.add(&ev(raw::copy_up(1, "a", 10, 10, 5))));
+        assert!(a.add(&ev(raw::copy_up(1, "a", 10, 10, 5))).1);
         for i in 0..50u64 {
-            assert!(!a.add(&ev(raw::copy_up(1, &format!("f{i}"), 100, 100, 1000 + i))));
+            assert!(!a.add(&ev(raw::copy_up(1, &format!("f{i}"), 100, 100, 1000 + i))).1);
         }
         a.add(&ev(raw::copy_up(2, "dir", 0, NO_DATA_COPY, 7)));
-        let m = &a.mounts[&Dev::from_kernel(1)];
+        let m = &a.mounts[&key(1, 0)];
         assert_eq!(m.copy_ups.count, 51);
         assert_eq!(m.copy_ups.data_bytes, 10 + 50 * 100);
         assert_eq!(m.copy_ups.total_ns, 5 + (1000..1050).sum::<u64>());
@@ -223,7 +247,7 @@ mod tests {
         assert_eq!(slow[0].event.path, "/f49");
         assert_eq!(slow[TOP_N - 1].event.path, format!("/f{}", 50 - TOP_N));
         assert_eq!(m.copy_ups.latency.max(), 1049);
-        assert_eq!(a.mounts[&Dev::from_kernel(2)].copy_ups.data_bytes, 0);
+        assert_eq!(a.mounts[&key(2, 0)].copy_ups.data_bytes, 0);
         assert_eq!(a.copy_up_events, 52);
     }
 
@@ -234,7 +258,7 @@ mod tests {
         a.add(&ev(raw::lookup(1, "y", LOOKUP_NEGATIVE, 3, 10)));
         a.add(&ev(raw::lookup(1, "z", LOOKUP_UPPER, 1, 10)));
         a.add(&ev(raw::lookup(1, "w", LOOKUP_LOWER, 2, 30)));
-        let l = &a.mounts[&Dev::from_kernel(1)].lookups;
+        let l = &a.mounts[&key(1, 0)].lookups;
         assert_eq!(l.count, 4);
         assert_eq!(l.outcome(LookupOutcome::Negative), 2);
         assert_eq!(l.outcome(LookupOutcome::Upper), 1);
@@ -243,19 +267,37 @@ mod tests {
         assert_eq!(l.latency.value_at_quantile(0.5), 10);
     }
 
+    fn key(dev: u32, generation: u32) -> MountKey {
+        MountKey { dev: Dev::from_kernel(dev), generation }
+    }
+
     #[test]
     fn mount_time_is_kept_per_superblock() {
         let mut a = Aggregate::default();
-        assert!(a.add(&ev(raw::mount(9, 4242))));
-        assert!(!a.add(&ev(raw::copy_up(9, "f", 1, 1, 5))));
-        assert_eq!(a.mounts[&Dev::from_kernel(9)].mount_ns, Some(4242));
+        assert_eq!(a.add(&ev(raw::mount(9, 4242))), (key(9, 1), true));
+        assert_eq!(a.add(&ev(raw::copy_up(9, "f", 1, 1, 5))), (key(9, 1), false));
+        assert_eq!(a.mounts[&key(9, 1)].mount_ns, Some(4242));
         assert_eq!(a.mount_events, 1);
+    }
+
+    #[test]
+    fn a_reused_device_number_starts_a_new_mount() {
+        let mut a = Aggregate::default();
+        a.add(&ev(raw::copy_up(9, "old", 1, 1, 5)));
+        a.add(&ev(raw::mount(9, 10)));
+        a.add(&ev(raw::copy_up(9, "new", 1, 1, 5)));
+        a.add(&ev(raw::mount(9, 20)));
+        assert_eq!(a.mounts.len(), 3);
+        assert_eq!(a.mounts[&key(9, 0)].copy_ups.slowest()[0].event.path, "/old");
+        assert_eq!(a.mounts[&key(9, 1)].copy_ups.slowest()[0].event.path, "/new");
+        assert_eq!(a.mounts[&key(9, 2)].copy_ups.count, 0);
+        assert_eq!(a.mounts[&key(9, 2)].mount_ns, Some(20));
     }
 
     #[test]
     fn huge_latency_is_clamped_not_lost() {
         let mut a = Aggregate::default();
         a.add(&ev(raw::copy_up(1, "a", 1, 1, u64::MAX)));
-        assert_eq!(a.mounts[&Dev::from_kernel(1)].copy_ups.latency.len(), 1);
+        assert_eq!(a.mounts[&key(1, 0)].copy_ups.latency.len(), 1);
     }
 }

@@ -3,7 +3,7 @@
 //! aggregate -> report.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{BufWriter, IsTerminal as _, Write as _},
     path::Path,
@@ -19,7 +19,7 @@ use overlay_trace_common::{
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    aggregate::Aggregate,
+    aggregate::{Aggregate, MountKey},
     containers::{Container, Resolver},
     btf_offsets::KernelBtf,
     cli::RunArgs,
@@ -28,6 +28,9 @@ use crate::{
     preflight, probes,
     report::{EventCounts, Report, json, text},
 };
+
+/// How often the ring buffer is drained when the kernel did not wake us.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
 /// How `run` ended, for the exit code.
 pub enum Outcome {
@@ -42,13 +45,22 @@ fn create(path: &Path, what: &str) -> Result<BufWriter<File>> {
         .with_context(|| format!("cannot write {what} to {}", path.display()))
 }
 
+/// One line of `--events`: the event and which mount of its device it belongs to.
+#[derive(serde::Serialize)]
+struct EventLine<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    mount_gen: u32,
+}
+
 /// Everything that turns ring buffer records into the report's numbers.
 struct Collector {
     agg: Aggregate,
-    names: BTreeMap<Dev, OverlayMount>,
-    containers: BTreeMap<Dev, Container>,
-    /// Superblocks seen for the first time since the last naming pass.
-    unnamed: Vec<Dev>,
+    names: BTreeMap<MountKey, OverlayMount>,
+    containers: BTreeMap<MountKey, Container>,
+    /// Mounts first seen since the last naming pass, or not yet in mountinfo: named (and their
+    /// container looked up) on the next pass, retried while their device number is not reused.
+    pending: BTreeSet<MountKey>,
     decode_errors: u64,
     events_out: Option<BufWriter<File>>,
 }
@@ -57,12 +69,14 @@ impl Collector {
     fn take(&mut self, record: &[u8]) -> Result<()> {
         match Event::try_from(record) {
             Ok(e) => {
-                if let Some(out) = self.events_out.as_mut() {
-                    serde_json::to_writer(&mut *out, &e).context("writing events")?;
-                    out.write_all(b"\n").context("writing events")?;
+                let (key, new) = self.agg.add(&e);
+                if new {
+                    self.pending.insert(key);
                 }
-                if self.agg.add(&e) {
-                    self.unnamed.push(e.origin().dev);
+                if let Some(out) = self.events_out.as_mut() {
+                    serde_json::to_writer(&mut *out, &EventLine { event: &e, mount_gen: key.generation })
+                        .context("writing events")?;
+                    out.write_all(b"\n").context("writing events")?;
                 }
             }
             Err(_) => self.decode_errors += 1,
@@ -70,24 +84,45 @@ impl Collector {
         Ok(())
     }
 
-    /// Names new superblocks while their mount still exists (a container may be gone by report
-    /// time): the mount from mountinfo, then the container from its runtime.
+    /// Names new mounts while they still exist (a container may be gone by report time): the
+    /// mount from mountinfo, then the container from its runtime. A mount made after its first
+    /// event shows up in mountinfo a little later, hence the retries.
     async fn name_new_mounts(&mut self, resolver: &mut Resolver) {
-        if self.unnamed.is_empty() {
+        // A mount whose device number was reused since can no longer be named.
+        let agg = &self.agg;
+        let names = &self.names;
+        self.pending.retain(|k| names.contains_key(k) || agg.current(k.dev) == *k);
+        if self.pending.is_empty() {
             return;
         }
-        let devs = std::mem::take(&mut self.unnamed);
-        if devs.iter().any(|d| !self.names.contains_key(d)) {
-            if let Ok(now) = read_overlay_mounts() {
-                for (dev, m) in now {
-                    self.names.entry(dev).or_insert(m);
+        let now = if self.pending.iter().all(|k| self.names.contains_key(k)) {
+            BTreeMap::new()
+        } else {
+            read_overlay_mounts().unwrap_or_default()
+        };
+        for key in std::mem::take(&mut self.pending) {
+            let Some(m) = self.names.get(&key).or_else(|| now.get(&key.dev)).cloned() else {
+                self.pending.insert(key);
+                continue;
+            };
+            if !self.containers.contains_key(&key) {
+                if let Some(c) = resolver.resolve(&m).await {
+                    self.containers.insert(key, c);
                 }
             }
+            self.names.insert(key, m);
         }
-        for dev in devs {
-            if let Some(m) = self.names.get(&dev) {
+    }
+}
+
+impl Collector {
+    /// A last look for mounts named but not attributed: a runtime may have been slow to answer
+    /// while the container started. Matching uses the saved mount, so exited containers count.
+    async fn resolve_remaining(&mut self, resolver: &mut Resolver) {
+        for (key, m) in &self.names {
+            if self.agg.mounts.contains_key(key) && !self.containers.contains_key(key) {
                 if let Some(c) = resolver.resolve(m).await {
-                    self.containers.insert(dev, c);
+                    self.containers.insert(*key, c);
                 }
             }
         }
@@ -185,11 +220,12 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         eprintln!("warning: {w}");
     }
 
+    let gen0 = |dev| MountKey { dev, generation: 0 };
     let mut collector = Collector {
         agg: Aggregate::default(),
-        names: mounts_now,
-        containers: only_devs.into_iter().collect(),
-        unnamed: Vec::new(),
+        names: mounts_now.into_iter().map(|(d, m)| (gen0(d), m)).collect(),
+        containers: only_devs.into_iter().map(|(d, c)| (gen0(d), c)).collect(),
+        pending: BTreeSet::new(),
         decode_errors: 0,
         events_out,
     };
@@ -211,6 +247,8 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    // The kernel side wakes us only when 256 KiB are waiting; this timer drains the rest.
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut exit_code = None;
 
@@ -220,6 +258,10 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
                 let mut guard = guard.context("ring buffer poll")?;
                 drain(guard.get_inner_mut(), &mut collector)?;
                 guard.clear_ready();
+                collector.name_new_mounts(&mut resolver).await;
+            }
+            _ = drain_tick.tick() => {
+                drain(ring.get_mut(), &mut collector)?;
                 collector.name_new_mounts(&mut resolver).await;
             }
             _ = tick.tick() => {
@@ -258,6 +300,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         ..Default::default()
     };
     collector.name_new_mounts(&mut resolver).await;
+    collector.resolve_remaining(&mut resolver).await;
     if let Some(mut out) = collector.events_out.take() {
         out.flush().context("writing events")?;
     }

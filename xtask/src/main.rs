@@ -110,7 +110,10 @@ fn in_vm(script: &str) -> Result<i32> {
     let st = Command::new("vng")
         .args(["--run"])
         .arg(&kernel)
-        .args(["--disable-kvm", "--memory", "2G", "--cpus", "2", "--rw", "--exec"])
+        .args(["--disable-kvm", "--memory", "2G", "--cpus", "2", "--rw"])
+        // Debian's kernel enables AppArmor, and dockerd then wants apparmor_parser for every
+        // container; the tests do not need it.
+        .args(["--append", "apparmor=0", "--exec"])
         .arg(format!("bash {}", body.display()))
         .current_dir(workspace())
         .status()
@@ -122,11 +125,14 @@ fn in_vm(script: &str) -> Result<i32> {
     Ok(code)
 }
 
-fn build_tracer() -> Result<PathBuf> {
+fn build_tracer(release: bool) -> Result<PathBuf> {
     let mut c = cargo();
     c.args(["build", "--package", "overlay-trace"]);
+    if release {
+        c.arg("--release");
+    }
     run(c)?;
-    Ok(workspace().join("target/debug/overlay-trace"))
+    Ok(workspace().join(if release { "target/release/overlay-trace" } else { "target/debug/overlay-trace" }))
 }
 
 /// Test executables of the integration-test package, built but not run.
@@ -159,7 +165,7 @@ fn test(native_only: bool) -> Result<()> {
     if native_only {
         return Ok(());
     }
-    let tracer = build_tracer()?;
+    let tracer = build_tracer(false)?;
     let bins = integration_test_binaries()?;
     println!("xtask: kernel tests in the VM");
     let mut script = String::from("set -e\n");
@@ -179,7 +185,7 @@ fn test(native_only: bool) -> Result<()> {
 }
 
 fn demo() -> Result<()> {
-    let tracer = build_tracer()?;
+    let tracer = build_tracer(true)?;
     let script = workspace().join("xtask/demo.sh");
     let code = in_vm(&format!("bash {} {}", script.display(), tracer.display()))?;
     if code != 0 {
@@ -193,7 +199,8 @@ fn main() {
     let r = match cli.task {
         Task::Test { native_only } => test(native_only),
         Task::Demo => demo(),
-        Task::Bench { rounds } => build_tracer().and_then(|t| bench::host(rounds, &t)),
+        // Release build: the benchmark measures what users run.
+        Task::Bench { rounds } => build_tracer(true).and_then(|t| bench::host(rounds, &t)),
         Task::BenchInVm { rounds, tracer } => bench::in_vm(rounds, &tracer),
         Task::BenchWorkload { storm, merged } => bench::workload(&storm, &merged),
         Task::Vm { cmd } => in_vm(&cmd.join(" ")).and_then(|c| if c == 0 { Ok(()) } else { Err(anyhow!("exit {c}")) }),

@@ -16,7 +16,7 @@ pub fn from_mount_point(mount_point: &str) -> Option<Container> {
         id: id.into(),
         name: id.chars().take(12).collect(),
         image: String::new(),
-        namespace: Some(ns.into()),
+        namespace: Some(ns.into()), role: None
     })
 }
 

@@ -94,7 +94,7 @@ pub fn from_disk(root: &Path) -> Vec<DockerContainer> {
                 id: id.clone(),
                 name: cfg["Name"].as_str().unwrap_or("").trim_start_matches('/').to_string(),
                 image: cfg["Config"]["Image"].as_str().unwrap_or("").to_string(),
-                namespace: None,
+                namespace: None, role: None
             },
             upperdir: mount_id.map(|m| root.join("overlay2").join(m).join("diff").display().to_string()),
         });
@@ -111,7 +111,7 @@ pub fn from_inspect(v: &bollard::models::ContainerInspectResponse) -> Option<Doc
             id,
             name: v.name.as_deref().unwrap_or("").trim_start_matches('/').to_string(),
             image: v.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
-            namespace: None,
+            namespace: None, role: None
         },
         upperdir: v.graph_driver.as_ref().and_then(|g| g.data.get("UpperDir").cloned()),
     })
@@ -126,6 +126,22 @@ pub fn owns(c: &DockerContainer, m: &OverlayMount) -> bool {
         }
     }
     m.mount_point.contains("/rootfs/overlayfs/") && m.mount_point.ends_with(&c.container.id)
+}
+
+/// The container whose root (or init layer) `m` is.
+pub fn find<'a>(all: impl Iterator<Item = &'a DockerContainer> + Clone, m: &OverlayMount) -> Option<Container> {
+    if let Some(c) = all.clone().find(|c| owns(c, m)) {
+        return Some(c.container.clone());
+    }
+    all.into_iter().find(|c| owns_init_layer(c, m)).map(|c| Container { role: Some("init-layer".into()), ..c.container.clone() })
+}
+
+/// Is `m` the init layer (`<overlay2 id>-init`) of `c`, mounted while Docker creates it?
+pub fn owns_init_layer(c: &DockerContainer, m: &OverlayMount) -> bool {
+    match (c.upperdir.as_deref().and_then(overlay2_id), m.upperdir.as_deref().and_then(overlay2_id)) {
+        (Some(cid), Some(mid)) => mid.strip_suffix("-init") == Some(cid),
+        _ => false,
+    }
 }
 
 impl Docker {
@@ -181,14 +197,17 @@ impl Docker {
     }
 
     pub async fn resolve(&mut self, m: &OverlayMount) -> Option<super::Container> {
-        if let Some(c) = self.inspected.values().find(|c| owns(c, m)) {
-            return Some(c.container.clone());
+        if let Some(c) = find(self.inspected.values(), m) {
+            return Some(c);
         }
-        let all = match self.from_api().await {
-            Some(all) => all,
-            None => from_disk(&data_root()),
-        };
-        all.into_iter().find(|c| owns(c, m)).map(|c| c.container)
+        // The API can miss a container that is being started (inspect waits for its lock and
+        // times out): Docker's on-disk metadata exists from creation on.
+        if let Some(all) = self.from_api().await {
+            if let Some(c) = find(all.iter(), m) {
+                return Some(c);
+            }
+        }
+        find(from_disk(&data_root()).iter(), m)
     }
 }
 
@@ -242,10 +261,17 @@ mod tests {
         assert_eq!(overlay2_id("/x/upper"), None);
         let mut m = mount();
         let c = DockerContainer {
-            container: Container { runtime: "docker".into(), id: "f00d".repeat(16), name: "n".into(), image: "i".into(), namespace: None },
+            container: Container { runtime: "docker".into(), id: "f00d".repeat(16), name: "n".into(), image: "i".into(), namespace: None, role: None },
             upperdir: None,
         };
         assert!(!owns(&c, &m));
+        let mut init = mount();
+        init.upperdir = Some(init.upperdir.unwrap().replace("/diff", "-init/diff"));
+        let web = from_disk(Path::new(&format!("{FIXTURES}/root"))).remove(0);
+        assert!(!owns(&web, &init) && owns_init_layer(&web, &init));
+        let found = find([web.clone()].iter(), &init).unwrap();
+        assert_eq!((found.name.as_str(), found.role.as_deref()), ("web", Some("init-layer")));
+        assert_eq!(find([web].iter(), &mount()).unwrap().role, None);
         m.mount_point = format!("/var/lib/docker/rootfs/overlayfs/{}", "f00d".repeat(16));
         assert!(owns(&c, &m));
     }

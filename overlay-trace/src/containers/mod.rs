@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{events::Dev, mounts::OverlayMount};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     /// "docker", "containerd" or "podman".
     pub runtime: String,
@@ -21,6 +21,10 @@ pub struct Container {
     /// containerd namespace (e.g. "k8s.io" for Kubernetes) where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Set when the mount is not the container's root but part of making it: "init-layer"
+    /// (Docker mounts the init layer briefly to write /etc/hosts and friends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 impl Container {
@@ -41,7 +45,8 @@ impl Container {
 pub struct Resolver {
     docker: docker::Docker,
     podman: podman::Podman,
-    known: BTreeMap<Dev, Container>,
+    /// Answers by device and mount point: device numbers alone are reused across mounts.
+    known: BTreeMap<(Dev, String), Container>,
 }
 
 impl Resolver {
@@ -50,7 +55,8 @@ impl Resolver {
     }
 
     pub async fn resolve(&mut self, m: &OverlayMount) -> Option<Container> {
-        if let Some(c) = self.known.get(&m.dev) {
+        let key = (m.dev, m.mount_point.clone());
+        if let Some(c) = self.known.get(&key) {
             return Some(c.clone());
         }
         let found = match self.docker.resolve(m).await {
@@ -61,7 +67,7 @@ impl Resolver {
             },
         };
         if let Some(c) = &found {
-            self.known.insert(m.dev, c.clone());
+            self.known.insert(key, c.clone());
         }
         found
     }

@@ -33,7 +33,7 @@ pub fn parse_containers_json(text: &str) -> Vec<(String, Container)> {
         .into_iter()
         .map(|e| {
             let name = e.names.first().cloned().unwrap_or_else(|| e.id.chars().take(12).collect());
-            (e.layer, Container { runtime: "podman".into(), id: e.id, name, image: e.image, namespace: None })
+            (e.layer, Container { runtime: "podman".into(), id: e.id, name, image: e.image, namespace: None, role: None })
         })
         .collect()
 }

@@ -10,9 +10,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    aggregate::{Aggregate, CopyUpStats, LookupStats, outcome_of_key},
+    aggregate::{Aggregate, CopyUpStats, LookupStats, MountKey, outcome_of_key},
     containers::Container,
-    events::{Dev, LookupOutcome},
+    events::LookupOutcome,
     mounts::OverlayMount,
 };
 
@@ -57,6 +57,9 @@ impl EventCounts {
 pub struct MountReport {
     /// Overlay superblock device, "major:minor" as in mountinfo.
     pub dev: String,
+    /// Which mount of this device number (numbers are reused): 0 for one that existed before
+    /// tracing, then +1 per mount seen. Events in `--events` carry the same `mount_gen`.
+    pub mount_gen: u32,
     /// None when the mount was gone before it could be named.
     pub mount: Option<OverlayMount>,
     /// The container whose root this is, when a runtime claimed it.
@@ -185,8 +188,8 @@ impl Report {
     /// Mounts with copy-ups come first, by total copy-up time, then by lookups.
     pub fn build(
         agg: &Aggregate,
-        names: &BTreeMap<Dev, OverlayMount>,
-        containers: &BTreeMap<Dev, Container>,
+        names: &BTreeMap<MountKey, OverlayMount>,
+        containers: &BTreeMap<MountKey, Container>,
         kernel: String,
         traced_seconds: f64,
         mut events: EventCounts,
@@ -197,11 +200,12 @@ impl Report {
         let mut mounts: Vec<MountReport> = agg
             .mounts
             .iter()
-            .map(|(dev, m)| MountReport {
-                dev: dev.to_string(),
-                mount: names.get(dev).cloned(),
-                container: containers.get(dev).cloned(),
-                layers: names.get(dev).map(|m| m.lowerdirs.len()),
+            .map(|(key, m)| MountReport {
+                dev: key.dev.to_string(),
+                mount_gen: key.generation,
+                mount: names.get(key).cloned(),
+                container: containers.get(key).cloned(),
+                layers: names.get(key).map(|m| m.lowerdirs.len()),
                 mount_ns: m.mount_ns,
                 copy_up: copy_up_report(&m.copy_ups),
                 lookup: lookup_report(&m.lookups),

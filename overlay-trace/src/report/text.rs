@@ -40,8 +40,9 @@ fn mount(out: &mut String, m: &MountReport) {
     if let Some(c) = &m.container {
         let _ = writeln!(
             out,
-            "container {} ({}, {}{}) image {}",
+            "container {}{} ({}, {}{}) image {}",
             c.name,
+            c.role.as_deref().map(|r| format!(" [{r}]")).unwrap_or_default(),
             c.short_id(),
             c.runtime,
             c.namespace.as_deref().map(|n| format!(" namespace {n}")).unwrap_or_default(),
@@ -151,14 +152,16 @@ mod tests {
 
     fn sample() -> Report {
         let mut a = Aggregate::default();
+        a.add(&Event::try_from(raw::mount(52, 2_500_000).as_slice()).unwrap());
         for (p, d) in [("etc/passwd", 3_000u64), ("var/log/big.log", 9_000_000)] {
             a.add(&Event::try_from(raw::copy_up(52, p, 1 << 20, 1 << 20, d).as_slice()).unwrap());
         }
         a.add(&Event::try_from(raw::lookup(52, "nope", LOOKUP_NEGATIVE, 3, 800).as_slice()).unwrap());
         a.add(&Event::try_from(raw::lookup(52, "passwd", LOOKUP_UPPER, 1, 400).as_slice()).unwrap());
+        let key = crate::aggregate::MountKey { dev: Dev::from_kernel(52), generation: 1 };
         let mut names = BTreeMap::new();
         names.insert(
-            Dev::from_kernel(52),
+            key,
             OverlayMount {
                 dev: Dev::from_kernel(52),
                 mount_point: "/merged".into(),
@@ -169,16 +172,16 @@ mod tests {
         );
         let mut containers = BTreeMap::new();
         containers.insert(
-            Dev::from_kernel(52),
+            key,
             crate::containers::Container {
                 runtime: "docker".into(),
                 id: "153bf8403972b4a60b573a9e331118a8".into(),
                 name: "web".into(),
                 image: "base:1".into(),
                 namespace: None,
+                role: None,
             },
         );
-        a.add(&Event::try_from(raw::mount(52, 2_500_000).as_slice()).unwrap());
         Report::build(&a, &names, &containers, "6.1.0".into(), 2.0, EventCounts { dropped_lookup: 3, ..Default::default() })
     }
 
