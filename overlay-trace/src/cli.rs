@@ -15,6 +15,26 @@ pub struct Cli {
 pub enum Command {
     /// Trace copy-ups and lookups until Ctrl-C, SIGTERM, --duration or the end of CMD; then report.
     Run(RunArgs),
+    /// Render a saved JSON report (from `run --json` or `bench`) as text.
+    Report {
+        /// The JSON report.
+        file: PathBuf,
+    },
+    /// Compare two JSON reports: exit 0 within bounds, 1 on regression (naming each metric),
+    /// 2 on bad input.
+    Diff {
+        base: PathBuf,
+        new: PathBuf,
+        /// Allowed growth per metric, e.g. `p99=10%,bytes=0%` (metrics: copy_ups, bytes, total,
+        /// p50, p90, p99, max, lookups, lookup_p99). Unnamed metrics keep their defaults.
+        #[arg(long, default_value = "")]
+        max_regression: String,
+    },
+    /// Run a copy-up benchmark scenario on an overlay of its own, under the tracer.
+    Bench(BenchArgs),
+    /// (internal) the workload of a bench scenario, run as the traced command.
+    #[command(hide = true)]
+    BenchWorkload { scenario: String, merged: PathBuf },
     /// Show what this machine offers (kernel, BTF, kprobes, fentry, overlay, privileges) and
     /// whether `run` will work. Exits non-zero when it will not.
     Check,
@@ -44,4 +64,23 @@ pub struct RunArgs {
     /// Run CMD with the probes attached; trace until it exits and exit with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Scenario file (TOML), or the name of a built-in one: container-start, package-install,
+    /// log-append, chmod-r, rename-dirs.
+    pub scenario: String,
+    /// Runs; the report keeps medians and the spread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
+    /// Write the JSON report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Extra overlay mount options, e.g. `metacopy=on`.
+    #[arg(long, default_value = "")]
+    pub mount_options: String,
+    /// Mount options of the tmpfs under the layers (e.g. `size=2g`).
+    #[arg(long, default_value = "")]
+    pub upper_options: String,
 }

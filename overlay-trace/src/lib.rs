@@ -5,7 +5,9 @@
 
 pub mod aggregate;
 pub mod btf_offsets;
+pub mod bench;
 pub mod check;
+pub mod compare;
 pub mod containers;
 pub mod cli;
 pub mod events;

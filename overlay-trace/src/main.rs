@@ -5,14 +5,24 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use overlay_trace::{
-    check,
+    bench, check,
     cli::{Cli, Command},
+    compare,
     run::{self, Outcome},
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Report { file } => return compare::report(&file),
+        Command::Diff { base, new, max_regression } => return compare::diff(&base, &new, &max_regression),
+        Command::Bench(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(bench::bench(args)))
+            .map(|()| ExitCode::SUCCESS),
+        Command::BenchWorkload { scenario, merged } => bench::workload(&scenario, &merged).map(|()| ExitCode::SUCCESS),
         Command::Check => check::check().map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }),
         Command::Run(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

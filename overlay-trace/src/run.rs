@@ -162,14 +162,15 @@ async fn select_containers(
     wanted: &[String],
     mounts: &BTreeMap<Dev, OverlayMount>,
     resolver: &mut Resolver,
-) -> Result<Vec<(Dev, Container)>> {
+) -> Result<Vec<(Dev, Option<Container>)>> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
     let running = resolver.running(mounts).await;
     let mut out = Vec::new();
     for w in wanted {
-        let hits: Vec<&(Dev, Container)> = running.iter().filter(|(_, c)| c.matches(w)).collect();
+        let hits: Vec<(Dev, Option<Container>)> =
+            running.iter().filter(|(_, c)| c.matches(w)).map(|(d, c)| (*d, Some(c.clone()))).collect();
         if hits.is_empty() {
             let list: Vec<String> = running.iter().map(|(_, c)| format!("{} ({})", c.name, c.short_id())).collect();
             return Err(anyhow!(
@@ -177,23 +178,40 @@ async fn select_containers(
                 if list.is_empty() { "none found".to_string() } else { list.join(", ") }
             ));
         }
-        out.extend(hits.into_iter().cloned());
+        out.extend(hits);
     }
     Ok(out)
 }
 
 pub async fn run(args: RunArgs) -> Result<Outcome> {
+    // Open outputs first: a bad path fails before any probe is attached.
+    let mut json_out = args.json.as_deref().map(|p| create(p, "the JSON report")).transpose()?;
+    let (report, exit_code) = trace(&args, &[]).await?;
+    if let Some(out) = json_out.as_mut() {
+        out.write_all(json::to_string(&report).as_bytes())
+            .and_then(|_| out.flush())
+            .context("writing the JSON report")?;
+    }
+    print!("{}", text::render(&report));
+    Ok(match exit_code {
+        Some(code) => Outcome::Command(code),
+        None => Outcome::Done,
+    })
+}
+
+/// Attaches, traces until the end condition, detaches; returns the report and the traced
+/// command's exit code. `only_devs` adds superblocks to trace exclusively (as `--container`).
+pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<(Report, Option<i32>)> {
     let mut caps = preflight::inspect();
     preflight::ensure_overlay_loaded(&mut caps);
     preflight::require_for_run(&caps)?;
 
-    // Open outputs first: a bad path fails before any probe is attached.
-    let mut json_out = args.json.as_deref().map(|p| create(p, "the JSON report")).transpose()?;
     let events_out = args.events.as_deref().map(|p| create(p, "events")).transpose()?;
 
     let mut resolver = Resolver::new();
     let mounts_now = read_overlay_mounts()?;
-    let only_devs = select_containers(&args.containers, &mounts_now, &mut resolver).await?;
+    let mut only_devs = select_containers(&args.containers, &mounts_now, &mut resolver).await?;
+    only_devs.extend(only.iter().map(|d| (*d, None)));
 
     let mut config = KernelBtf::load()?.config(args.pid.unwrap_or(0))?;
     config.filter_devs = u32::from(!only_devs.is_empty());
@@ -224,7 +242,7 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
     let mut collector = Collector {
         agg: Aggregate::default(),
         names: mounts_now.into_iter().map(|(d, m)| (gen0(d), m)).collect(),
-        containers: only_devs.into_iter().map(|(d, c)| (gen0(d), c)).collect(),
+        containers: only_devs.into_iter().filter_map(|(d, c)| Some((gen0(d), c?))).collect(),
         pending: BTreeSet::new(),
         decode_errors: 0,
         events_out,
@@ -305,14 +323,5 @@ pub async fn run(args: RunArgs) -> Result<Outcome> {
         out.flush().context("writing events")?;
     }
     let report = Report::build(&collector.agg, &collector.names, &collector.containers, caps.kernel.clone(), traced, counts);
-    if let Some(out) = json_out.as_mut() {
-        out.write_all(json::to_string(&report).as_bytes())
-            .and_then(|_| out.flush())
-            .context("writing the JSON report")?;
-    }
-    print!("{}", text::render(&report));
-    Ok(match exit_code {
-        Some(code) => Outcome::Command(code),
-        None => Outcome::Done,
-    })
+    Ok((report, exit_code))
 }

@@ -1,6 +1,7 @@
 //! The report: a serializable summary built from the aggregate, rendered as text or JSON.
 //! `schema_version` changes whenever a field changes meaning or disappears.
 
+pub mod diff;
 pub mod json;
 pub mod text;
 
@@ -27,6 +28,29 @@ pub struct Report {
     pub traced_seconds: f64,
     pub events: EventCounts,
     pub mounts: Vec<MountReport>,
+    /// Set by `overlay-trace bench`: what ran, where, and the spread over repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bench: Option<BenchInfo>,
+}
+
+/// The conditions of a benchmark run, so two reports can be compared knowingly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchInfo {
+    pub scenario: String,
+    /// The scenario file's content as run.
+    pub scenario_source: String,
+    pub mount_options: String,
+    pub upper_fs: String,
+    pub repeat: u32,
+    /// Metric name -> median, min and max over the repeats (see `diff::METRICS`).
+    pub metrics: BTreeMap<String, Spread>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 /// What was seen and what was lost: nothing is dropped silently.
@@ -221,6 +245,7 @@ impl Report {
             traced_seconds,
             events,
             mounts,
+            bench: None,
         }
     }
 }
