@@ -15,10 +15,18 @@ pub struct Cli {
 pub enum Command {
     /// Trace copy-ups and lookups until Ctrl-C, SIGTERM, --duration or the end of CMD; then report.
     Run(RunArgs),
-    /// Render a saved JSON report (from `run --json` or `bench`) as text.
+    /// Render saved JSON reports (from `run --json` or `bench`) as text, and optionally their
+    /// latency distributions as a picture (two reports are overlaid).
     Report {
-        /// The JSON report.
-        file: PathBuf,
+        /// The JSON report(s).
+        #[arg(required = true, num_args = 1..=4)]
+        files: Vec<PathBuf>,
+        /// Write copy-up and lookup latency distributions as SVG.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Write an HTML page with the picture and the text reports.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Compare two JSON reports: exit 0 within bounds, 1 on regression (naming each metric),
     /// 2 on bad input.

@@ -1,11 +1,15 @@
 //! `report` and `diff`: reading saved reports. Bad input (unreadable, malformed, unknown schema
 //! version, bad limits) exits 2; a regression exits 1.
 
-use std::{fs, path::Path, process::ExitCode};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{Context as _, Result};
 
-use crate::report::{Report, diff, json, text};
+use crate::report::{Report, diff, json, plot, text};
 
 fn load(path: &Path) -> Result<Report> {
     let t = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -17,14 +21,26 @@ fn bad_input(e: anyhow::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-pub fn report(file: &Path) -> ExitCode {
-    match load(file) {
-        Ok(r) => {
-            print!("{}", text::render(&r));
-            ExitCode::SUCCESS
-        }
-        Err(e) => bad_input(e),
+pub fn report(files: &[PathBuf], svg: Option<&Path>, html: Option<&Path>) -> ExitCode {
+    let reports: Result<Vec<Report>> = files.iter().map(|f| load(f)).collect();
+    let reports = match reports {
+        Ok(r) => r,
+        Err(e) => return bad_input(e),
+    };
+    for r in &reports {
+        print!("{}", text::render(r));
     }
+    let pictures = [(svg, plot::svg as fn(&[Report]) -> Result<String>), (html, plot::html)];
+    for (path, render) in pictures {
+        let Some(path) = path else { continue };
+        let written = render(&reports)
+            .and_then(|doc| fs::write(path, doc).with_context(|| format!("cannot write {}", path.display())));
+        if let Err(e) = written {
+            eprintln!("overlay-trace: error: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 pub fn diff(base: &Path, new: &Path, limits: &str) -> ExitCode {

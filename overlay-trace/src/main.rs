@@ -14,7 +14,7 @@ use overlay_trace::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Report { file } => return compare::report(&file),
+        Command::Report { files, svg, html } => return compare::report(&files, svg.as_deref(), html.as_deref()),
         Command::Diff { base, new, max_regression } => return compare::diff(&base, &new, &max_regression),
         Command::Bench(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -66,9 +66,12 @@ fn diff_passes_on_repeats_and_fails_on_bigger_files() {
     let line = stdout(&worse).lines().last().unwrap().to_string();
     assert!(line.starts_with("regressed: ") && line.contains("bytes"), "{line}");
 
-    let rendered = overlay_trace(&["report", c.to_str().unwrap()]);
-    assert!(rendered.status.success());
+    let svg = dir.join("diff.svg");
+    let rendered = overlay_trace(&["report", a.to_str().unwrap(), c.to_str().unwrap(), "--svg", svg.to_str().unwrap()]);
+    assert!(rendered.status.success(), "{}", stderr(&rendered));
     assert!(stdout(&rendered).contains("/var/log/app.log"), "{}", stdout(&rendered));
+    let picture = fs::read_to_string(&svg).unwrap();
+    assert!(picture.contains("log-append-8388608") && picture.contains("log-append-33554432"), "both reports overlaid");
 }
 
 #[test]

@@ -142,7 +142,7 @@ mod tests {
                     count,
                     data_bytes: bytes,
                     total_ns: count * p99,
-                    latency: Latency { p50_ns: p99 / 2, p90_ns: p99, p99_ns: p99, p99_9_ns: p99, max_ns: p99, mean_ns: p99 },
+                    latency: Latency { p50_ns: p99 / 2, p90_ns: p99, p99_ns: p99, p99_9_ns: p99, max_ns: p99, mean_ns: p99, curve: vec![] },
                     ..Default::default()
                 },
                 lookup: LookupReport::default(),

@@ -2,6 +2,7 @@
 //! `schema_version` changes whenever a field changes meaning or disappears.
 
 pub mod diff;
+pub mod plot;
 pub mod json;
 pub mod text;
 
@@ -96,7 +97,7 @@ pub struct MountReport {
     pub lookup: LookupReport,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub p50_ns: u64,
     pub p90_ns: u64,
@@ -104,7 +105,14 @@ pub struct Latency {
     pub p99_9_ns: u64,
     pub max_ns: u64,
     pub mean_ns: u64,
+    /// The distribution as [percentile, ns] points (`CURVE_PERCENTILES`), for plots.
+    #[serde(default)]
+    pub curve: Vec<(f64, u64)>,
 }
+
+/// Percentiles at which the latency curve is sampled.
+pub const CURVE_PERCENTILES: &[f64] =
+    &[1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
 
 impl Latency {
     fn of(h: &Histogram<u64>) -> Self {
@@ -118,11 +126,12 @@ impl Latency {
             p99_9_ns: h.value_at_quantile(0.999),
             max_ns: h.max(),
             mean_ns: h.mean().round() as u64,
+            curve: CURVE_PERCENTILES.iter().map(|p| (*p, h.value_at_percentile(*p))).collect(),
         }
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CopyUpReport {
     pub count: u64,
     pub failed: u64,
