@@ -155,6 +155,9 @@ pub struct SlowCopyUpReport {
     pub ret: i32,
     pub pid: u32,
     pub comm: String,
+    /// cgroup v2 id of the triggering task (0 or meaningless on cgroup v1).
+    #[serde(default)]
+    pub cgroup_id: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -200,6 +203,7 @@ fn copy_up_report(c: &CopyUpStats) -> CopyUpReport {
                 ret: s.event.ret,
                 pid: s.event.origin.tgid,
                 comm: s.event.origin.comm.clone(),
+                cgroup_id: s.event.origin.cgroup_id,
             })
             .collect(),
     }
