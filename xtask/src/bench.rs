@@ -162,8 +162,14 @@ pub fn in_vm(rounds: usize, overlay_trace: &Path) -> Result<()> {
     for storm in [Storm::CopyUp, Storm::Lookup] {
         let mut t: [Vec<u64>; 3] = Default::default();
         for round in 0..rounds {
-            for (i, tracer) in [Tracer::Bare, Tracer::OverlayTrace, Tracer::Bpftrace].into_iter().enumerate() {
-                t[i].push(run_once(storm, tracer, overlay_trace)?);
+            // Attaching and detaching kprobes rewrites kernel text, which under emulation flushes
+            // translated code for a while: rotate the order so no configuration always runs
+            // right after another's detach, and let the machine settle before each timed run.
+            let all = [Tracer::Bare, Tracer::OverlayTrace, Tracer::Bpftrace];
+            for k in 0..3 {
+                let i = (round + k) % 3;
+                std::thread::sleep(std::time::Duration::from_secs(3));
+                t[i].push(run_once(storm, all[i], overlay_trace)?);
             }
             eprintln!("bench: round {}/{rounds} done", round + 1);
         }
