@@ -107,7 +107,9 @@ fn in_vm(script: &str) -> Result<i32> {
     )?;
     let kernel = vm_kernel()?;
     println!("xtask: booting {} in qemu (no KVM; about 30 s)", kernel.display());
-    let st = Command::new("vng")
+    // vng re-opens the terminal it was given, writing from offset 0 when that is a file: pass
+    // its output through a pipe so a log file keeps everything before it.
+    let mut child = Command::new("vng")
         .args(["--run"])
         .arg(&kernel)
         .args(["--disable-kvm", "--memory", "2G", "--cpus", "2", "--rw"])
@@ -116,8 +118,13 @@ fn in_vm(script: &str) -> Result<i32> {
         .args(["--append", "apparmor=0", "--exec"])
         .arg(format!("bash {}", body.display()))
         .current_dir(workspace())
-        .status()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .context("cannot start vng: run scripts/install-deps (installs virtme-ng and qemu)")?;
+    if let Some(mut out) = child.stdout.take() {
+        std::io::copy(&mut out, &mut std::io::stdout().lock()).context("VM output")?;
+    }
+    let st = child.wait()?;
     let code = fs::read_to_string(&rc)
         .ok()
         .and_then(|s| s.trim().parse().ok())
