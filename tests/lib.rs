@@ -58,10 +58,6 @@ pub struct Overlay {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Overlay {
-    pub fn new(lowers: usize) -> Self {
-        Self::with_options(lowers, "")
-    }
-
     /// `populate` runs before the mount, so lower layers can be filled.
     pub fn build(lowers: usize, extra_opts: &str, populate: impl FnOnce(&Overlay)) -> Self {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
@@ -86,10 +82,6 @@ impl Overlay {
             o.merged().display()
         ));
         o
-    }
-
-    pub fn with_options(lowers: usize, extra_opts: &str) -> Self {
-        Self::build(lowers, extra_opts, |_| {})
     }
 
     pub fn lower(&self, i: usize) -> PathBuf {

@@ -2,7 +2,7 @@
 //! split BTF when overlay is a module). aya has no CO-RE for Rust eBPF programs, so these become
 //! the `CONFIG` global the programs read their fields with. Nothing is hard-coded per kernel.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
@@ -120,11 +120,6 @@ fn resolve_through_modifiers(btf: &Btf, mut t: Type) -> Result<Type> {
             _ => return Ok(t),
         }
     }
-}
-
-/// Where overlay's split BTF would be, for messages.
-pub fn overlay_module_btf_path() -> PathBuf {
-    PathBuf::from(OVERLAY_MODULE_BTF)
 }
 
 #[cfg(test)]
