@@ -18,10 +18,12 @@ use serde_json::Value;
 
 /// The overlay-trace binary: $OVERLAY_TRACE_BIN, else the workspace's debug build.
 pub fn bin() -> PathBuf {
-    match std::env::var_os("OVERLAY_TRACE_BIN") {
+    let p = match std::env::var_os("OVERLAY_TRACE_BIN") {
         Some(p) => PathBuf::from(p),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/overlay-trace"),
-    }
+    };
+    assert!(p.exists(), "{} does not exist: build it first (`cargo xtask test` does)", p.display());
+    p
 }
 
 pub fn overlay_trace(args: &[&str]) -> Output {

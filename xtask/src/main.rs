@@ -165,6 +165,8 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
 }
 
 fn test(native_only: bool) -> Result<()> {
+    // The integration tests run the overlay-trace binary, which `cargo test` does not build.
+    let tracer = build_tracer(false)?;
     println!("xtask: native tests (unit tests, preflight on this kernel, this kernel's verifier)");
     let mut c = cargo();
     c.args(["test"]);
@@ -172,7 +174,6 @@ fn test(native_only: bool) -> Result<()> {
     if native_only {
         return Ok(());
     }
-    let tracer = build_tracer(false)?;
     let bins = integration_test_binaries()?;
     println!("xtask: kernel tests in the VM");
     let mut script = String::from("set -e\n");
