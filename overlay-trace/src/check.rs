@@ -24,7 +24,10 @@ pub fn check() -> Result<bool> {
         }
     );
     println!("overlay:         {}", if caps.overlay_loaded { "yes" } else { "no (not in /proc/filesystems)" });
-    println!("overlay BTF:     {}", if caps.overlay_btf { "yes" } else { "no: lookups will not tell upper from lower" });
+    // Parsed once, for the overlay line and for loading the programs below.
+    let btf = if caps.btf { KernelBtf::load().ok() } else { None };
+    let overlay_btf = btf.as_ref().is_some_and(|b| b.has_overlay_types());
+    println!("overlay BTF:     {}", if overlay_btf { "yes" } else { "no: lookups will not tell upper from lower" });
     for p in probes::PROBES {
         let found = probes::target_for(p, &caps.symbols);
         println!(
@@ -39,7 +42,11 @@ pub fn check() -> Result<bool> {
     }
     // Loading needs privileges and BTF; the verifier and fentry results are then real answers.
     if caps.privileged && caps.btf {
-        match KernelBtf::load().and_then(|b| b.config(0)).and_then(probes::open) {
+        let loaded = match &btf {
+            Some(b) => b.config(0).and_then(probes::open),
+            None => KernelBtf::load().and_then(|b| b.config(0)).and_then(probes::open),
+        };
+        match loaded {
             Ok(mut ebpf) => {
                 match probes::load_all(&mut ebpf) {
                     Ok(n) => println!("verifier:        accepts all {n} programs"),

@@ -25,8 +25,6 @@ pub struct Capabilities {
     pub kprobes: KprobeSupport,
     /// "overlay" listed in /proc/filesystems.
     pub overlay_loaded: bool,
-    /// overlay's module BTF, or overlay built in (its types in vmlinux BTF).
-    pub overlay_btf: bool,
     /// Names in /proc/kallsyms (without module suffix).
     pub symbols: HashSet<String>,
 }
@@ -90,16 +88,14 @@ fn kallsyms() -> HashSet<String> {
 }
 
 pub fn inspect() -> Capabilities {
+    // Only whether BTF exists: parsing it (megabytes) is left to the one caller that needs it.
     let btf = Path::new(btf_offsets::VMLINUX_BTF).exists();
-    let overlay_btf = btf
-        && btf_offsets::KernelBtf::load().is_ok_and(|b| b.has_overlay_types());
     Capabilities {
         kernel: kernel_release(),
         privileged: privileged(),
         btf,
         kprobes: kprobe_support(),
         overlay_loaded: overlay_in_filesystems(),
-        overlay_btf,
         symbols: kallsyms(),
     }
 }
@@ -180,7 +176,6 @@ mod tests {
             btf: true,
             kprobes: KprobeSupport::Pmu,
             overlay_loaded: true,
-            overlay_btf: true,
             symbols,
         }
     }
