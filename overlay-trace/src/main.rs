@@ -12,6 +12,10 @@ use overlay_trace::{
 };
 
 fn main() -> ExitCode {
+    // Output piped into `head` and closed early: end quietly like other command-line tools
+    // instead of panicking on the failed print.
+    // SAFETY: resetting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Report { files, svg, html } => return compare::report(&files, svg.as_deref(), html.as_deref()),
