@@ -22,7 +22,11 @@ pub const NAME_READ_MAX: usize = 256;
 pub const PATH_BUF_LEN: usize = PATH_BUDGET + NAME_READ_MAX;
 /// Deeper paths are cut at this many components and flagged `PATH_TRUNCATED`.
 pub const MAX_PATH_DEPTH: u32 = 48;
+/// `path_flags`: the walk stopped before the overlay root (too deep or too long); the path holds
+/// the components nearest the object.
 pub const PATH_TRUNCATED: u32 = 1;
+/// `path_flags`: a kernel read failed during the walk; the path holds the components read so far.
+pub const PATH_INCOMPLETE: u32 = 2;
 
 /// A looked-up name is kept up to this many bytes (NUL included); longer ones are cut.
 pub const LOOKUP_NAME_LEN: usize = 64;
@@ -41,12 +45,87 @@ pub const NO_DATA_COPY: i64 = -1;
 /// Indexes into the per-CPU `STATS` array.
 pub const STAT_DROPPED_COPY_UP: u32 = 0;
 pub const STAT_DROPPED_LOOKUP: u32 = 1;
-/// An entry probe could not record its start (in-flight map full): that call is not reported.
+/// An entry probe could not record its start (in-flight map full, or calls nested deeper than
+/// `MAX_NESTING` on one thread): that call is not reported.
 pub const STAT_INFLIGHT_FULL: u32 = 2;
 /// A kernel read failed (the field pointer was bad): the event is still sent, with what was read.
 pub const STAT_READ_ERRORS: u32 = 3;
 pub const STAT_DROPPED_MOUNT: u32 = 4;
-pub const NUM_STATS: u32 = 5;
+/// A call whose return never came (the kernel dropped it, e.g. beyond a kretprobe's `maxactive`),
+/// found when the same thread entered the function again: that call is not reported.
+pub const STAT_MISSED_RETURN_COPY_UP: u32 = 5;
+pub const STAT_MISSED_RETURN_LOOKUP: u32 = 6;
+pub const STAT_MISSED_RETURN_MOUNT: u32 = 7;
+/// A data copy whose return never came: its copy-up is reported without that data time.
+pub const STAT_MISSED_RETURN_DATA: u32 = 8;
+/// A return with no recorded entry: the call began before the entry probe was attached.
+pub const STAT_ORPHAN_RETURNS: u32 = 9;
+pub const NUM_STATS: u32 = 10;
+
+/// Calls of one function nested on one thread (an overlay whose layer is itself an overlay) that
+/// are tracked each on their own; deeper ones count as `STAT_INFLIGHT_FULL`.
+pub const MAX_NESTING: usize = 4;
+
+/// A copy-up in flight, from its entry to its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyUpFrame {
+    pub start_ns: u64,
+    /// Kernel stack pointer at entry (0 when the backend cannot tell): a new call on the same
+    /// thread at the same or a shallower stack position proves this one returned unseen.
+    pub sp: u64,
+    /// `task_struct` of the thread: a reused thread id is a different thread.
+    pub task: u64,
+    pub dentry: u64,
+    pub size: i64,
+    pub data_start_ns: u64,
+    pub data_ns: u64,
+    /// Sum over the data copies of this copy-up, or `NO_DATA_COPY`.
+    pub data_bytes: i64,
+    pub flags: u32,
+    pub mode: u32,
+}
+
+/// One thread's copy-ups in flight, innermost last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyUpInflight {
+    pub depth: u32,
+    pub _pad: u32,
+    pub frames: [CopyUpFrame; MAX_NESTING],
+}
+
+/// A lookup in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LookupFrame {
+    pub start_ns: u64,
+    pub sp: u64,
+    pub task: u64,
+    pub dentry: u64,
+    /// `ovl_lookup_layer` calls made by this lookup itself.
+    pub layers: u32,
+    pub _pad: u32,
+}
+
+/// One thread's lookups in flight, innermost last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LookupInflight {
+    pub depth: u32,
+    pub _pad: u32,
+    pub frames: [LookupFrame; MAX_NESTING],
+}
+
+/// A mount (`ovl_fill_super`) in flight; mounts never nest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MountFrame {
+    pub start_ns: u64,
+    pub sp: u64,
+    pub task: u64,
+    pub sb: u64,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -142,10 +221,17 @@ pub struct Config {
     pub ovl_upper_from_vfs_inode: u32,
     /// Non-zero: only superblocks in the `DEV_FILTER` map are traced (`--container`).
     pub filter_devs: u32,
-    pub _pad: u32,
+    /// Non-zero: rare conditions (stale entries, failed path reads) are logged through aya-log
+    /// (`OVERLAY_TRACE_VERBOSE=1`). Never on the hot path otherwise.
+    pub verbose: u32,
 }
 const _: () = assert!(size_of::<Config>() == 48);
 
 #[cfg(feature = "user")]
-// SAFETY: plain old data, every bit pattern is valid.
-unsafe impl aya::Pod for Config {}
+mod pod {
+    // SAFETY (all): plain old data of fixed-size integers, every bit pattern is valid.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::CopyUpInflight {}
+    unsafe impl aya::Pod for super::LookupInflight {}
+    unsafe impl aya::Pod for super::MountFrame {}
+}

@@ -1,36 +1,43 @@
 //! Copy-up: one event per `ovl_copy_up_one` call (one object copied up), with the data copy
 //! (`ovl_copy_up_file` on 6.1+, `ovl_copy_up_data` on 5.x) that ran inside it joined by thread.
+//!
+//! Each thread's calls in flight are a small stack (`CopyUpInflight`): a call whose return the
+//! kernel never delivered is found when the thread enters again and counted, never left to
+//! swallow later calls.
 
 use aya_ebpf::{
     macros::{kprobe, kretprobe, map},
-    maps::HashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{ProbeContext, RetProbeContext},
 };
+use aya_log_ebpf::warn;
 use overlay_trace_common::{
-    CopyUpEvent, EVENT_COPY_UP, NO_DATA_COPY, STAT_DROPPED_COPY_UP, STAT_INFLIGHT_FULL,
+    CopyUpEvent, CopyUpFrame, CopyUpInflight, EVENT_COPY_UP, MAX_NESTING, NO_DATA_COPY,
+    STAT_DROPPED_COPY_UP, STAT_INFLIGHT_FULL, STAT_MISSED_RETURN_COPY_UP, STAT_MISSED_RETURN_DATA,
+    STAT_ORPHAN_RETURNS,
 };
 
 use crate::{
     EVENTS,
-    kernel::{cfg, count, dev_filtered_out, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, submit_flags, read_field, read_path},
+    kernel::{
+        cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
+        filtered_out, is_stale, now_ns, read_field, read_path, stack_pointer, submit_flags,
+        verbose,
+    },
 };
 
-/// What the entry probe saw, kept until the return probe of the same thread.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CopyUpStart {
-    start_ns: u64,
-    dentry: u64,
-    size: i64,
-    data_start_ns: u64,
-    data_ns: u64,
-    data_bytes: i64,
-    flags: u32,
-    mode: u32,
-}
-
+/// Thread id -> copy-ups in flight. LRU: an entry left by a thread that died mid-call can never
+/// fill the map.
 #[map]
-static COPY_UP_INFLIGHT: HashMap<u32, CopyUpStart> = HashMap::with_max_entries(16384, 0);
+static COPY_UP_INFLIGHT: LruHashMap<u32, CopyUpInflight> = LruHashMap::with_max_entries(16384, 0);
+
+/// One zeroed `CopyUpInflight` per CPU: the template of a thread's first entry (too large for the
+/// 512-byte eBPF stack).
+#[map]
+static COPY_UP_SCRATCH: PerCpuArray<CopyUpInflight> = PerCpuArray::with_max_entries(1, 0);
+
+const MASK: usize = MAX_NESTING - 1;
+const _: () = assert!(MAX_NESTING.is_power_of_two());
 
 /// `int ovl_copy_up_one(struct dentry *parent, struct dentry *dentry, int flags)`
 #[kprobe]
@@ -52,8 +59,10 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
         let mode: u16 = read_field(inode, cfg(|c| &c.inode_i_mode));
         (read_field::<i64>(inode, cfg(|c| &c.inode_i_size)), mode as u32)
     };
-    let start = CopyUpStart {
+    let frame = CopyUpFrame {
         start_ns: now_ns(),
+        sp: stack_pointer(&ctx),
+        task: current_task(),
         dentry,
         size,
         data_start_ns: 0,
@@ -62,21 +71,78 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
         flags: flags as u32,
         mode,
     };
-    if COPY_UP_INFLIGHT.insert(pid, start, 0).is_err() {
+    let Some(inflight) = inflight_of(pid) else {
         count(STAT_INFLIGHT_FULL);
+        return 0;
+    };
+    // SAFETY: this thread's own entry; only this thread's probes touch it.
+    let stale = unsafe { push(&mut *inflight, frame) };
+    if stale > 0 && verbose() {
+        warn!(&ctx, "copy-up: {} call(s) of thread {} returned unseen (missed kretprobe)", stale, pid);
     }
     0
+}
+
+/// This thread's entry, created empty when it has none.
+#[inline(always)]
+fn inflight_of(pid: u32) -> Option<*mut CopyUpInflight> {
+    if let Some(p) = COPY_UP_INFLIGHT.get_ptr_mut(pid) {
+        return Some(p);
+    }
+    let zero = COPY_UP_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, used only between here and the insert.
+    unsafe { (*zero).depth = 0 };
+    // SAFETY: as above; the map copies the value.
+    COPY_UP_INFLIGHT.insert(pid, unsafe { &*zero }, 0).ok()?;
+    COPY_UP_INFLIGHT.get_ptr_mut(pid)
+}
+
+/// Drops the frames whose call is over unseen (counting each), then pushes `frame`.
+/// Returns how many stale frames were dropped.
+#[inline(always)]
+fn push(s: &mut CopyUpInflight, frame: CopyUpFrame) -> u32 {
+    let mut depth = (s.depth as usize).min(MAX_NESTING);
+    let mut stale = 0;
+    for _ in 0..MAX_NESTING {
+        if depth == 0 {
+            break;
+        }
+        let top = &s.frames[(depth - 1) & MASK];
+        if !is_stale(top.sp, top.task, frame.sp, frame.task) {
+            break;
+        }
+        depth -= 1;
+        stale += 1;
+        count(STAT_MISSED_RETURN_COPY_UP);
+    }
+    if depth >= MAX_NESTING {
+        s.depth = depth as u32;
+        count(STAT_INFLIGHT_FULL);
+        return stale;
+    }
+    s.frames[depth & MASK] = frame;
+    s.depth = depth as u32 + 1;
+    stale
 }
 
 #[kretprobe]
 pub fn copy_up_one_return(ctx: RetProbeContext) -> u32 {
     let now = now_ns();
     let (_, pid) = current_tgid_pid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(start) = (unsafe { COPY_UP_INFLIGHT.get(pid) }).copied() else {
+    let Some(s) = COPY_UP_INFLIGHT.get_ptr_mut(pid) else {
+        count(STAT_ORPHAN_RETURNS);
         return 0;
     };
-    let _ = COPY_UP_INFLIGHT.remove(pid);
+    // SAFETY: this thread's own entry; the frame is copied out before it is popped.
+    let start = unsafe {
+        let depth = ((*s).depth as usize).min(MAX_NESTING);
+        if depth == 0 {
+            count(STAT_ORPHAN_RETURNS);
+            return 0;
+        }
+        (*s).depth = depth as u32 - 1;
+        (*s).frames[(depth - 1) & MASK]
+    };
     let ret: i64 = ctx.ret();
 
     let Some(mut entry) = EVENTS.reserve::<CopyUpEvent>(0) else {
@@ -103,17 +169,36 @@ pub fn copy_up_one_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// The innermost copy-up of this thread, if one is in flight.
+#[inline(always)]
+fn current_frame(pid: u32) -> Option<*mut CopyUpFrame> {
+    let s = COPY_UP_INFLIGHT.get_ptr_mut(pid)?;
+    // SAFETY: this thread's own entry.
+    unsafe {
+        let depth = ((*s).depth as usize).min(MAX_NESTING);
+        if depth == 0 {
+            return None;
+        }
+        Some(&raw mut (*s).frames[(depth - 1) & MASK])
+    }
+}
+
 /// `ovl_copy_up_file(ofs, dentry, new_file, loff_t len)` (6.1+) and
 /// `ovl_copy_up_data(ofs, old, new, loff_t len)` (5.x): `len` is the fourth argument in both.
+/// A copy-up may copy its data in several calls: bytes and time are summed.
 #[kprobe]
 pub fn copy_up_data_entry(ctx: ProbeContext) -> u32 {
     let (_, pid) = current_tgid_pid();
-    if let Some(start) = COPY_UP_INFLIGHT.get_ptr_mut(pid) {
+    if let Some(f) = current_frame(pid) {
         let len: i64 = ctx.arg(3).unwrap_or(0);
-        // SAFETY: the map value belongs to this thread's in-flight copy-up.
+        // SAFETY: the frame belongs to this thread's in-flight copy-up.
         unsafe {
-            (*start).data_start_ns = now_ns();
-            (*start).data_bytes = len;
+            if (*f).data_start_ns != 0 {
+                // The previous data copy never returned (as far as we saw).
+                count(STAT_MISSED_RETURN_DATA);
+            }
+            (*f).data_start_ns = now_ns();
+            (*f).data_bytes = if (*f).data_bytes == NO_DATA_COPY { len } else { (*f).data_bytes + len };
         }
     }
     0
@@ -122,12 +207,12 @@ pub fn copy_up_data_entry(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn copy_up_data_return(_ctx: RetProbeContext) -> u32 {
     let (_, pid) = current_tgid_pid();
-    if let Some(start) = COPY_UP_INFLIGHT.get_ptr_mut(pid) {
+    if let Some(f) = current_frame(pid) {
         // SAFETY: as above.
         unsafe {
-            if (*start).data_start_ns != 0 {
-                (*start).data_ns += now_ns() - (*start).data_start_ns;
-                (*start).data_start_ns = 0;
+            if (*f).data_start_ns != 0 {
+                (*f).data_ns += now_ns() - (*f).data_start_ns;
+                (*f).data_start_ns = 0;
             }
         }
     }

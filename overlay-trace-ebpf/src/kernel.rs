@@ -1,12 +1,15 @@
 //! Helpers shared by the probe families: configuration, kernel reads, event headers, counters.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str,
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str,
+    },
+    programs::ProbeContext,
 };
 use overlay_trace_common::{
-    Config, EventHeader, MAX_PATH_DEPTH, NAME_READ_MAX, PATH_BUDGET, PATH_TRUNCATED,
-    STAT_READ_ERRORS,
+    Config, EventHeader, MAX_PATH_DEPTH, NAME_READ_MAX, PATH_BUDGET, PATH_INCOMPLETE,
+    PATH_TRUNCATED, STAT_READ_ERRORS,
 };
 
 use crate::{CONFIG, DEV_FILTER, STATS};
@@ -19,6 +22,12 @@ pub fn cfg(field: impl FnOnce(&'static Config) -> &'static u32) -> u32 {
     unsafe { core::ptr::read_volatile(field(&CONFIG)) }
 }
 
+/// `OVERLAY_TRACE_VERBOSE=1`: log rare conditions through aya-log.
+#[inline(always)]
+pub fn verbose() -> bool {
+    cfg(|c| &c.verbose) != 0
+}
+
 pub fn count(stat: u32) {
     if let Some(p) = STATS.get_ptr_mut(stat) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
@@ -29,14 +38,43 @@ pub fn count(stat: u32) {
 /// Reads a `T` at `base + offset` in kernel memory; counts failures and returns zero then.
 #[inline(always)]
 pub fn read_field<T: Copy + Default>(base: u64, offset: u32) -> T {
+    try_read_field(base, offset).unwrap_or_default()
+}
+
+/// Reads a `T` at `base + offset` in kernel memory; counts a failure and returns None then.
+#[inline(always)]
+pub fn try_read_field<T: Copy>(base: u64, offset: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel handles faulting addresses.
     match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
-        Ok(v) => v,
+        Ok(v) => Some(v),
         Err(_) => {
             count(STAT_READ_ERRORS);
-            T::default()
+            None
         }
     }
+}
+
+/// Where the current thread is on its kernel stack at a kprobe (function entry).
+#[inline(always)]
+pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: a kprobe's context is the probed function's saved registers.
+    unsafe { (*ctx.regs).rsp }
+}
+
+/// The current `task_struct`, as an identity only (never dereferenced).
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_get_current_task() }
+}
+
+/// Is a recorded call of this thread over, though its return was never seen? It is when the
+/// thread is another one (thread ids are reused), or when a new call starts at the same or a
+/// shallower kernel stack position (stacks grow down: a call nested inside it would start deeper).
+/// `sp` 0 means unknown: then only a different task proves it.
+#[inline(always)]
+pub fn is_stale(frame_sp: u64, frame_task: u64, sp: u64, task: u64) -> bool {
+    frame_task != task || (sp != 0 && frame_sp != 0 && frame_sp <= sp)
 }
 
 pub fn current_tgid_pid() -> (u32, u32) {
@@ -112,19 +150,30 @@ pub struct PathInfo {
 
 /// Walks `d_parent` from `dentry` up to the overlay root, writing each component name leaf first
 /// (NUL-terminated) into `buf`, which must hold `PATH_BUF_LEN` bytes. The root's own name ("/")
-/// is not written. Userspace reverses the components.
+/// is not written. Userspace reverses the components. A walk that stops early says why in
+/// `flags`: `PATH_TRUNCATED` (deeper than `MAX_PATH_DEPTH` or longer than `PATH_BUDGET`) or
+/// `PATH_INCOMPLETE` (a kernel read failed): never taken for a complete path.
 #[inline(always)]
 pub fn read_path(mut dentry: u64, buf: *mut u8) -> PathInfo {
     let parent_off = cfg(|c| &c.dentry_d_parent);
-    let mut info = PathInfo { len: 0, depth: 0, flags: PATH_TRUNCATED };
+    let mut info = PathInfo { len: 0, depth: 0, flags: 0 };
     let mut off: usize = 0;
+    let mut at_root = false;
     for _ in 0..MAX_PATH_DEPTH {
-        let parent: u64 = read_field(dentry, parent_off);
-        if parent == dentry || parent == 0 {
-            info.flags = 0;
+        let Some(parent) = try_read_field::<u64>(dentry, parent_off) else {
+            info.flags = PATH_INCOMPLETE;
+            break;
+        };
+        if parent == dentry {
+            at_root = true;
+            break;
+        }
+        if parent == 0 {
+            info.flags = PATH_INCOMPLETE;
             break;
         }
         if off >= PATH_BUDGET {
+            info.flags = PATH_TRUNCATED;
             break;
         }
         // The mask proves to the verifier that off + NAME_READ_MAX stays inside the buffer.
@@ -132,11 +181,20 @@ pub fn read_path(mut dentry: u64, buf: *mut u8) -> PathInfo {
         // SAFETY: at + NAME_READ_MAX <= PATH_BUF_LEN.
         let n = read_name(dentry, unsafe { buf.add(at) }, NAME_READ_MAX as u32);
         if n == 0 {
+            info.flags = PATH_INCOMPLETE;
             break;
         }
         off = at + n as usize;
         info.depth += 1;
         dentry = parent;
+    }
+    if !at_root && info.flags == 0 {
+        // MAX_PATH_DEPTH components written: complete only if what is left is the root itself.
+        info.flags = match try_read_field::<u64>(dentry, parent_off) {
+            Some(parent) if parent == dentry => 0,
+            Some(_) => PATH_TRUNCATED,
+            None => PATH_INCOMPLETE,
+        };
     }
     info.len = off as u32;
     info

@@ -1,35 +1,36 @@
 //! Lookup: one event per `ovl_lookup` call (a dcache miss), with the number of layers consulted
 //! (`ovl_lookup_layer` calls inside it) and where the name was found.
+//!
+//! Lookups nest (an overlay whose layer is itself an overlay): each thread keeps a small stack of
+//! calls in flight, each reported on its own. A call whose return never came is found by the
+//! stack position of the next call and counted: it can never swallow later lookups.
 
 use aya_ebpf::{
     macros::{kprobe, kretprobe, map},
-    maps::HashMap,
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
+use aya_log_ebpf::warn;
 use overlay_trace_common::{
     EVENT_LOOKUP, LOOKUP_ERROR, LOOKUP_LOWER, LOOKUP_NAME_LEN, LOOKUP_NEGATIVE,
-    LOOKUP_POSITIVE_UNKNOWN_LAYER, LOOKUP_UPPER, LookupEvent, STAT_DROPPED_LOOKUP,
-    STAT_INFLIGHT_FULL,
+    LOOKUP_POSITIVE_UNKNOWN_LAYER, LOOKUP_UPPER, LookupEvent, LookupFrame, LookupInflight,
+    MAX_NESTING, STAT_DROPPED_LOOKUP, STAT_INFLIGHT_FULL, STAT_MISSED_RETURN_LOOKUP,
+    STAT_ORPHAN_RETURNS,
 };
 
 use crate::{
     EVENTS,
-    kernel::{cfg, count, dev_filtered_out, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns, submit_flags, read_field, read_name},
+    kernel::{
+        cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
+        filtered_out, is_stale, now_ns, read_field, read_name, stack_pointer, submit_flags, verbose,
+    },
 };
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct LookupStart {
-    start_ns: u64,
-    dentry: u64,
-    layers: u32,
-    /// ovl_lookup calls nested inside this one (an overlay whose layer is itself an overlay):
-    /// they are folded into the outer lookup rather than reported on their own.
-    nested: u32,
-}
-
+/// Thread id -> lookups in flight (LRU: garbage can never fill it).
 #[map]
-static LOOKUP_INFLIGHT: HashMap<u32, LookupStart> = HashMap::with_max_entries(16384, 0);
+static LOOKUP_INFLIGHT: LruHashMap<u32, LookupInflight> = LruHashMap::with_max_entries(16384, 0);
+
+const MASK: usize = MAX_NESTING - 1;
 
 /// `struct dentry *ovl_lookup(struct inode *dir, struct dentry *dentry, unsigned int flags)`
 #[kprobe]
@@ -38,36 +39,73 @@ pub fn lookup_entry(ctx: ProbeContext) -> u32 {
     if filtered_out(tgid) {
         return 0;
     }
-    if let Some(outer) = LOOKUP_INFLIGHT.get_ptr_mut(pid) {
-        // SAFETY: this thread's own entry.
-        unsafe { (*outer).nested += 1 };
-        return 0;
-    }
     let dentry: u64 = ctx.arg(1).unwrap_or(0);
     if dev_filtered_out(dentry) {
         return 0;
     }
-    let start = LookupStart {
+    let frame = LookupFrame {
         start_ns: now_ns(),
+        sp: stack_pointer(&ctx),
+        task: current_task(),
         dentry,
         layers: 0,
-        nested: 0,
+        _pad: 0,
     };
-    if LOOKUP_INFLIGHT.insert(pid, start, 0).is_err() {
-        count(STAT_INFLIGHT_FULL);
+    let s = match LOOKUP_INFLIGHT.get_ptr_mut(pid) {
+        Some(s) => s,
+        None => {
+            let first = LookupInflight { depth: 1, _pad: 0, frames: [frame; MAX_NESTING] };
+            if LOOKUP_INFLIGHT.insert(pid, first, 0).is_err() {
+                count(STAT_INFLIGHT_FULL);
+            }
+            return 0;
+        }
+    };
+    // SAFETY: this thread's own entry; only this thread's probes touch it.
+    let stale = unsafe { push(&mut *s, frame) };
+    if stale > 0 && verbose() {
+        warn!(&ctx, "lookup: {} call(s) of thread {} returned unseen (missed kretprobe)", stale, pid);
     }
     0
 }
 
-/// `ovl_lookup_layer(...)`: one call per layer consulted.
+/// Drops the frames whose call is over unseen (counting each), then pushes `frame`.
+#[inline(always)]
+fn push(s: &mut LookupInflight, frame: LookupFrame) -> u32 {
+    let mut depth = (s.depth as usize).min(MAX_NESTING);
+    let mut stale = 0;
+    for _ in 0..MAX_NESTING {
+        if depth == 0 {
+            break;
+        }
+        let top = &s.frames[(depth - 1) & MASK];
+        if !is_stale(top.sp, top.task, frame.sp, frame.task) {
+            break;
+        }
+        depth -= 1;
+        stale += 1;
+        count(STAT_MISSED_RETURN_LOOKUP);
+    }
+    if depth >= MAX_NESTING {
+        s.depth = depth as u32;
+        count(STAT_INFLIGHT_FULL);
+        return stale;
+    }
+    s.frames[depth & MASK] = frame;
+    s.depth = depth as u32 + 1;
+    stale
+}
+
+/// `ovl_lookup_layer(...)`: one call per layer consulted, counted for the innermost lookup.
 #[kprobe]
 pub fn lookup_layer_entry(_ctx: ProbeContext) -> u32 {
     let (_, pid) = current_tgid_pid();
-    if let Some(start) = LOOKUP_INFLIGHT.get_ptr_mut(pid) {
+    if let Some(s) = LOOKUP_INFLIGHT.get_ptr_mut(pid) {
         // SAFETY: this thread's own entry.
         unsafe {
-            if (*start).nested == 0 {
-                (*start).layers += 1;
+            let depth = ((*s).depth as usize).min(MAX_NESTING);
+            if depth > 0 {
+                (*s).frames[(depth - 1) & MASK].layers += 1;
             }
         }
     }
@@ -78,18 +116,20 @@ pub fn lookup_layer_entry(_ctx: ProbeContext) -> u32 {
 pub fn lookup_return(ctx: RetProbeContext) -> u32 {
     let now = now_ns();
     let (_, pid) = current_tgid_pid();
-    let Some(p) = LOOKUP_INFLIGHT.get_ptr_mut(pid) else {
+    let Some(s) = LOOKUP_INFLIGHT.get_ptr_mut(pid) else {
+        count(STAT_ORPHAN_RETURNS);
         return 0;
     };
-    // SAFETY: this thread's own entry.
+    // SAFETY: this thread's own entry; the frame is copied out before it is popped.
     let start = unsafe {
-        if (*p).nested > 0 {
-            (*p).nested -= 1;
+        let depth = ((*s).depth as usize).min(MAX_NESTING);
+        if depth == 0 {
+            count(STAT_ORPHAN_RETURNS);
             return 0;
         }
-        *p
+        (*s).depth = depth as u32 - 1;
+        (*s).frames[(depth - 1) & MASK]
     };
-    let _ = LOOKUP_INFLIGHT.remove(pid);
 
     // NULL: the passed dentry was used; an error pointer: the lookup failed; otherwise an alias.
     let ret: i64 = ctx.ret();

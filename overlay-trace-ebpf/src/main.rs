@@ -31,7 +31,7 @@ static CONFIG: Config = Config {
     super_block_s_dev: 0,
     ovl_upper_from_vfs_inode: 0,
     filter_devs: 0,
-    _pad: 0,
+    verbose: 0,
 };
 
 /// Superblocks to trace when `CONFIG.filter_devs` is set (`--container`); key: kernel `s_dev`.

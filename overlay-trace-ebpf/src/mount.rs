@@ -3,25 +3,26 @@
 
 use aya_ebpf::{
     macros::{kprobe, kretprobe, map},
-    maps::HashMap,
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
-use overlay_trace_common::{EVENT_MOUNT, MountEvent, STAT_DROPPED_MOUNT, STAT_INFLIGHT_FULL};
+use aya_log_ebpf::warn;
+use overlay_trace_common::{
+    EVENT_MOUNT, MountEvent, MountFrame, STAT_DROPPED_MOUNT, STAT_INFLIGHT_FULL,
+    STAT_MISSED_RETURN_MOUNT, STAT_ORPHAN_RETURNS,
+};
 
 use crate::{
     EVENTS,
-    kernel::{cfg, count, current_tgid_pid, fill_header, filtered_out, now_ns, submit_flags, read_field},
+    kernel::{
+        cfg, count, current_task, current_tgid_pid, fill_header, filtered_out, now_ns, read_field,
+        stack_pointer, submit_flags, verbose,
+    },
 };
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct MountStart {
-    start_ns: u64,
-    sb: u64,
-}
-
+/// Thread id -> the mount in flight (mounts never nest). LRU: garbage can never fill it.
 #[map]
-static MOUNT_INFLIGHT: HashMap<u32, MountStart> = HashMap::with_max_entries(1024, 0);
+static MOUNT_INFLIGHT: LruHashMap<u32, MountFrame> = LruHashMap::with_max_entries(4096, 0);
 
 #[kprobe]
 pub fn mount_entry(ctx: ProbeContext) -> u32 {
@@ -29,7 +30,20 @@ pub fn mount_entry(ctx: ProbeContext) -> u32 {
     if filtered_out(tgid) {
         return 0;
     }
-    let start = MountStart { start_ns: now_ns(), sb: ctx.arg(0).unwrap_or(0) };
+    // Mounts do not nest: an entry still here is a call whose return never came.
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { MOUNT_INFLIGHT.get(pid) }.is_some() {
+        count(STAT_MISSED_RETURN_MOUNT);
+        if verbose() {
+            warn!(&ctx, "mount: a call of thread {} returned unseen (missed kretprobe)", pid);
+        }
+    }
+    let start = MountFrame {
+        start_ns: now_ns(),
+        sp: stack_pointer(&ctx),
+        task: current_task(),
+        sb: ctx.arg(0).unwrap_or(0),
+    };
     if MOUNT_INFLIGHT.insert(pid, start, 0).is_err() {
         count(STAT_INFLIGHT_FULL);
     }
@@ -42,6 +56,7 @@ pub fn mount_return(ctx: RetProbeContext) -> u32 {
     let (_, pid) = current_tgid_pid();
     // SAFETY: copied out before removal.
     let Some(start) = (unsafe { MOUNT_INFLIGHT.get(pid) }).copied() else {
+        count(STAT_ORPHAN_RETURNS);
         return 0;
     };
     let _ = MOUNT_INFLIGHT.remove(pid);

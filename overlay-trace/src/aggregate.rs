@@ -1,27 +1,82 @@
 //! Aggregation: pure code, no I/O. Events go in; per-mount histograms, counters and the N slowest
-//! copy-ups come out. Memory is bounded by the number of mounts, not the number of events.
+//! copy-ups come out.
+//!
+//! Memory is bounded whatever the run's length. A mount is kept in detail while it lives; once it
+//! is gone (unmounted, or its device number reused by a newer mount) it is *retired*: folded into
+//! the summary of its container (or of "mounts of no container"), so totals stay exact while the
+//! detail goes. At most `LIVE_MOUNTS_MAX` mounts are kept in detail (the least recently active
+//! are retired first beyond that) and at most `GROUPS_MAX` summaries (the rest fold into
+//! `OTHER_GROUP`). Histograms keep 2 significant digits (1% resolution) and exist only once a
+//! value is recorded.
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BinaryHeap, HashMap},
+    collections::{BTreeMap, BinaryHeap, HashMap, VecDeque},
 };
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{CopyUp, Dev, Event, Lookup, LookupOutcome};
+use crate::{
+    containers::Container,
+    events::{CopyUp, Dev, Event, Lookup, LookupOutcome},
+    mounts::OverlayMount,
+};
 
-/// How many slowest copy-ups each mount keeps.
+/// How many slowest copy-ups each mount (and each summary) keeps.
 pub const TOP_N: usize = 20;
+/// Mounts kept in detail at once.
+pub const LIVE_MOUNTS_MAX: usize = 256;
+/// Summaries of retired mounts; beyond this, they fold into `OTHER_GROUP`.
+pub const GROUPS_MAX: usize = 128;
+pub const OTHER_GROUP: &str = "(other)";
+/// The summary of retired mounts no runtime claimed.
+pub const NO_CONTAINER_GROUP: &str = "(no container)";
+/// Retired mounts remembered so that their late events still reach their summary.
+const RETIRED_INDEX_MAX: usize = 4096;
 /// Highest latency a histogram records exactly: one hour. Larger values are clamped.
 const MAX_NS: u64 = 3_600_000_000_000;
+/// 2 significant digits: 1% resolution, about 36 KiB per histogram (3 digits: 270 KiB).
+const SIG_FIGS: u8 = 2;
 
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_NS, 3).expect("static histogram bounds are valid")
-}
+/// A latency histogram that takes memory only once it holds a value.
+#[derive(Clone, Default)]
+pub struct Latencies(Option<Box<Histogram<u64>>>);
 
-fn record(h: &mut Histogram<u64>, ns: u64) {
-    h.saturating_record(ns.clamp(1, MAX_NS));
+impl Latencies {
+    pub fn record(&mut self, ns: u64) {
+        self.0
+            .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, MAX_NS, SIG_FIGS).expect("static bounds")))
+            .saturating_record(ns.clamp(1, MAX_NS));
+    }
+
+    pub fn merge(&mut self, other: &Latencies) {
+        if let Some(o) = &other.0 {
+            match &mut self.0 {
+                Some(h) => {
+                    // Same bounds on both sides: cannot fail.
+                    let _ = h.add(o.as_ref());
+                }
+                None => self.0 = Some(o.clone()),
+            }
+        }
+    }
+
+    pub fn histogram(&self) -> Option<&Histogram<u64>> {
+        self.0.as_deref()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn max(&self) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.max())
+    }
 }
 
 /// A copy-up kept for the "slowest" table.
@@ -44,6 +99,7 @@ impl PartialOrd for SlowCopyUp {
     }
 }
 
+#[derive(Clone, Default)]
 pub struct CopyUpStats {
     pub count: u64,
     pub failed: u64,
@@ -51,23 +107,9 @@ pub struct CopyUpStats {
     pub data_bytes: u64,
     pub data_ns: u64,
     pub total_ns: u64,
-    pub latency: Histogram<u64>,
+    pub latency: Latencies,
     /// Min-heap of the slowest `TOP_N`.
     slowest: BinaryHeap<Reverse<SlowCopyUp>>,
-}
-
-impl Default for CopyUpStats {
-    fn default() -> Self {
-        Self {
-            count: 0,
-            failed: 0,
-            data_bytes: 0,
-            data_ns: 0,
-            total_ns: 0,
-            latency: new_histogram(),
-            slowest: BinaryHeap::with_capacity(TOP_N + 1),
-        }
-    }
 }
 
 impl CopyUpStats {
@@ -81,15 +123,31 @@ impl CopyUpStats {
             self.data_ns += d.ns;
         }
         self.total_ns += c.duration_ns;
-        record(&mut self.latency, c.duration_ns);
-        // Only clone the event when it makes the table.
+        self.latency.record(c.duration_ns);
+        self.offer(c.duration_ns, seq, || c.clone());
+    }
+
+    /// Keeps the copy-up if it is among the `TOP_N` slowest; clones only then.
+    fn offer(&mut self, duration_ns: u64, seq: u64, event: impl FnOnce() -> CopyUp) {
         let beats_min = self.slowest.len() < TOP_N
-            || self.slowest.peek().is_some_and(|Reverse(min)| c.duration_ns > min.duration_ns);
+            || self.slowest.peek().is_some_and(|Reverse(min)| (duration_ns, Reverse(seq)) > (min.duration_ns, Reverse(min.seq)));
         if beats_min {
-            self.slowest.push(Reverse(SlowCopyUp { duration_ns: c.duration_ns, seq, event: c.clone() }));
+            self.slowest.push(Reverse(SlowCopyUp { duration_ns, seq, event: event() }));
             if self.slowest.len() > TOP_N {
                 self.slowest.pop();
             }
+        }
+    }
+
+    fn merge(&mut self, o: &CopyUpStats) {
+        self.count += o.count;
+        self.failed += o.failed;
+        self.data_bytes += o.data_bytes;
+        self.data_ns += o.data_ns;
+        self.total_ns += o.total_ns;
+        self.latency.merge(&o.latency);
+        for Reverse(s) in &o.slowest {
+            self.offer(s.duration_ns, s.seq, || s.event.clone());
         }
     }
 
@@ -101,9 +159,10 @@ impl CopyUpStats {
     }
 }
 
+#[derive(Clone, Default)]
 pub struct LookupStats {
     pub count: u64,
-    pub latency: Histogram<u64>,
+    pub latency: Latencies,
     pub outcomes: BTreeMap<LookupOutcomeKey, u64>,
     /// Layers consulted -> lookups.
     pub layers: BTreeMap<u32, u64>,
@@ -132,18 +191,23 @@ pub fn outcome_of_key(k: LookupOutcomeKey) -> LookupOutcome {
     }
 }
 
-impl Default for LookupStats {
-    fn default() -> Self {
-        Self { count: 0, latency: new_histogram(), outcomes: BTreeMap::new(), layers: BTreeMap::new() }
-    }
-}
-
 impl LookupStats {
     fn add(&mut self, l: &Lookup) {
         self.count += 1;
-        record(&mut self.latency, l.duration_ns);
+        self.latency.record(l.duration_ns);
         *self.outcomes.entry(outcome_key(l.outcome)).or_default() += 1;
         *self.layers.entry(l.layers).or_default() += 1;
+    }
+
+    fn merge(&mut self, o: &LookupStats) {
+        self.count += o.count;
+        self.latency.merge(&o.latency);
+        for (k, v) in &o.outcomes {
+            *self.outcomes.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.layers {
+            *self.layers.entry(*k).or_default() += v;
+        }
     }
 
     pub fn outcome(&self, o: LookupOutcome) -> u64 {
@@ -151,12 +215,31 @@ impl LookupStats {
     }
 }
 
-#[derive(Default)]
+/// One mount, in detail.
+#[derive(Clone, Default)]
 pub struct MountStats {
     pub copy_ups: CopyUpStats,
     pub lookups: LookupStats,
     /// `ovl_fill_super` time, when the mount happened while tracing.
     pub mount_ns: Option<u64>,
+    /// Mount point and layers, once named (from mountinfo).
+    pub mount: Option<OverlayMount>,
+    /// The container whose root this is, when a runtime claimed it.
+    pub container: Option<Container>,
+    /// Arrival number of its latest event: the least recently active are retired first.
+    last_seq: u64,
+}
+
+/// Retired mounts of one container (or of no container), summed.
+#[derive(Clone, Default)]
+pub struct Group {
+    pub container: Option<Container>,
+    pub mounts: u64,
+    pub copy_ups: CopyUpStats,
+    pub lookups: LookupStats,
+    /// Mounts whose `ovl_fill_super` was seen, and their total time.
+    pub mounts_timed: u64,
+    pub mount_ns_total: u64,
 }
 
 /// One overlay superblock's life. Anonymous device numbers are reused as soon as a mount goes
@@ -169,16 +252,40 @@ pub struct MountKey {
     pub generation: u32,
 }
 
-/// Everything seen so far, per overlay superblock.
+/// What `add` did with an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Added {
+    pub key: MountKey,
+    /// First event of this mount: the caller should name it while it still exists.
+    pub new_mount: bool,
+}
+
+/// Everything seen so far.
 #[derive(Default)]
 pub struct Aggregate {
+    /// Mounts in detail.
     pub mounts: BTreeMap<MountKey, MountStats>,
-    /// Current generation of each device.
+    /// Retired mounts, by group label (see `group_label`).
+    pub retired: BTreeMap<String, Group>,
+    pub retired_mounts: u64,
+    /// Recently retired mounts -> their group, for events that arrive after retirement.
+    retired_index: HashMap<MountKey, String>,
+    retired_order: VecDeque<MountKey>,
+    /// Current generation of each device (bounded by the number of device numbers in use).
     generations: HashMap<Dev, u32>,
     pub copy_up_events: u64,
     pub lookup_events: u64,
     pub mount_events: u64,
     seq: u64,
+}
+
+/// The summary a retired mount folds into: its container (an init layer with its container), or
+/// the shared row of mounts no runtime claimed.
+pub fn group_label(c: Option<&Container>) -> String {
+    match c {
+        Some(c) => format!("{} {} {}", c.runtime, c.name, c.short_id()),
+        None => NO_CONTAINER_GROUP.to_string(),
+    }
 }
 
 impl Aggregate {
@@ -187,36 +294,106 @@ impl Aggregate {
         MountKey { dev, generation: self.generations.get(&dev).copied().unwrap_or(0) }
     }
 
-    /// Adds one event. Returns its mount and whether that mount is new, so the caller can name
-    /// it while it still exists.
-    pub fn add(&mut self, e: &Event) -> (MountKey, bool) {
+    /// Adds one event.
+    pub fn add(&mut self, e: &Event) -> Added {
         self.seq += 1;
         let dev = e.origin().dev;
         if let Event::Mount(mt) = e {
             if mt.ret == 0 {
+                let old = self.current(dev);
                 *self.generations.entry(dev).or_default() += 1;
+                // The previous mount of this device number is gone: fold it away.
+                self.retire(old);
             }
         }
         let key = self.current(dev);
-        let new = !self.mounts.contains_key(&key);
-        let m = self.mounts.entry(key).or_default();
         match e {
-            Event::CopyUp(c) => {
-                self.copy_up_events += 1;
-                m.copy_ups.add(c, self.seq);
+            Event::CopyUp(_) => self.copy_up_events += 1,
+            Event::Lookup(_) => self.lookup_events += 1,
+            Event::Mount(_) => self.mount_events += 1,
+        }
+        // A late event of a mount already retired goes to its summary.
+        if let Some(label) = self.retired_index.get(&key) {
+            if let Some(g) = self.retired.get_mut(label) {
+                match e {
+                    Event::CopyUp(c) => g.copy_ups.add(c, self.seq),
+                    Event::Lookup(l) => g.lookups.add(l),
+                    Event::Mount(_) => {}
+                }
+                return Added { key, new_mount: false };
             }
-            Event::Lookup(l) => {
-                self.lookup_events += 1;
-                m.lookups.add(l);
-            }
+        }
+        let new_mount = !self.mounts.contains_key(&key);
+        if new_mount && self.mounts.len() >= LIVE_MOUNTS_MAX {
+            self.retire_least_recent();
+        }
+        let seq = self.seq;
+        let m = self.mounts.entry(key).or_default();
+        m.last_seq = seq;
+        match e {
+            Event::CopyUp(c) => m.copy_ups.add(c, seq),
+            Event::Lookup(l) => m.lookups.add(l),
             Event::Mount(mt) => {
-                self.mount_events += 1;
                 if mt.ret == 0 {
                     m.mount_ns = Some(mt.duration_ns);
                 }
             }
         }
-        (key, new)
+        Added { key, new_mount }
+    }
+
+    /// A mount known before any event (`--container`): named and attributed from the start.
+    pub fn add_known(&mut self, key: MountKey, mount: Option<OverlayMount>, container: Container) {
+        let m = self.mounts.entry(key).or_default();
+        m.mount = mount;
+        m.container = Some(container);
+    }
+
+    /// Names a mount (no-op once it is retired).
+    pub fn set_mount(&mut self, key: MountKey, mount: OverlayMount) {
+        if let Some(m) = self.mounts.get_mut(&key) {
+            m.mount = Some(mount);
+        }
+    }
+
+    pub fn set_container(&mut self, key: MountKey, container: Container) {
+        if let Some(m) = self.mounts.get_mut(&key) {
+            m.container = Some(container);
+        }
+    }
+
+    fn retire_least_recent(&mut self) {
+        if let Some(key) = self.mounts.iter().min_by_key(|(_, m)| m.last_seq).map(|(k, _)| *k) {
+            self.retire(key);
+        }
+    }
+
+    /// Folds a mount into its group's summary. Totals are unchanged.
+    pub fn retire(&mut self, key: MountKey) {
+        let Some(m) = self.mounts.remove(&key) else { return };
+        let mut label = group_label(m.container.as_ref());
+        if !self.retired.contains_key(&label) && self.retired.len() >= GROUPS_MAX {
+            label = OTHER_GROUP.to_string();
+        }
+        let g = self.retired.entry(label.clone()).or_default();
+        if g.mounts == 0 && label != OTHER_GROUP {
+            g.container = m.container.clone().map(|c| Container { role: None, ..c });
+        }
+        g.mounts += 1;
+        g.copy_ups.merge(&m.copy_ups);
+        g.lookups.merge(&m.lookups);
+        if let Some(t) = m.mount_ns {
+            g.mounts_timed += 1;
+            g.mount_ns_total += t;
+        }
+        self.retired_mounts += 1;
+        self.retired_index.insert(key, label);
+        self.retired_order.push_back(key);
+        if self.retired_order.len() > RETIRED_INDEX_MAX {
+            if let Some(old) = self.retired_order.pop_front() {
+                self.retired_index.remove(&old);
+            }
+        }
     }
 }
 
@@ -230,12 +407,16 @@ mod tests {
         Event::try_from(b.as_slice()).unwrap()
     }
 
+    fn key(dev: u32, generation: u32) -> MountKey {
+        MountKey { dev: Dev::from_kernel(dev), generation }
+    }
+
     #[test]
     fn copy_ups_are_counted_per_mount_with_top_n() {
         let mut a = Aggregate::default();
-        assert!(a.add(&ev(raw::copy_up(1, "a", 10, 10, 5))).1);
+        assert!(a.add(&ev(raw::copy_up(1, "a", 10, 10, 5))).new_mount);
         for i in 0..50u64 {
-            assert!(!a.add(&ev(raw::copy_up(1, &format!("f{i}"), 100, 100, 1000 + i))).1);
+            assert!(!a.add(&ev(raw::copy_up(1, &format!("f{i}"), 100, 100, 1000 + i))).new_mount);
         }
         a.add(&ev(raw::copy_up(2, "dir", 0, NO_DATA_COPY, 7)));
         let m = &a.mounts[&key(1, 0)];
@@ -246,7 +427,8 @@ mod tests {
         assert_eq!(slow.len(), TOP_N);
         assert_eq!(slow[0].event.path, "/f49");
         assert_eq!(slow[TOP_N - 1].event.path, format!("/f{}", 50 - TOP_N));
-        assert_eq!(m.copy_ups.latency.max(), 1049);
+        // 2 significant digits: within 1%.
+        assert!((1049..=1060).contains(&m.copy_ups.latency.max()), "{}", m.copy_ups.latency.max());
         assert_eq!(a.mounts[&key(2, 0)].copy_ups.data_bytes, 0);
         assert_eq!(a.copy_up_events, 52);
     }
@@ -264,34 +446,79 @@ mod tests {
         assert_eq!(l.outcome(LookupOutcome::Upper), 1);
         assert_eq!(l.outcome(LookupOutcome::LowerOnly), 1);
         assert_eq!(l.layers.get(&3), Some(&2));
-        assert_eq!(l.latency.value_at_quantile(0.5), 10);
-    }
-
-    fn key(dev: u32, generation: u32) -> MountKey {
-        MountKey { dev: Dev::from_kernel(dev), generation }
+        assert_eq!(l.latency.histogram().unwrap().value_at_quantile(0.5), 10);
     }
 
     #[test]
     fn mount_time_is_kept_per_superblock() {
         let mut a = Aggregate::default();
-        assert_eq!(a.add(&ev(raw::mount(9, 4242))), (key(9, 1), true));
-        assert_eq!(a.add(&ev(raw::copy_up(9, "f", 1, 1, 5))), (key(9, 1), false));
+        assert_eq!(a.add(&ev(raw::mount(9, 4242))), Added { key: key(9, 1), new_mount: true });
+        assert_eq!(a.add(&ev(raw::copy_up(9, "f", 1, 1, 5))), Added { key: key(9, 1), new_mount: false });
         assert_eq!(a.mounts[&key(9, 1)].mount_ns, Some(4242));
         assert_eq!(a.mount_events, 1);
     }
 
     #[test]
-    fn a_reused_device_number_starts_a_new_mount() {
+    fn a_reused_device_number_retires_the_old_mount() {
         let mut a = Aggregate::default();
         a.add(&ev(raw::copy_up(9, "old", 1, 1, 5)));
         a.add(&ev(raw::mount(9, 10)));
         a.add(&ev(raw::copy_up(9, "new", 1, 1, 5)));
         a.add(&ev(raw::mount(9, 20)));
-        assert_eq!(a.mounts.len(), 3);
-        assert_eq!(a.mounts[&key(9, 0)].copy_ups.slowest()[0].event.path, "/old");
-        assert_eq!(a.mounts[&key(9, 1)].copy_ups.slowest()[0].event.path, "/new");
+        assert_eq!(a.mounts.len(), 1, "only the newest generation stays in detail");
         assert_eq!(a.mounts[&key(9, 2)].copy_ups.count, 0);
         assert_eq!(a.mounts[&key(9, 2)].mount_ns, Some(20));
+        let g = &a.retired[NO_CONTAINER_GROUP];
+        assert_eq!((g.mounts, g.copy_ups.count, g.mounts_timed, g.mount_ns_total), (2, 2, 1, 10));
+        assert_eq!(a.retired_mounts, 2);
+    }
+
+    #[test]
+    fn retired_mounts_fold_by_container_and_late_events_follow() {
+        let mut a = Aggregate::default();
+        let c = Container { runtime: "docker".into(), id: "abcdef0123456789".into(), name: "web".into(), ..Default::default() };
+        a.add(&ev(raw::mount(9, 10)));
+        a.add(&ev(raw::copy_up(9, "a", 1, 1, 5)));
+        a.set_container(key(9, 1), Container { role: Some("init-layer".into()), ..c.clone() });
+        a.retire(key(9, 1));
+        // An event of the retired mount still in the ring buffer.
+        a.add(&ev(raw::copy_up(9, "b", 1, 1, 7)));
+        let g = &a.retired[&group_label(Some(&c))];
+        assert_eq!(g.copy_ups.count, 2);
+        assert_eq!(g.container.as_ref().unwrap().role, None);
+        assert!(a.mounts.is_empty());
+        assert_eq!(a.copy_up_events, 2);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_totals_exact_over_many_mounts() {
+        let mut a = Aggregate::default();
+        for i in 0..3 * LIVE_MOUNTS_MAX as u32 {
+            // Distinct devices that are never seen being unmounted: the cap retires them.
+            a.add(&ev(raw::copy_up(1000 + i, "f", 1, 3, 5)));
+            a.add(&ev(raw::lookup(1000 + i, "x", LOOKUP_NEGATIVE, 1, 9)));
+        }
+        assert_eq!(a.mounts.len(), LIVE_MOUNTS_MAX);
+        let live: u64 = a.mounts.values().map(|m| m.copy_ups.count).sum();
+        let retired: u64 = a.retired.values().map(|g| g.copy_ups.count).sum();
+        assert_eq!(live + retired, 3 * LIVE_MOUNTS_MAX as u64);
+        let bytes: u64 = a.mounts.values().map(|m| m.copy_ups.data_bytes).sum::<u64>()
+            + a.retired.values().map(|g| g.copy_ups.data_bytes).sum::<u64>();
+        assert_eq!(bytes, 9 * LIVE_MOUNTS_MAX as u64);
+    }
+
+    #[test]
+    fn groups_are_capped_with_an_other_row() {
+        let mut a = Aggregate::default();
+        for i in 0..GROUPS_MAX as u32 + 10 {
+            a.add(&ev(raw::copy_up(7, "f", 1, 1, 5)));
+            let c = Container { runtime: "docker".into(), id: format!("{i:016}"), name: format!("c{i}"), ..Default::default() };
+            a.set_container(a.current(Dev::from_kernel(7)), c);
+            a.add(&ev(raw::mount(7, 1)));
+        }
+        assert_eq!(a.retired.len(), GROUPS_MAX + 1);
+        assert_eq!(a.retired[OTHER_GROUP].mounts, 10);
+        assert_eq!(a.retired.values().map(|g| g.copy_ups.count).sum::<u64>(), GROUPS_MAX as u64 + 10);
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl KernelBtf {
             super_block_s_dev: member_offset(v, "super_block", "s_dev")?,
             ovl_upper_from_vfs_inode: upper,
             filter_devs: 0,
-            _pad: 0,
+            verbose: 0,
         })
     }
 

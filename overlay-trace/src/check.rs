@@ -32,13 +32,22 @@ pub fn check() -> Result<bool> {
         let found = probes::target_for(p, &caps.symbols);
         println!(
             "  {:<22} {}",
-            p.program,
+            p.ret.map(|r| format!("{} + {r}", p.entry)).unwrap_or_else(|| p.entry.to_string()),
             match found {
                 Some(t) => format!("-> {t}"),
                 None if p.required => format!("MISSING {} (required)", p.targets.join("/")),
                 None => format!("missing {} (optional: {} not measured)", p.targets.join("/"), p.purpose),
             }
         );
+    }
+    match probes::return_ceiling(4096) {
+        probes::ReturnCeiling::Tracefs(n) => {
+            println!("return probes:   maxactive {n} (tracefs kprobe_events; `run --maxactive N` to change)")
+        }
+        probes::ReturnCeiling::KernelDefault(n) => println!(
+            "return probes:   maxactive {n}, the kernel's default (tracefs is not mounted): more concurrent calls \
+             of one function than that lose their returns (counted as missed)"
+        ),
     }
     // Loading needs privileges and BTF; the verifier and fentry results are then real answers.
     if caps.privileged && caps.btf {

@@ -48,7 +48,7 @@ pub enum Command {
     Check,
 }
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug)]
 pub struct RunArgs {
     /// Stop after this long (e.g. 30s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// No live status line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Calls of one function that may be in flight at once before the kernel starts missing
+    /// their returns (kretprobe `maxactive`; the kernel caps it at 4096). Missed returns are
+    /// counted and shown either way.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub maxactive: u32,
     /// Run CMD with the probes attached; trace until it exits and exit with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

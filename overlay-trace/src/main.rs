@@ -8,7 +8,7 @@ use overlay_trace::{
     bench, check,
     cli::{Cli, Command},
     compare,
-    run::{self, Outcome},
+    run,
 };
 
 fn main() -> ExitCode {
@@ -33,10 +33,7 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(run::run(args)))
-            .map(|o| match o {
-                Outcome::Done => ExitCode::SUCCESS,
-                Outcome::Command(code) => ExitCode::from(code.clamp(0, 255) as u8),
-            }),
+            .map(|code| ExitCode::from(code.clamp(0, 255) as u8)),
     };
     match result {
         Ok(code) => code,

@@ -106,10 +106,6 @@ pub fn workload(scenario: &str, merged: &Path) -> Result<()> {
 
 pub async fn bench(args: BenchArgs) -> Result<()> {
     let (s, source) = Scenario::load(&args.scenario)?;
-    let mut json_out = match &args.json {
-        Some(p) => Some(fs::File::create(p).with_context(|| format!("cannot write the JSON report to {}", p.display()))?),
-        None => None,
-    };
     let me = std::env::current_exe().context("cannot find my own executable")?;
     let mut runs: Vec<Report> = Vec::new();
     let mut options = String::new();
@@ -125,11 +121,16 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
                 args.scenario.clone(),
                 ov.merged().display().to_string(),
             ],
-            ..Default::default()
+            duration: None,
+            pid: None,
+            containers: Vec::new(),
+            json: None,
+            events: None,
+            maxactive: 4096,
         };
-        let (report, code) = run::trace(&run_args, &[ov.dev()?]).await?;
-        if code != Some(0) {
-            bail!("the {} workload failed (exit {:?})", s.name, code);
+        let run::Traced { report, ending } = run::trace(&run_args, &[ov.dev()?]).await?;
+        if ending != run::Ending::CommandExited(0) {
+            bail!("the {} workload did not finish (exit {:?})", s.name, ending);
         }
         eprintln!(
             "bench {}: run {}/{}: {} copy-ups, {} lookups",
@@ -160,9 +161,8 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         metrics,
     });
     print!("{}", text::render(&report));
-    if let Some(out) = json_out.as_mut() {
-        use std::io::Write as _;
-        out.write_all(json::to_string(&report).as_bytes()).context("writing the JSON report")?;
+    if let Some(p) = &args.json {
+        run::outputs::write_file(p, "the JSON report", json::to_string(&report).as_bytes())?;
     }
     Ok(())
 }

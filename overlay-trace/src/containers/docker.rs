@@ -19,6 +19,9 @@ use super::Container;
 use crate::mounts::OverlayMount;
 
 const API_TIMEOUT: Duration = Duration::from_secs(3);
+/// After the API failed to answer, it is left alone this long (on-disk metadata meanwhile): a
+/// daemon that accepts and never answers costs one timeout, not one per container.
+const API_BACKOFF: Duration = Duration::from_secs(30);
 const DEFAULT_ROOT: &str = "/var/lib/docker";
 
 /// What a Docker container looks like to us.
@@ -34,6 +37,7 @@ pub struct Docker {
     /// Inspected containers by id (inspect results never change for a given container).
     inspected: HashMap<String, DockerContainer>,
     warning: Option<String>,
+    api_down_until: Option<std::time::Instant>,
 }
 
 /// The `<id>` of an overlay2 upperdir `<root>/overlay2/<id>/diff` (also when relative: `<id>/diff`).
@@ -155,7 +159,7 @@ impl Docker {
         } else {
             (None, None)
         };
-        Self { api, inspected: HashMap::new(), warning }
+        Self { api, inspected: HashMap::new(), warning, api_down_until: None }
     }
 
     pub fn warning(&self) -> Option<&str> {
@@ -165,6 +169,9 @@ impl Docker {
     /// All containers the API knows, inspecting the ones not seen before. None when the API
     /// is absent, fails or times out.
     async fn from_api(&mut self) -> Option<Vec<DockerContainer>> {
+        if self.api_down_until.is_some_and(|t| std::time::Instant::now() < t) {
+            return None;
+        }
         let api = self.api.as_ref()?;
         let list = tokio::time::timeout(
             API_TIMEOUT,
@@ -179,6 +186,7 @@ impl Docker {
             }
             Err(_) => {
                 self.warning = Some("Docker API did not answer in 3 s; using Docker's on-disk metadata".into());
+                self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
                 return None;
             }
         };
@@ -187,9 +195,16 @@ impl Docker {
             if self.inspected.contains_key(&id) {
                 continue;
             }
-            if let Ok(Ok(v)) = tokio::time::timeout(API_TIMEOUT, api.inspect_container(&id, None)).await {
-                if let Some(c) = from_inspect(&v) {
-                    self.inspected.insert(id, c);
+            match tokio::time::timeout(API_TIMEOUT, api.inspect_container(&id, None)).await {
+                Ok(Ok(v)) => {
+                    if let Some(c) = from_inspect(&v) {
+                        self.inspected.insert(id, c);
+                    }
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
+                    break;
                 }
             }
         }

@@ -131,6 +131,9 @@ mod tests {
             kernel: "k".into(),
             traced_seconds: 1.0,
             events: EventCounts::default(),
+            retired: Vec::new(),
+            probes: Vec::new(),
+            events_file_error: None,
             mounts: vec![MountReport {
                 dev: "0:1".into(),
                 mount_gen: 0,

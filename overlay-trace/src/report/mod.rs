@@ -12,10 +12,11 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    aggregate::{Aggregate, CopyUpStats, LookupStats, MountKey, outcome_of_key},
+    aggregate::{Aggregate, CopyUpStats, Group, Latencies, LookupStats, MountStats, outcome_of_key},
     containers::Container,
     events::LookupOutcome,
     mounts::OverlayMount,
+    probes::ProbeReport,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -28,7 +29,18 @@ pub struct Report {
     /// Seconds the probes were attached.
     pub traced_seconds: f64,
     pub events: EventCounts,
+    /// Mounts kept in detail: those alive at the end, and those gone while tracing that were
+    /// not yet folded into `retired`.
     pub mounts: Vec<MountReport>,
+    /// Mounts that went away while tracing, summed per container (see aggregate.rs).
+    #[serde(default)]
+    pub retired: Vec<GroupReport>,
+    /// The probes, with the kernel's own hit and miss counts where it keeps them.
+    #[serde(default)]
+    pub probes: Vec<ProbeReport>,
+    /// Why the `--events` file stopped before the end, if it did (the run then exits non-zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_file_error: Option<String>,
     /// Set by `overlay-trace bench`: what ran, where, and the spread over repeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bench: Option<BenchInfo>,
@@ -64,8 +76,22 @@ pub struct EventCounts {
     pub dropped_copy_up: u64,
     pub dropped_lookup: u64,
     pub dropped_mount: u64,
-    /// Calls whose start could not be recorded (in-flight table full).
+    /// Calls whose start could not be recorded (in-flight table full, or nested too deep).
     pub untracked_calls: u64,
+    /// Calls whose return was never seen (the kernel missed it, e.g. beyond a kretprobe's
+    /// maxactive, or the call was still running when tracing stopped): not reported.
+    #[serde(default)]
+    pub missed_return_copy_up: u64,
+    #[serde(default)]
+    pub missed_return_lookup: u64,
+    #[serde(default)]
+    pub missed_return_mount: u64,
+    /// Data copies whose return was never seen: their copy-up is reported without that time.
+    #[serde(default)]
+    pub missed_return_data: u64,
+    /// Returns of calls that began before the probes were attached (not a loss).
+    #[serde(default)]
+    pub orphan_returns: u64,
     /// Kernel reads that failed (fields left zero in an event that was still sent).
     pub kernel_read_errors: u64,
     /// Records userspace could not decode.
@@ -74,7 +100,16 @@ pub struct EventCounts {
 
 impl EventCounts {
     pub fn lost(&self) -> u64 {
-        self.dropped_copy_up + self.dropped_lookup + self.dropped_mount + self.untracked_calls + self.decode_errors
+        self.dropped_copy_up
+            + self.dropped_lookup
+            + self.dropped_mount
+            + self.untracked_calls
+            + self.decode_errors
+            + self.missed_returns()
+    }
+
+    pub fn missed_returns(&self) -> u64 {
+        self.missed_return_copy_up + self.missed_return_lookup + self.missed_return_mount
     }
 }
 
@@ -115,10 +150,14 @@ pub const CURVE_PERCENTILES: &[f64] =
     &[1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Self {
-        if h.is_empty() {
-            return Self::default();
+    fn of(l: &Latencies) -> Self {
+        match l.histogram() {
+            Some(h) if !h.is_empty() => Self::of_histogram(h),
+            _ => Self::default(),
         }
+    }
+
+    fn of_histogram(h: &Histogram<u64>) -> Self {
         Self {
             p50_ns: h.value_at_quantile(0.5),
             p90_ns: h.value_at_quantile(0.9),
@@ -221,36 +260,56 @@ fn lookup_report(l: &LookupStats) -> LookupReport {
     }
 }
 
+/// Retired mounts of one container (or of no container), summed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupReport {
+    /// The container label, `(no container)` or `(other)` beyond the cap on summaries.
+    pub group: String,
+    pub container: Option<Container>,
+    /// Mounts folded into this row.
+    pub mounts: u64,
+    /// Of those, mounts whose `ovl_fill_super` was seen, and their total time.
+    pub mounts_timed: u64,
+    pub mount_ns_total: u64,
+    pub copy_up: CopyUpReport,
+    pub lookup: LookupReport,
+}
+
+fn mount_report(key: &crate::aggregate::MountKey, m: &MountStats) -> MountReport {
+    MountReport {
+        dev: key.dev.to_string(),
+        mount_gen: key.generation,
+        mount: m.mount.clone(),
+        container: m.container.clone(),
+        layers: m.mount.as_ref().map(|m| m.lowerdirs.len()),
+        mount_ns: m.mount_ns,
+        copy_up: copy_up_report(&m.copy_ups),
+        lookup: lookup_report(&m.lookups),
+    }
+}
+
+fn group_report(label: &str, g: &Group) -> GroupReport {
+    GroupReport {
+        group: label.to_string(),
+        container: g.container.clone(),
+        mounts: g.mounts,
+        mounts_timed: g.mounts_timed,
+        mount_ns_total: g.mount_ns_total,
+        copy_up: copy_up_report(&g.copy_ups),
+        lookup: lookup_report(&g.lookups),
+    }
+}
+
 impl Report {
-    /// Mounts with copy-ups come first, by total copy-up time, then by lookups.
-    pub fn build(
-        agg: &Aggregate,
-        names: &BTreeMap<MountKey, OverlayMount>,
-        containers: &BTreeMap<MountKey, Container>,
-        kernel: String,
-        traced_seconds: f64,
-        mut events: EventCounts,
-    ) -> Self {
+    /// Mounts with copy-ups come first, by total copy-up time, then by lookups; summaries too.
+    pub fn build(agg: &Aggregate, kernel: String, traced_seconds: f64, mut events: EventCounts) -> Self {
         events.copy_up = agg.copy_up_events;
         events.lookup = agg.lookup_events;
         events.mount = agg.mount_events;
-        let mut mounts: Vec<MountReport> = agg
-            .mounts
-            .iter()
-            .map(|(key, m)| MountReport {
-                dev: key.dev.to_string(),
-                mount_gen: key.generation,
-                mount: names.get(key).cloned(),
-                container: containers.get(key).cloned(),
-                layers: names.get(key).map(|m| m.lowerdirs.len()),
-                mount_ns: m.mount_ns,
-                copy_up: copy_up_report(&m.copy_ups),
-                lookup: lookup_report(&m.lookups),
-            })
-            .collect();
-        mounts.sort_by(|a, b| {
-            (b.copy_up.total_ns, b.lookup.count).cmp(&(a.copy_up.total_ns, a.lookup.count))
-        });
+        let mut mounts: Vec<MountReport> = agg.mounts.iter().map(|(k, m)| mount_report(k, m)).collect();
+        mounts.sort_by(|a, b| (b.copy_up.total_ns, b.lookup.count).cmp(&(a.copy_up.total_ns, a.lookup.count)));
+        let mut retired: Vec<GroupReport> = agg.retired.iter().map(|(l, g)| group_report(l, g)).collect();
+        retired.sort_by(|a, b| (b.copy_up.total_ns, b.lookup.count).cmp(&(a.copy_up.total_ns, a.lookup.count)));
         Report {
             schema_version: SCHEMA_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -258,6 +317,9 @@ impl Report {
             traced_seconds,
             events,
             mounts,
+            retired,
+            probes: Vec::new(),
+            events_file_error: None,
             bench: None,
         }
     }

@@ -2,7 +2,35 @@
 
 use std::fmt::Write as _;
 
-use super::{Latency, MountReport, Report};
+use super::{CopyUpReport, GroupReport, Latency, LookupReport, MountReport, Report};
+
+/// Mounts shown in detail; the rest get one summary line (all of them are in `--json`).
+pub const DETAIL_MOUNTS: usize = 10;
+/// Summaries of gone mounts shown one line each; the rest get one line together.
+pub const DETAIL_GROUPS: usize = 10;
+
+/// A string from the traced system (path, process or container name), made safe for a terminal:
+/// control characters and backslashes are escaped as `ls -b` does (`\033`, `\n`, `\\`), so a
+/// file name can neither drive the terminal nor forge a report line.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:03o}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// "1.23 ms" style durations.
 pub fn ns(v: u64) -> String {
@@ -41,12 +69,12 @@ fn mount(out: &mut String, m: &MountReport) {
         let _ = writeln!(
             out,
             "container {}{} ({}, {}{}) image {}",
-            c.name,
+            escape(&c.name),
             c.role.as_deref().map(|r| format!(" [{r}]")).unwrap_or_default(),
             c.short_id(),
             c.runtime,
             c.namespace.as_deref().map(|n| format!(" namespace {n}")).unwrap_or_default(),
-            if c.image.is_empty() { "-" } else { &c.image }
+            if c.image.is_empty() { "-".to_string() } else { escape(&c.image) }
         );
     }
     if let Some(t) = m.mount_ns {
@@ -54,11 +82,11 @@ fn mount(out: &mut String, m: &MountReport) {
     }
     match &m.mount {
         Some(mi) => {
-            let _ = writeln!(out, "overlay {} (dev {})", mi.mount_point, m.dev);
+            let _ = writeln!(out, "overlay {} (dev {})", escape(&mi.mount_point), m.dev);
             let _ = writeln!(
                 out,
                 "  upperdir {}  lower layers {}",
-                mi.upperdir.as_deref().unwrap_or("(none, read-only)"),
+                mi.upperdir.as_deref().map(escape).unwrap_or_else(|| "(none, read-only)".into()),
                 mi.lowerdirs.len()
             );
         }
@@ -66,7 +94,11 @@ fn mount(out: &mut String, m: &MountReport) {
             let _ = writeln!(out, "overlay dev {} (unmounted before it could be named)", m.dev);
         }
     }
-    let c = &m.copy_up;
+    copy_ups(out, &m.copy_up);
+    lookups(out, &m.lookup);
+}
+
+fn copy_ups(out: &mut String, c: &CopyUpReport) {
     if c.count == 0 {
         let _ = writeln!(out, "  copy-ups: none");
     } else {
@@ -90,13 +122,16 @@ fn mount(out: &mut String, m: &MountReport) {
                 s.data_ns.map(ns).unwrap_or_else(|| "-".into()),
                 if s.mode & 0o170000 == 0o040000 { "dir".to_string() } else { bytes(s.size.max(0) as u64) },
                 s.data_bytes.map(bytes).unwrap_or_else(|| "-".into()),
-                format!("{}[{}]", s.comm, s.pid),
-                s.path,
-                if s.path_truncated { " (truncated)" } else { "" },
+                format!("{}[{}]", escape(&s.comm), s.pid),
+                // A path cut short keeps its leaf end: mark the missing start.
+                if s.path_truncated { format!("...{}", escape(&s.path)) } else { escape(&s.path) },
+                if s.path_truncated { " (path cut short)" } else { "" },
             );
         }
     }
-    let l = &m.lookup;
+}
+
+fn lookups(out: &mut String, l: &LookupReport) {
     if l.count == 0 {
         let _ = writeln!(out, "  lookups: none");
     } else {
@@ -106,6 +141,27 @@ fn mount(out: &mut String, m: &MountReport) {
         let _ = writeln!(out, "    outcomes: {}", outcomes.join(", "));
         let layers: Vec<String> = l.layers_consulted.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let _ = writeln!(out, "    layers consulted: {}", layers.join(", "));
+    }
+}
+
+/// "12 copy-ups 3.0 MiB 45.00 ms, 800 lookups": the one-line form of a group of mounts.
+fn totals_line(copy_ups: u64, data: u64, total_ns: u64, lookups: u64) -> String {
+    format!("{copy_ups} copy-ups  {}  {},  {lookups} lookups", bytes(data), ns(total_ns))
+}
+
+fn group(out: &mut String, g: &GroupReport) {
+    let _ = writeln!(
+        out,
+        "  {}{}: {} mount{}{}  {}",
+        escape(&g.group),
+        g.container.as_ref().filter(|c| !c.image.is_empty()).map(|c| format!(" image {}", escape(&c.image))).unwrap_or_default(),
+        g.mounts,
+        if g.mounts == 1 { "" } else { "s" },
+        if g.mounts_timed > 0 { format!(" (mounting {} on average)", ns(g.mount_ns_total / g.mounts_timed)) } else { String::new() },
+        totals_line(g.copy_up.count, g.copy_up.data_bytes, g.copy_up.total_ns, g.lookup.count),
+    );
+    if g.copy_up.count > 0 {
+        let _ = writeln!(out, "    copy-up latency {}", latency_line(&g.copy_up.latency));
     }
 }
 
@@ -120,27 +176,67 @@ pub fn render(r: &Report) -> String {
     if e.lost() > 0 || e.kernel_read_errors > 0 {
         let _ = writeln!(
             out,
-            "LOST: {} copy-up and {} lookup events dropped (ring buffer full), {} calls untracked, \
-             {} undecodable records, {} failed kernel reads",
-            e.dropped_copy_up, e.dropped_lookup + e.dropped_mount, e.untracked_calls, e.decode_errors, e.kernel_read_errors
+            "LOST: {} copy-up and {} lookup events dropped (ring buffer full), {} missed returns \
+             (copy-up {}, lookup {}, mount {}), {} calls untracked, {} undecodable records, {} failed kernel reads",
+            e.dropped_copy_up,
+            e.dropped_lookup + e.dropped_mount,
+            e.missed_returns(),
+            e.missed_return_copy_up,
+            e.missed_return_lookup,
+            e.missed_return_mount,
+            e.untracked_calls,
+            e.decode_errors,
+            e.kernel_read_errors
         );
     } else {
         let _ = writeln!(out, "no events lost");
     }
-    if r.mounts.is_empty() {
+    if e.missed_return_data > 0 {
+        let _ = writeln!(out, "note: {} data copies returned unseen: their copy-ups lack that data time", e.missed_return_data);
+    }
+    if let Some(err) = &r.events_file_error {
+        let _ = writeln!(out, "EVENTS FILE INCOMPLETE: {}", escape(err));
+    }
+    if r.mounts.is_empty() && r.retired.is_empty() {
         let _ = writeln!(out, "\nno overlayfs activity seen");
     }
-    for m in &r.mounts {
+    for m in r.mounts.iter().take(DETAIL_MOUNTS) {
         out.push('\n');
         mount(&mut out, m);
+    }
+    if r.mounts.len() > DETAIL_MOUNTS {
+        let rest = &r.mounts[DETAIL_MOUNTS..];
+        let sum = |f: fn(&MountReport) -> u64| rest.iter().map(f).sum::<u64>();
+        let _ = writeln!(
+            out,
+            "\n... and {} more mounts: {} (all of them in --json)",
+            rest.len(),
+            totals_line(sum(|m| m.copy_up.count), sum(|m| m.copy_up.data_bytes), sum(|m| m.copy_up.total_ns), sum(|m| m.lookup.count))
+        );
+    }
+    if !r.retired.is_empty() {
+        let n: u64 = r.retired.iter().map(|g| g.mounts).sum();
+        let _ = writeln!(out, "\n{n} mounts went away while tracing; their totals, by container:");
+        for g in r.retired.iter().take(DETAIL_GROUPS) {
+            group(&mut out, g);
+        }
+        if r.retired.len() > DETAIL_GROUPS {
+            let rest = &r.retired[DETAIL_GROUPS..];
+            let sum = |f: fn(&GroupReport) -> u64| rest.iter().map(f).sum::<u64>();
+            let _ = writeln!(
+                out,
+                "  ... and {} more containers, {} mounts: {}",
+                rest.len(),
+                sum(|g| g.mounts),
+                totals_line(sum(|g| g.copy_up.count), sum(|g| g.copy_up.data_bytes), sum(|g| g.copy_up.total_ns), sum(|g| g.lookup.count))
+            );
+        }
     }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::{
         aggregate::Aggregate,
@@ -159,8 +255,7 @@ mod tests {
         a.add(&Event::try_from(raw::lookup(52, "nope", LOOKUP_NEGATIVE, 3, 800).as_slice()).unwrap());
         a.add(&Event::try_from(raw::lookup(52, "passwd", LOOKUP_UPPER, 1, 400).as_slice()).unwrap());
         let key = crate::aggregate::MountKey { dev: Dev::from_kernel(52), generation: 1 };
-        let mut names = BTreeMap::new();
-        names.insert(
+        a.set_mount(
             key,
             OverlayMount {
                 dev: Dev::from_kernel(52),
@@ -170,8 +265,7 @@ mod tests {
                 workdir: Some("/work".into()),
             },
         );
-        let mut containers = BTreeMap::new();
-        containers.insert(
+        a.set_container(
             key,
             crate::containers::Container {
                 runtime: "docker".into(),
@@ -182,7 +276,7 @@ mod tests {
                 role: None,
             },
         );
-        Report::build(&a, &names, &containers, "6.1.0".into(), 2.0, EventCounts { dropped_lookup: 3, ..Default::default() })
+        Report::build(&a, "6.1.0".into(), 2.0, EventCounts { dropped_lookup: 3, ..Default::default() })
     }
 
     #[test]
@@ -195,6 +289,7 @@ mod tests {
         let small = t.find("/etc/passwd").unwrap();
         assert!(big < small, "slowest first:\n{t}");
         assert!(t.contains("LOST: 0 copy-up and 3 lookup events dropped"), "{t}");
+        assert!(t.contains("0 missed returns (copy-up 0, lookup 0, mount 0)"), "{t}");
         assert!(t.contains("negative 50.0%"), "{t}");
         assert!(t.contains("layers consulted: 1: 1, 3: 1"), "{t}");
     }
@@ -213,6 +308,34 @@ mod tests {
         assert!(json::from_str("{\"schema_version\": 99}").unwrap_err().to_string().contains("schema_version 99 is not supported"));
         assert!(json::from_str("{}").unwrap_err().to_string().contains("no schema_version"));
         assert_eq!(json::from_str("{\"schema_version\": 1}").unwrap_err().to_string(), "malformed overlay-trace report");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(escape("a\x1b[2Jb\nc\\d\u{7f}"), "a\\033[2Jb\\nc\\\\d\\177");
+        let mut a = Aggregate::default();
+        a.add(&Event::try_from(raw::copy_up(52, "evil\x1b]0;owned\x07\nLOST: none", 1, 1, 5).as_slice()).unwrap());
+        let t = render(&Report::build(&a, "6.1.0".into(), 1.0, EventCounts::default()));
+        assert!(!t.bytes().any(|b| b == 0x1b || b == 0x07), "{t:?}");
+        assert!(t.contains("/evil\\033]0;owned\\007\\nLOST: none"), "{t}");
+        assert!(!t.lines().any(|l| l.starts_with("LOST")), "no forged line: {t}");
+    }
+
+    #[test]
+    fn a_long_run_stays_readable() {
+        let mut a = Aggregate::default();
+        for dev in 0..40u32 {
+            a.add(&Event::try_from(raw::copy_up(100 + dev, "f", 1, 1, 5 + dev as u64).as_slice()).unwrap());
+        }
+        for _ in 0..30 {
+            a.add(&Event::try_from(raw::copy_up(7, "g", 1, 1, 5).as_slice()).unwrap());
+            a.add(&Event::try_from(raw::mount(7, 9).as_slice()).unwrap());
+        }
+        let t = render(&Report::build(&a, "6.1.0".into(), 1.0, EventCounts::default()));
+        assert!(t.lines().count() < 250, "{} lines", t.lines().count());
+        assert!(t.contains("... and 31 more mounts: 30 copy-ups"), "{t}");
+        assert!(t.contains("30 mounts went away while tracing"), "{t}");
+        assert!(t.contains("(no container): 30 mounts"), "{t}");
     }
 
     #[test]

@@ -1,0 +1,195 @@
+//! Probes made through tracefs `kprobe_events` rather than aya's perf kprobe PMU, for two things
+//! the PMU cannot give: a kretprobe `maxactive` of our choosing (the PMU always takes the
+//! kernel's default, max(10, 2 x CPUs), and a function that sleeps with more calls in flight than
+//! that loses returns), and the kernel's own count of missed hits (`kprobe_profile`).
+//!
+//! Each probe is a trace event `overlay_trace/ot<pid>_<program>`; the program is attached to a
+//! perf event on it (`PERF_EVENT_IOC_SET_BPF`), which is how libbpf attaches "legacy" kprobes.
+//! The event is removed on drop; events left by a tracer that was killed are removed at start.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write as _,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+
+const GROUP: &str = "overlay_trace";
+
+/// The kernel's ceiling for a kretprobe's `maxactive` (KRETPROBE_MAXACTIVE_MAX).
+pub const MAXACTIVE_MAX: u32 = 4096;
+
+/// The tracefs mount point, if one is mounted.
+pub fn root() -> Option<PathBuf> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("kprobe_events").exists())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Entry,
+    Return { maxactive: u32 },
+}
+
+/// One attached probe; detached and removed on drop.
+pub struct ProbeEvent {
+    tracefs: PathBuf,
+    name: String,
+    /// Taken on drop: the event can only be removed once no perf event holds it.
+    perf: Option<OwnedFd>,
+}
+
+/// `struct perf_event_attr` up to `PERF_ATTR_SIZE_VER5` (112 bytes); the libc crate has no
+/// definition. Only type, size, config and sample_period are set.
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+    branch_sample_type: u64,
+    sample_regs_user: u64,
+    sample_stack_user: u32,
+    clockid: i32,
+    sample_regs_intr: u64,
+    aux_watermark: u32,
+    sample_max_stack: u16,
+    reserved: u16,
+}
+const _: () = assert!(std::mem::size_of::<PerfEventAttr>() == 112);
+
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+const PERF_EVENT_IOC_DISABLE: libc::c_ulong = 0x2401;
+const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+
+fn append(file: &Path, line: &str) -> std::io::Result<()> {
+    OpenOptions::new().append(true).open(file)?.write_all(line.as_bytes())
+}
+
+/// Removes `overlay_trace` events whose tracer process is gone (killed before it could clean up).
+pub fn remove_leftovers(tracefs: &Path) {
+    let Ok(text) = fs::read_to_string(tracefs.join("kprobe_events")) else { return };
+    for line in text.lines() {
+        // "r4096:overlay_trace/ot123_lookup_return ovl_lookup"
+        let Some(event) = line.split_whitespace().next().and_then(|e| e.split_once(':')).map(|(_, e)| e) else {
+            continue;
+        };
+        let Some(name) = event.strip_prefix(&format!("{GROUP}/")) else { continue };
+        let pid = name.strip_prefix("ot").and_then(|r| r.split('_').next()).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = append(&tracefs.join("kprobe_events"), &format!("-:{event}\n"));
+        }
+    }
+}
+
+impl ProbeEvent {
+    /// Creates the probe event on `function` and attaches the loaded program `prog` to it.
+    pub fn attach(tracefs: &Path, prog: BorrowedFd<'_>, program: &str, function: &str, kind: Kind) -> Result<Self> {
+        let name = format!("ot{}_{program}", std::process::id());
+        let spec = match kind {
+            Kind::Entry => format!("p:{GROUP}/{name} {function}\n"),
+            Kind::Return { maxactive } => format!("r{maxactive}:{GROUP}/{name} {function}\n"),
+        };
+        let events = tracefs.join("kprobe_events");
+        append(&events, &spec).with_context(|| format!("cannot create a probe on {function} in {}", events.display()))?;
+        // From here on, the event exists: a failure below must remove it.
+        let remove = |e: anyhow::Error| {
+            let _ = append(&events, &format!("-:{GROUP}/{name}\n"));
+            e
+        };
+        let id_file = tracefs.join("events").join(GROUP).join(&name).join("id");
+        let id: u64 = fs::read_to_string(&id_file)
+            .map_err(|e| remove(anyhow!("{}: {e}", id_file.display())))?
+            .trim()
+            .parse()
+            .map_err(|e| remove(anyhow!("{}: {e}", id_file.display())))?;
+        let attr = PerfEventAttr {
+            type_: PERF_TYPE_TRACEPOINT,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config: id,
+            sample_period: 1,
+            wakeup_events: 1,
+            ..Default::default()
+        };
+        // SAFETY: perf_event_open with a valid attr; pid -1 + cpu 0: the probe fires on every CPU,
+        // the event only anchors the program.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(remove(anyhow!("perf_event_open on {function}: {}", std::io::Error::last_os_error())));
+        }
+        // SAFETY: a fresh fd we own.
+        let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let raw = perf.as_raw_fd();
+        // Dropped on error: closes the fd, then removes the event.
+        let ev = ProbeEvent { tracefs: tracefs.to_path_buf(), name, perf: Some(perf) };
+        // SAFETY: ioctls on our own perf fd with the documented arguments.
+        unsafe {
+            if libc::ioctl(raw, PERF_EVENT_IOC_SET_BPF as _, prog.as_raw_fd()) != 0 {
+                return Err(anyhow!("cannot attach {program} to {function}: {}", std::io::Error::last_os_error()));
+            }
+            if libc::ioctl(raw, PERF_EVENT_IOC_ENABLE as _, 0) != 0 {
+                return Err(anyhow!("cannot enable the probe on {function}: {}", std::io::Error::last_os_error()));
+            }
+        }
+        Ok(ev)
+    }
+
+    /// The kernel's hit and miss counts for this probe (`kprobe_profile`). A miss is a call the
+    /// probe could not handle: for a kretprobe, a return beyond `maxactive`.
+    pub fn profile(&self) -> Option<(u64, u64)> {
+        let text = fs::read_to_string(self.tracefs.join("kprobe_profile")).ok()?;
+        parse_profile(&text, &self.name)
+    }
+}
+
+/// Finds `name`'s "hits missed" in kprobe_profile text (`  name  hits  missed` per line).
+pub fn parse_profile(text: &str, name: &str) -> Option<(u64, u64)> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        let n = it.next()?;
+        if n != name && n.rsplit('/').next() != Some(name) {
+            return None;
+        }
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    })
+}
+
+impl Drop for ProbeEvent {
+    fn drop(&mut self) {
+        if let Some(perf) = self.perf.take() {
+            // SAFETY: our own fd. Disabled first so nothing runs while the event is torn down.
+            unsafe { libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_DISABLE as _, 0) };
+        }
+        let _ = append(&self.tracefs.join("kprobe_events"), &format!("-:{GROUP}/{}\n", self.name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_lines_are_found_by_event_name() {
+        let text = "  ot12_copy_up_one_return                      97               3\n  \
+                    ot12_lookup_entry                           5000               0\n";
+        assert_eq!(parse_profile(text, "ot12_copy_up_one_return"), Some((97, 3)));
+        assert_eq!(parse_profile(text, "ot12_lookup_entry"), Some((5000, 0)));
+        assert_eq!(parse_profile(text, "ot13_lookup_entry"), None);
+    }
+}

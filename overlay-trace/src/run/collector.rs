@@ -1,0 +1,44 @@
+//! Turns ring buffer records into the aggregate's numbers and the `--events` lines, and applies
+//! what the naming thread found out. Pure bookkeeping: no I/O besides the events file.
+
+use crate::{
+    aggregate::{Aggregate, MountKey},
+    events::Event,
+    run::{naming::Named, outputs::EventsFile},
+};
+
+#[derive(Default)]
+pub struct Collector {
+    pub agg: Aggregate,
+    /// Records userspace could not decode.
+    pub decode_errors: u64,
+    pub events: Option<EventsFile>,
+}
+
+impl Collector {
+    /// Takes one record. Returns the mount to name when this is its first event, with the
+    /// process that touched it.
+    pub fn take(&mut self, record: &[u8]) -> Option<(MountKey, u32)> {
+        let Ok(e) = Event::try_from(record) else {
+            self.decode_errors += 1;
+            return None;
+        };
+        let added = self.agg.add(&e);
+        if let Some(out) = self.events.as_mut() {
+            out.write(&e, added.key.generation);
+        }
+        added.new_mount.then_some((added.key, e.origin().tgid))
+    }
+
+    /// Applies an answer of the naming thread; returns a warning to show, if any.
+    pub fn apply(&mut self, n: Named) -> Option<String> {
+        match n {
+            Named::Mount { key, mount } => self.agg.set_mount(key, mount),
+            Named::Container { key, container } => self.agg.set_container(key, container),
+            Named::Gone { key } => self.agg.retire(key),
+            Named::Warning(w) => return Some(w),
+            Named::Done => {}
+        }
+        None
+    }
+}

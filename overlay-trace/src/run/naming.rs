@@ -1,0 +1,253 @@
+//! Naming mounts, beside the drain and never in its way: a thread of its own (with its own
+//! runtime) turns each new mount into its mount point and layers (mountinfo) and then into its
+//! container (runtime APIs and metadata on disk: slow, blocking, possibly hung), and reports
+//! mounts that went away so the aggregate can fold them.
+//!
+//! Every step is bounded: a per-mount time budget for container lookups, mountinfo retries with
+//! backoff and a give-up for mounts that never show there (another mount namespace), no repeated
+//! lookups of a mount that no runtime claimed until the final pass, and a final pass with a
+//! deadline. The drain loop only ever sends requests and applies answers.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    time::Duration,
+};
+
+use tokio::{
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    time::Instant,
+};
+
+use crate::{
+    aggregate::MountKey,
+    containers::{Container, Resolver},
+    events::Dev,
+    mounts::{OverlayMount, parse_mountinfo, read_overlay_mounts},
+};
+
+/// Time allowed to find one mount's container.
+const NAME_BUDGET: Duration = Duration::from_secs(4);
+/// First retry of a mount not yet in mountinfo; doubled each time up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Tries before a mount is given up on (about 20 s in all).
+const TRIES_MAX: u32 = 10;
+/// How often named mounts are checked for having gone away.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+pub enum Request {
+    /// A mount seen for the first time; `tgid` did something on it (its mountinfo is read when
+    /// the tracer's own does not show the mount).
+    Name { key: MountKey, tgid: u32 },
+    /// Name what can be named before `deadline`, then answer `Done`.
+    Finish { deadline: Instant },
+}
+
+pub enum Named {
+    Mount { key: MountKey, mount: OverlayMount },
+    Container { key: MountKey, container: Container },
+    /// No longer mounted (or its device number now belongs to another mount).
+    Gone { key: MountKey },
+    Warning(String),
+    Done,
+}
+
+/// The drain loop's end of the naming thread.
+pub struct Naming {
+    pub requests: UnboundedSender<Request>,
+    pub answers: UnboundedReceiver<Named>,
+}
+
+impl Naming {
+    pub fn start(resolver: Resolver) -> Self {
+        let (req_tx, req_rx) = unbounded_channel();
+        let (ans_tx, ans_rx) = unbounded_channel();
+        std::thread::Builder::new()
+            .name("naming".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    let _ = ans_tx.send(Named::Warning("cannot start the naming thread: mounts are not named".into()));
+                    let _ = ans_tx.send(Named::Done);
+                    return;
+                };
+                rt.block_on(Namer::new(resolver, ans_tx).run(req_rx));
+            })
+            .expect("spawning a thread");
+        Self { requests: req_tx, answers: ans_rx }
+    }
+
+    pub fn name(&self, key: MountKey, tgid: u32) {
+        let _ = self.requests.send(Request::Name { key, tgid });
+    }
+}
+
+struct Pending {
+    key: MountKey,
+    tgid: u32,
+    tries: u32,
+    due: Instant,
+}
+
+struct Namer {
+    resolver: Resolver,
+    out: UnboundedSender<Named>,
+    pending: Vec<Pending>,
+    /// Named mounts seen in our own mountinfo: dev -> (key, mount point), checked for going away.
+    watched: HashMap<Dev, (MountKey, String)>,
+    to_resolve: VecDeque<(MountKey, OverlayMount)>,
+    /// Mounts no runtime claimed: asked again only in the final pass.
+    unclaimed: BTreeMap<MountKey, OverlayMount>,
+    warned: HashSet<String>,
+}
+
+impl Namer {
+    fn new(resolver: Resolver, out: UnboundedSender<Named>) -> Self {
+        Self {
+            resolver,
+            out,
+            pending: Vec::new(),
+            watched: HashMap::new(),
+            to_resolve: VecDeque::new(),
+            unclaimed: BTreeMap::new(),
+            warned: HashSet::new(),
+        }
+    }
+
+    async fn run(mut self, mut requests: UnboundedReceiver<Request>) {
+        let mut watch = tokio::time::interval(WATCH_EVERY);
+        loop {
+            let next_due = self.pending.iter().map(|p| p.due).min();
+            tokio::select! {
+                r = requests.recv() => match r {
+                    Some(Request::Name { key, tgid }) => {
+                        self.add(key, tgid);
+                        self.name_pending(false);
+                    }
+                    Some(Request::Finish { deadline }) => {
+                        self.finish(deadline).await;
+                        return;
+                    }
+                    None => return,
+                },
+                _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)).await }, if next_due.is_some() => {
+                    self.name_pending(false);
+                }
+                _ = watch.tick() => self.watch(),
+                _ = std::future::ready(()), if !self.to_resolve.is_empty() => {
+                    if let Some((key, m)) = self.to_resolve.pop_front() {
+                        self.resolve(key, m, NAME_BUDGET).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&self, n: Named) {
+        let _ = self.out.send(n);
+    }
+
+    fn add(&mut self, key: MountKey, tgid: u32) {
+        // A newer mount of the same device number: the older one can no longer be named.
+        self.pending.retain(|p| p.key.dev != key.dev);
+        self.watched.remove(&key.dev);
+        self.pending.push(Pending { key, tgid, tries: 0, due: Instant::now() });
+    }
+
+    /// Looks for the due pending mounts in mountinfo (ours, then the triggering process's).
+    /// `all`: every pending mount, due or not, and none is retried afterwards.
+    fn name_pending(&mut self, all: bool) {
+        let now = Instant::now();
+        if !self.pending.iter().any(|p| all || p.due <= now) {
+            return;
+        }
+        let ours = read_overlay_mounts().unwrap_or_default();
+        let mut still = Vec::new();
+        for mut p in std::mem::take(&mut self.pending) {
+            if !all && p.due > now {
+                still.push(p);
+                continue;
+            }
+            let found = match ours.get(&p.key.dev) {
+                Some(m) => {
+                    self.watched.insert(p.key.dev, (p.key, m.mount_point.clone()));
+                    Some(m.clone())
+                }
+                None => foreign_mount(p.tgid, p.key.dev),
+            };
+            match found {
+                Some(m) => {
+                    self.send(Named::Mount { key: p.key, mount: m.clone() });
+                    self.to_resolve.push_back((p.key, m));
+                }
+                None if !all && p.tries + 1 < TRIES_MAX => {
+                    p.tries += 1;
+                    p.due = now + (RETRY_FIRST * 2u32.saturating_pow(p.tries)).min(RETRY_MAX);
+                    still.push(p);
+                }
+                // Never seen: reported by device number only.
+                None => {}
+            }
+        }
+        self.pending = still;
+    }
+
+    /// Named mounts that left our mountinfo (or whose device number now holds another mount).
+    fn watch(&mut self) {
+        if self.watched.is_empty() {
+            return;
+        }
+        let now = read_overlay_mounts().unwrap_or_default();
+        let gone: Vec<Dev> = self
+            .watched
+            .iter()
+            .filter(|(dev, (_, point))| now.get(dev).is_none_or(|m| &m.mount_point != point))
+            .map(|(dev, _)| *dev)
+            .collect();
+        for dev in gone {
+            if let Some((key, _)) = self.watched.remove(&dev) {
+                // Not yet resolved: it will not be now that it is gone, but the saved mount
+                // still matches an exited container's metadata; keep it queued.
+                self.send(Named::Gone { key });
+            }
+        }
+    }
+
+    async fn resolve(&mut self, key: MountKey, m: OverlayMount, budget: Duration) {
+        match tokio::time::timeout(budget, self.resolver.resolve(&m)).await {
+            Ok(Some(c)) => self.send(Named::Container { key, container: c }),
+            _ => {
+                self.unclaimed.insert(key, m);
+            }
+        }
+        if let Some(w) = self.resolver.docker_warning().map(str::to_string) {
+            if self.warned.insert(w.clone()) {
+                self.send(Named::Warning(w));
+            }
+        }
+    }
+
+    /// The last pass: mounts still pending, containers still to find (a runtime may have been
+    /// slow while the container started), all before `deadline`.
+    async fn finish(&mut self, deadline: Instant) {
+        self.name_pending(true);
+        let mut work: Vec<(MountKey, OverlayMount)> = self.to_resolve.drain(..).collect();
+        work.extend(std::mem::take(&mut self.unclaimed));
+        for (key, m) in work {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.resolve(key, m, left.min(NAME_BUDGET)).await;
+        }
+        self.send(Named::Done);
+    }
+}
+
+/// The mount of `dev` as process `tgid` sees it (a mount namespace other than ours).
+fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
+    if tgid == 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/mountinfo")).ok()?;
+    parse_mountinfo(&text).remove(&dev)
+}
