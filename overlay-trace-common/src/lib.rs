@@ -84,6 +84,9 @@ pub struct CopyUpFrame {
     pub data_bytes: i64,
     pub flags: u32,
     pub mode: u32,
+    /// Non-zero once this call reached `ovl_copy_up_end`: it owned the copy-up.
+    pub owned: u32,
+    pub _pad: u32,
 }
 
 /// One thread's copy-ups in flight, innermost last.
@@ -163,6 +166,9 @@ pub struct CopyUpEvent {
     pub mode: u32,
     /// Return value of `ovl_copy_up_one` (0 or -errno).
     pub ret: i32,
+    /// `COPY_UP_*`: did this call copy the object, or wait for another call that did?
+    pub outcome: u32,
+    pub _pad: u32,
     /// Bytes of `path` used.
     pub path_len: u32,
     /// Number of components in `path`.
@@ -171,7 +177,14 @@ pub struct CopyUpEvent {
     /// Components leaf first, each NUL-terminated.
     pub path: [u8; PATH_BUF_LEN],
 }
-const _: () = assert!(size_of::<CopyUpEvent>() == 48 + 32 + 24 + PATH_BUF_LEN);
+const _: () = assert!(size_of::<CopyUpEvent>() == 48 + 32 + 32 + PATH_BUF_LEN);
+
+/// `CopyUpEvent::outcome`: this call copied the object up (it reached `ovl_copy_up_end`).
+pub const COPY_UP_COPIED: u32 = 0;
+/// Another thread was copying the same object: this call waited for it and copied nothing.
+pub const COPY_UP_WAITED: u32 = 1;
+/// Unknown: `ovl_copy_up_end` is not probed on this kernel (counted as a copy-up).
+pub const COPY_UP_UNKNOWN: u32 = 2;
 
 /// One `ovl_lookup` call (a dcache miss in an overlay directory).
 #[repr(C)]
@@ -224,8 +237,12 @@ pub struct Config {
     /// Non-zero: rare conditions (stale entries, failed path reads) are logged through aya-log
     /// (`OVERLAY_TRACE_VERBOSE=1`). Never on the hot path otherwise.
     pub verbose: u32,
+    /// Non-zero when `ovl_copy_up_end` is probed: a copy-up that never reached it only waited
+    /// for another thread's copy of the same object.
+    pub copy_up_end_probed: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<Config>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {

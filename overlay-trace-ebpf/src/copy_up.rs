@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use overlay_trace_common::{
-    CopyUpEvent, CopyUpFrame, CopyUpInflight, EVENT_COPY_UP, MAX_NESTING, NO_DATA_COPY,
+    COPY_UP_COPIED, COPY_UP_UNKNOWN, COPY_UP_WAITED, CopyUpEvent, CopyUpFrame, CopyUpInflight, EVENT_COPY_UP, MAX_NESTING, NO_DATA_COPY,
     STAT_DROPPED_COPY_UP, STAT_INFLIGHT_FULL, STAT_MISSED_RETURN_COPY_UP, STAT_MISSED_RETURN_DATA,
     STAT_ORPHAN_RETURNS,
 };
@@ -70,6 +70,8 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
         data_bytes: NO_DATA_COPY,
         flags: flags as u32,
         mode,
+        owned: 0,
+        _pad: 0,
     };
     let Some(inflight) = inflight_of(pid) else {
         count(STAT_INFLIGHT_FULL);
@@ -160,6 +162,14 @@ pub fn copy_up_one_return(ctx: RetProbeContext) -> u32 {
         (*ev).flags = start.flags;
         (*ev).mode = start.mode;
         (*ev).ret = ret as i32;
+        (*ev).outcome = if cfg(|c| &c.copy_up_end_probed) == 0 {
+            COPY_UP_UNKNOWN
+        } else if start.owned != 0 {
+            COPY_UP_COPIED
+        } else {
+            COPY_UP_WAITED
+        };
+        (*ev)._pad = 0;
         let path = read_path(start.dentry, (&raw mut (*ev).path).cast());
         (*ev).path_len = path.len;
         (*ev).path_depth = path.depth;
@@ -215,6 +225,18 @@ pub fn copy_up_data_return(_ctx: RetProbeContext) -> u32 {
                 (*f).data_start_ns = 0;
             }
         }
+    }
+    0
+}
+
+/// `void ovl_copy_up_end(struct dentry *dentry)`: reached only by the call that owned the copy-up
+/// (`ovl_copy_up_start` returned 0); a call that raced with another one returns without it.
+#[kprobe]
+pub fn copy_up_end_entry(_ctx: ProbeContext) -> u32 {
+    let (_, pid) = current_tgid_pid();
+    if let Some(f) = current_frame(pid) {
+        // SAFETY: the frame belongs to this thread's in-flight copy-up.
+        unsafe { (*f).owned = 1 };
     }
     0
 }

@@ -32,6 +32,8 @@ static CONFIG: Config = Config {
     ovl_upper_from_vfs_inode: 0,
     filter_devs: 0,
     verbose: 0,
+    copy_up_end_probed: 0,
+    _pad: 0,
 };
 
 /// Superblocks to trace when `CONFIG.filter_devs` is set (`--container`); key: kernel `s_dev`.

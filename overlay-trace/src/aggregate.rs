@@ -1,13 +1,18 @@
 //! Aggregation: pure code, no I/O. Events go in; per-mount histograms, counters and the N slowest
 //! copy-ups come out.
 //!
-//! Memory is bounded whatever the run's length. A mount is kept in detail while it lives; once it
-//! is gone (unmounted, or its device number reused by a newer mount) it is *retired*: folded into
-//! the summary of its container (or of "mounts of no container"), so totals stay exact while the
-//! detail goes. At most `LIVE_MOUNTS_MAX` mounts are kept in detail (the least recently active
-//! are retired first beyond that) and at most `GROUPS_MAX` summaries (the rest fold into
-//! `OTHER_GROUP`). Histograms keep 2 significant digits (1% resolution) and exist only once a
-//! value is recorded.
+//! Memory is bounded whatever the run's length:
+//! - A live mount is kept in detail, histograms included. At most `LIVE_MOUNTS_MAX`; beyond that
+//!   the least recently active one is folded into its group (below) and leaves the detail.
+//! - A mount that is gone (unmounted, or its device number taken by a newer mount) is folded into
+//!   the summary of its container (or of "no container"): the *group* gets its counts and merges
+//!   its histograms, so totals stay exact. Its own detail is *frozen*: percentiles computed once,
+//!   histograms dropped (a few KiB instead of tens). The `GONE_DETAIL_MAX` most recent frozen
+//!   mounts stay in the report; older ones live on only in their group.
+//! - At most `GROUPS_MAX` groups; the rest fold into `OTHER_GROUP`.
+//! - Histograms keep 2 significant digits (1% resolution) and exist only once a value is recorded.
+//!
+//! Totals are therefore: live mounts + groups. Frozen mounts are a view of what groups hold.
 
 use std::{
     cmp::Reverse,
@@ -21,12 +26,16 @@ use crate::{
     containers::Container,
     events::{CopyUp, Dev, Event, Lookup, LookupOutcome},
     mounts::OverlayMount,
+    // A frozen histogram is kept as the percentiles the report shows.
+    report::Latency,
 };
 
 /// How many slowest copy-ups each mount (and each summary) keeps.
 pub const TOP_N: usize = 20;
-/// Mounts kept in detail at once.
+/// Live mounts kept in detail at once.
 pub const LIVE_MOUNTS_MAX: usize = 256;
+/// Gone mounts whose (frozen) detail is kept.
+pub const GONE_DETAIL_MAX: usize = 256;
 /// Summaries of retired mounts; beyond this, they fold into `OTHER_GROUP`.
 pub const GROUPS_MAX: usize = 128;
 pub const OTHER_GROUP: &str = "(other)";
@@ -39,35 +48,67 @@ const MAX_NS: u64 = 3_600_000_000_000;
 /// 2 significant digits: 1% resolution, about 36 KiB per histogram (3 digits: 270 KiB).
 const SIG_FIGS: u8 = 2;
 
-/// A latency histogram that takes memory only once it holds a value.
+/// A latency histogram that takes memory only once it holds a value, and can be frozen into its
+/// percentiles once no value will come.
 #[derive(Clone, Default)]
-pub struct Latencies(Option<Box<Histogram<u64>>>);
+pub enum Latencies {
+    #[default]
+    Empty,
+    Live(Box<Histogram<u64>>),
+    Frozen(Box<Latency>),
+}
 
 impl Latencies {
     pub fn record(&mut self, ns: u64) {
-        self.0
-            .get_or_insert_with(|| Box::new(Histogram::new_with_bounds(1, MAX_NS, SIG_FIGS).expect("static bounds")))
-            .saturating_record(ns.clamp(1, MAX_NS));
+        if !matches!(self, Self::Live(_)) {
+            // A frozen mount gets no events (they go to its group): only Empty becomes Live.
+            *self = Self::Live(Box::new(Histogram::new_with_bounds(1, MAX_NS, SIG_FIGS).expect("static bounds")));
+        }
+        if let Self::Live(h) = self {
+            h.saturating_record(ns.clamp(1, MAX_NS));
+        }
     }
 
     pub fn merge(&mut self, other: &Latencies) {
-        if let Some(o) = &other.0 {
-            match &mut self.0 {
-                Some(h) => {
-                    // Same bounds on both sides: cannot fail.
+        if let Self::Live(o) = other {
+            match self {
+                // Same bounds on both sides: cannot fail.
+                Self::Live(h) => {
                     let _ = h.add(o.as_ref());
                 }
-                None => self.0 = Some(o.clone()),
+                _ => *self = Self::Live(o.clone()),
             }
         }
     }
 
+    /// Percentiles, computed now (live) or kept from when it froze.
+    pub fn summary(&self) -> Latency {
+        match self {
+            Self::Empty => Latency::default(),
+            Self::Live(h) => Latency::of_histogram(h),
+            Self::Frozen(l) => (**l).clone(),
+        }
+    }
+
+    fn freeze(&mut self) {
+        if let Self::Live(h) = self {
+            *self = Self::Frozen(Box::new(Latency::of_histogram(h)));
+        }
+    }
+
     pub fn histogram(&self) -> Option<&Histogram<u64>> {
-        self.0.as_deref()
+        match self {
+            Self::Live(h) => Some(h),
+            _ => None,
+        }
     }
 
     pub fn len(&self) -> u64 {
-        self.0.as_ref().map_or(0, |h| h.len())
+        match self {
+            Self::Empty => 0,
+            Self::Live(h) => h.len(),
+            Self::Frozen(l) => l.count,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,7 +116,7 @@ impl Latencies {
     }
 
     pub fn max(&self) -> u64 {
-        self.0.as_ref().map_or(0, |h| h.max())
+        self.summary().max_ns
     }
 }
 
@@ -108,12 +149,21 @@ pub struct CopyUpStats {
     pub data_ns: u64,
     pub total_ns: u64,
     pub latency: Latencies,
+    /// Calls that only waited for another thread's copy-up of the same object, and their time.
+    /// Not copy-ups: `count` and the rest leave them out.
+    pub waited: u64,
+    pub waited_ns: u64,
     /// Min-heap of the slowest `TOP_N`.
     slowest: BinaryHeap<Reverse<SlowCopyUp>>,
 }
 
 impl CopyUpStats {
     fn add(&mut self, c: &CopyUp, seq: u64) {
+        if c.waited {
+            self.waited += 1;
+            self.waited_ns += c.duration_ns;
+            return;
+        }
         self.count += 1;
         if c.ret != 0 {
             self.failed += 1;
@@ -145,6 +195,8 @@ impl CopyUpStats {
         self.data_bytes += o.data_bytes;
         self.data_ns += o.data_ns;
         self.total_ns += o.total_ns;
+        self.waited += o.waited;
+        self.waited_ns += o.waited_ns;
         self.latency.merge(&o.latency);
         for Reverse(s) in &o.slowest {
             self.offer(s.duration_ns, s.seq, || s.event.clone());
@@ -226,8 +278,18 @@ pub struct MountStats {
     pub mount: Option<OverlayMount>,
     /// The container whose root this is, when a runtime claimed it.
     pub container: Option<Container>,
+    /// Gone (unmounted while tracing): frozen, and counted in its group already.
+    pub gone: bool,
     /// Arrival number of its latest event: the least recently active are retired first.
     last_seq: u64,
+}
+
+impl MountStats {
+    fn freeze(&mut self) {
+        self.gone = true;
+        self.copy_ups.latency.freeze();
+        self.lookups.latency.freeze();
+    }
 }
 
 /// Retired mounts of one container (or of no container), summed.
@@ -263,8 +325,11 @@ pub struct Added {
 /// Everything seen so far.
 #[derive(Default)]
 pub struct Aggregate {
-    /// Mounts in detail.
+    /// Mounts in detail: live ones, and the most recent gone ones (frozen).
     pub mounts: BTreeMap<MountKey, MountStats>,
+    /// Gone mounts in detail, oldest first.
+    gone_order: VecDeque<MountKey>,
+    live: usize,
     /// Retired mounts, by group label (see `group_label`).
     pub retired: BTreeMap<String, Group>,
     pub retired_mounts: u64,
@@ -302,7 +367,7 @@ impl Aggregate {
             if mt.ret == 0 {
                 let old = self.current(dev);
                 *self.generations.entry(dev).or_default() += 1;
-                // The previous mount of this device number is gone: fold it away.
+                // The previous mount of this device number is gone.
                 self.retire(old);
             }
         }
@@ -324,8 +389,11 @@ impl Aggregate {
             }
         }
         let new_mount = !self.mounts.contains_key(&key);
-        if new_mount && self.mounts.len() >= LIVE_MOUNTS_MAX {
-            self.retire_least_recent();
+        if new_mount {
+            if self.live >= LIVE_MOUNTS_MAX {
+                self.evict_least_recent();
+            }
+            self.live += 1;
         }
         let seq = self.seq;
         let m = self.mounts.entry(key).or_default();
@@ -344,6 +412,9 @@ impl Aggregate {
 
     /// A mount known before any event (`--container`): named and attributed from the start.
     pub fn add_known(&mut self, key: MountKey, mount: Option<OverlayMount>, container: Container) {
+        if !self.mounts.contains_key(&key) {
+            self.live += 1;
+        }
         let m = self.mounts.entry(key).or_default();
         m.mount = mount;
         m.container = Some(container);
@@ -362,15 +433,39 @@ impl Aggregate {
         }
     }
 
-    fn retire_least_recent(&mut self) {
-        if let Some(key) = self.mounts.iter().min_by_key(|(_, m)| m.last_seq).map(|(k, _)| *k) {
-            self.retire(key);
+    /// Over the cap of live mounts: the least recently active leaves the detail for its group.
+    fn evict_least_recent(&mut self) {
+        let key = self.mounts.iter().filter(|(_, m)| !m.gone).min_by_key(|(_, m)| m.last_seq).map(|(k, _)| *k);
+        if let Some(key) = key {
+            if let Some(m) = self.mounts.remove(&key) {
+                self.live -= 1;
+                self.fold(key, &m);
+            }
         }
     }
 
-    /// Folds a mount into its group's summary. Totals are unchanged.
+    /// A mount is gone: its numbers go to its group, its detail is frozen (and dropped once
+    /// `GONE_DETAIL_MAX` newer gone mounts are kept). Totals are unchanged.
     pub fn retire(&mut self, key: MountKey) {
-        let Some(m) = self.mounts.remove(&key) else { return };
+        let Some(mut m) = self.mounts.remove(&key) else { return };
+        if m.gone {
+            self.mounts.insert(key, m);
+            return;
+        }
+        self.live -= 1;
+        self.fold(key, &m);
+        m.freeze();
+        self.mounts.insert(key, m);
+        self.gone_order.push_back(key);
+        if self.gone_order.len() > GONE_DETAIL_MAX {
+            if let Some(old) = self.gone_order.pop_front() {
+                self.mounts.remove(&old);
+            }
+        }
+    }
+
+    /// Adds a mount's numbers to its group.
+    fn fold(&mut self, key: MountKey, m: &MountStats) {
         let mut label = group_label(m.container.as_ref());
         if !self.retired.contains_key(&label) && self.retired.len() >= GROUPS_MAX {
             label = OTHER_GROUP.to_string();
@@ -394,6 +489,11 @@ impl Aggregate {
                 self.retired_index.remove(&old);
             }
         }
+    }
+
+    /// Live mounts in detail.
+    pub fn live_mounts(&self) -> usize {
+        self.live
     }
 }
 
@@ -465,7 +565,10 @@ mod tests {
         a.add(&ev(raw::mount(9, 10)));
         a.add(&ev(raw::copy_up(9, "new", 1, 1, 5)));
         a.add(&ev(raw::mount(9, 20)));
-        assert_eq!(a.mounts.len(), 1, "only the newest generation stays in detail");
+        assert_eq!(a.live_mounts(), 1, "only the newest generation is live");
+        assert!(a.mounts[&key(9, 0)].gone && a.mounts[&key(9, 1)].gone, "the older ones are kept frozen");
+        assert_eq!(a.mounts[&key(9, 1)].copy_ups.slowest()[0].event.path, "/new");
+        assert_eq!(a.mounts[&key(9, 1)].copy_ups.latency.summary().max_ns, 5);
         assert_eq!(a.mounts[&key(9, 2)].copy_ups.count, 0);
         assert_eq!(a.mounts[&key(9, 2)].mount_ns, Some(20));
         let g = &a.retired[NO_CONTAINER_GROUP];
@@ -486,7 +589,8 @@ mod tests {
         let g = &a.retired[&group_label(Some(&c))];
         assert_eq!(g.copy_ups.count, 2);
         assert_eq!(g.container.as_ref().unwrap().role, None);
-        assert!(a.mounts.is_empty());
+        assert_eq!(a.live_mounts(), 0);
+        assert_eq!(a.mounts[&key(9, 1)].copy_ups.count, 1, "the frozen detail does not take late events");
         assert_eq!(a.copy_up_events, 2);
     }
 
@@ -499,6 +603,7 @@ mod tests {
             a.add(&ev(raw::lookup(1000 + i, "x", LOOKUP_NEGATIVE, 1, 9)));
         }
         assert_eq!(a.mounts.len(), LIVE_MOUNTS_MAX);
+        assert_eq!(a.live_mounts(), LIVE_MOUNTS_MAX);
         let live: u64 = a.mounts.values().map(|m| m.copy_ups.count).sum();
         let retired: u64 = a.retired.values().map(|g| g.copy_ups.count).sum();
         assert_eq!(live + retired, 3 * LIVE_MOUNTS_MAX as u64);
@@ -519,6 +624,22 @@ mod tests {
         assert_eq!(a.retired.len(), GROUPS_MAX + 1);
         assert_eq!(a.retired[OTHER_GROUP].mounts, 10);
         assert_eq!(a.retired.values().map(|g| g.copy_ups.count).sum::<u64>(), GROUPS_MAX as u64 + 10);
+    }
+
+    #[test]
+    fn gone_detail_is_capped_and_totals_stay_exact() {
+        let mut a = Aggregate::default();
+        for _ in 0..GONE_DETAIL_MAX + 50 {
+            a.add(&ev(raw::copy_up(7, "f", 1, 1, 5)));
+            a.add(&ev(raw::mount(7, 1)));
+        }
+        assert_eq!(a.mounts.values().filter(|m| m.gone).count(), GONE_DETAIL_MAX);
+        assert_eq!(a.live_mounts(), 1);
+        let live: u64 = a.mounts.values().filter(|m| !m.gone).map(|m| m.copy_ups.count).sum();
+        let groups: u64 = a.retired.values().map(|g| g.copy_ups.count).sum();
+        assert_eq!(live + groups, GONE_DETAIL_MAX as u64 + 50);
+        // Frozen detail holds no histogram.
+        assert!(a.mounts.values().filter(|m| m.gone).all(|m| m.copy_ups.latency.histogram().is_none()));
     }
 
     #[test]

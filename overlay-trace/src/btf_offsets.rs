@@ -66,6 +66,8 @@ impl KernelBtf {
             ovl_upper_from_vfs_inode: upper,
             filter_devs: 0,
             verbose: 0,
+            copy_up_end_probed: 0,
+            _pad: 0,
         })
     }
 

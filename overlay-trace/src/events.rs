@@ -6,7 +6,7 @@ use std::mem::size_of;
 use overlay_trace_common::{
     COMM_LEN, CopyUpEvent, EVENT_COPY_UP, EVENT_LOOKUP, EVENT_MOUNT, MountEvent, EventHeader, LOOKUP_ERROR, LOOKUP_LOWER,
     LOOKUP_NAME_LEN, LOOKUP_NEGATIVE, LOOKUP_POSITIVE_UNKNOWN_LAYER, LOOKUP_UPPER, LookupEvent,
-    NO_DATA_COPY, PATH_BUF_LEN, PATH_TRUNCATED,
+    NO_DATA_COPY, PATH_BUF_LEN, PATH_TRUNCATED, PATH_INCOMPLETE, COPY_UP_WAITED,
 };
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +84,11 @@ pub struct CopyUp {
     pub ret: i32,
     /// Path inside the overlay, starting with '/'.
     pub path: String,
+    /// The path is cut short: its start is missing (too deep, too long, or a failed read).
     pub path_truncated: bool,
+    /// This call copied nothing: it waited for another thread's copy-up of the same object.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub waited: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -217,7 +221,8 @@ impl TryFrom<&[u8]> for Event {
                     mode: e.mode,
                     ret: e.ret,
                     path: path_from_components(&e.path[..used]),
-                    path_truncated: e.path_flags & PATH_TRUNCATED != 0,
+                    path_truncated: e.path_flags & (PATH_TRUNCATED | PATH_INCOMPLETE) != 0,
+                    waited: e.outcome == COPY_UP_WAITED,
                 }))
             }
             EVENT_LOOKUP => {
@@ -282,6 +287,8 @@ pub mod raw {
             flags: 0,
             mode: 0o100644,
             ret: 0,
+            outcome: 0,
+            _pad: 0,
             path_len: off as u32,
             path_depth: depth,
             path_flags: 0,

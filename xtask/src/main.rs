@@ -89,24 +89,26 @@ fn vm_kernel() -> Result<PathBuf> {
     images.pop().ok_or_else(|| anyhow!("no /boot/vmlinuz-*: run scripts/install-deps (installs linux-image-amd64)"))
 }
 
-/// Runs `script` (bash) as root inside the VM; returns its exit code, which the guest writes
-/// under the repo because the VM's own exit status does not carry it.
+/// The line the guest prints last: its script's exit code. Read from the VM's console output,
+/// which reaches the host wherever the checkout is (a file the guest writes under /tmp would stay
+/// in the guest's own overlay there).
+const EXIT_MARKER: &str = "OVERLAY_TRACE_VM_EXIT=";
+
+/// Runs `script` (bash) as root inside the VM; returns its exit code.
 fn in_vm(script: &str) -> Result<i32> {
     let out = workspace().join("target/vm");
     fs::create_dir_all(&out)?;
-    let rc = out.join("rc");
-    let _ = fs::remove_file(&rc);
     let body = out.join("script.sh");
     fs::write(
         &body,
         format!(
-            "#!/bin/bash\ncd {ws}\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n({script})\necho $? > {rc}\n",
+            "#!/bin/bash\ncd {ws}\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n({script})\necho {EXIT_MARKER}$?\n",
             ws = workspace().display(),
-            rc = rc.display()
         ),
     )?;
     let kernel = vm_kernel()?;
     println!("xtask: booting {} in qemu (no KVM; about 30 s)", kernel.display());
+    let booted = std::time::Instant::now();
     // vng re-opens the terminal it was given, writing from offset 0 when that is a file: pass
     // its output through a pipe so a log file keeps everything before it.
     let mut child = Command::new("vng")
@@ -121,15 +123,29 @@ fn in_vm(script: &str) -> Result<i32> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("cannot start vng: run scripts/install-deps (installs virtme-ng and qemu)")?;
-    if let Some(mut out) = child.stdout.take() {
-        std::io::copy(&mut out, &mut std::io::stdout().lock()).context("VM output")?;
+    let mut code = None;
+    if let Some(out) = child.stdout.take() {
+        use std::io::{BufRead as _, Write as _};
+        let mut reader = std::io::BufReader::new(out);
+        let mut line = Vec::new();
+        let stdout = std::io::stdout();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).context("VM output")? == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&line);
+            if let Some(rest) = text.trim_end().rsplit(EXIT_MARKER).next().filter(|_| text.contains(EXIT_MARKER)) {
+                code = rest.trim().parse::<i32>().ok();
+            }
+            let mut o = stdout.lock();
+            o.write_all(&line)?;
+            o.flush()?;
+        }
     }
     let st = child.wait()?;
-    let code = fs::read_to_string(&rc)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| anyhow!("the VM ended without running the script to the end (vng: {st})"))?;
-    Ok(code)
+    println!("xtask: the VM ran for {:.0} s", booted.elapsed().as_secs_f64());
+    code.ok_or_else(|| anyhow!("the VM ended without running the script to the end (vng: {st})"))
 }
 
 fn build_tracer(release: bool) -> Result<PathBuf> {

@@ -49,6 +49,16 @@ pub const PROBES: &[ProbeSpec] = &[
         required: false,
         purpose: "copy-up data time and bytes",
     },
+    // Reached only by the call that copied; a call that raced with another copy-up of the same
+    // object waits and returns without it. Its program only sets a flag, so a kernel where the
+    // symbol exists must have it attached (`Config::copy_up_end_probed` is set from kallsyms).
+    ProbeSpec {
+        entry: "copy_up_end_entry",
+        ret: None,
+        targets: &["ovl_copy_up_end"],
+        required: false,
+        purpose: "telling copy-ups from waits for another thread's copy-up",
+    },
     ProbeSpec { entry: "lookup_entry", ret: Some("lookup_return"), targets: &["ovl_lookup"], required: true, purpose: "lookups" },
     // 6.1: ovl_fill_super(sb, data, silent); 6.5+: ovl_fill_super(sb, fc). sb is first in both.
     ProbeSpec {
@@ -264,7 +274,9 @@ pub fn attach(ebpf: &mut Ebpf, symbols: &HashSet<String>, maxactive: u32) -> Res
         };
         match attached {
             Ok(event) => out.probes.push(AttachedProbe { program, function: target, is_return, event }),
-            Err(e) if !spec.required => {
+            // Config::copy_up_end_probed was set from kallsyms: a missing attach would turn
+            // every copy-up into a wait.
+            Err(e) if !spec.required && spec.entry != "copy_up_end_entry" => {
                 // Without its return, an entry would only leave garbage: skip the whole row.
                 failed_rows.insert(spec.entry);
                 out.warnings.push(format!("cannot attach to {target} ({e:#}): {} not measured", spec.purpose));

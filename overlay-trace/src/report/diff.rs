@@ -26,16 +26,21 @@ pub const METRICS: &[(&str, &str, f64)] = &[
 /// (percentiles) over its mounts.
 pub fn metrics(r: &Report) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
-    let sum = |f: &dyn Fn(&super::MountReport) -> u64| r.mounts.iter().map(f).sum::<u64>() as f64;
+    // Totals: live mounts plus the per-container rows of gone ones (gone mounts shown in detail
+    // are already in those rows).
+    let sum = |f: &dyn Fn(&super::CopyUpReport, &super::LookupReport) -> u64| {
+        (r.mounts.iter().filter(|x| !x.gone).map(|x| f(&x.copy_up, &x.lookup)).sum::<u64>()
+            + r.retired.iter().map(|g| f(&g.copy_up, &g.lookup)).sum::<u64>()) as f64
+    };
     let worst = |f: &dyn Fn(&super::MountReport) -> u64| r.mounts.iter().map(f).max().unwrap_or(0) as f64;
-    m.insert("copy_ups".into(), sum(&|x| x.copy_up.count));
-    m.insert("bytes".into(), sum(&|x| x.copy_up.data_bytes));
-    m.insert("total".into(), sum(&|x| x.copy_up.total_ns));
+    m.insert("copy_ups".into(), sum(&|c, _| c.count));
+    m.insert("bytes".into(), sum(&|c, _| c.data_bytes));
+    m.insert("total".into(), sum(&|c, _| c.total_ns));
     m.insert("p50".into(), worst(&|x| x.copy_up.latency.p50_ns));
     m.insert("p90".into(), worst(&|x| x.copy_up.latency.p90_ns));
     m.insert("p99".into(), worst(&|x| x.copy_up.latency.p99_ns));
     m.insert("max".into(), worst(&|x| x.copy_up.latency.max_ns));
-    m.insert("lookups".into(), sum(&|x| x.lookup.count));
+    m.insert("lookups".into(), sum(&|_, l| l.count));
     m.insert("lookup_p99".into(), worst(&|x| x.lookup.latency.p99_ns));
     m
 }
@@ -139,13 +144,14 @@ mod tests {
                 mount_gen: 0,
                 mount: None,
                 container: None,
+                gone: false,
                 layers: None,
                 mount_ns: None,
                 copy_up: CopyUpReport {
                     count,
                     data_bytes: bytes,
                     total_ns: count * p99,
-                    latency: Latency { p50_ns: p99 / 2, p90_ns: p99, p99_ns: p99, p99_9_ns: p99, max_ns: p99, mean_ns: p99, curve: vec![] },
+                    latency: Latency { p50_ns: p99 / 2, p90_ns: p99, p99_ns: p99, p99_9_ns: p99, max_ns: p99, mean_ns: p99, count, curve: vec![] },
                     ..Default::default()
                 },
                 lookup: LookupReport::default(),

@@ -124,6 +124,9 @@ pub struct MountReport {
     pub mount: Option<OverlayMount>,
     /// The container whose root this is, when a runtime claimed it.
     pub container: Option<Container>,
+    /// Unmounted while tracing (its numbers are also in its container's `retired` row).
+    #[serde(default)]
+    pub gone: bool,
     /// Lower layers (from the mount options).
     pub layers: Option<usize>,
     /// Time to mount this overlay (`ovl_fill_super`), when it was mounted while tracing.
@@ -140,6 +143,9 @@ pub struct Latency {
     pub p99_9_ns: u64,
     pub max_ns: u64,
     pub mean_ns: u64,
+    /// Values recorded.
+    #[serde(default)]
+    pub count: u64,
     /// The distribution as [percentile, ns] points (`CURVE_PERCENTILES`), for plots.
     #[serde(default)]
     pub curve: Vec<(f64, u64)>,
@@ -151,13 +157,13 @@ pub const CURVE_PERCENTILES: &[f64] =
 
 impl Latency {
     fn of(l: &Latencies) -> Self {
-        match l.histogram() {
-            Some(h) if !h.is_empty() => Self::of_histogram(h),
-            _ => Self::default(),
-        }
+        l.summary()
     }
 
-    fn of_histogram(h: &Histogram<u64>) -> Self {
+    pub fn of_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
         Self {
             p50_ns: h.value_at_quantile(0.5),
             p90_ns: h.value_at_quantile(0.9),
@@ -165,6 +171,7 @@ impl Latency {
             p99_9_ns: h.value_at_quantile(0.999),
             max_ns: h.max(),
             mean_ns: h.mean().round() as u64,
+            count: h.len(),
             curve: CURVE_PERCENTILES.iter().map(|p| (*p, h.value_at_percentile(*p))).collect(),
         }
     }
@@ -179,6 +186,11 @@ pub struct CopyUpReport {
     pub total_ns: u64,
     pub latency: Latency,
     pub slowest: Vec<SlowCopyUpReport>,
+    /// Calls that copied nothing: they waited for another thread's copy-up of the same object.
+    #[serde(default)]
+    pub waited: u64,
+    #[serde(default)]
+    pub waited_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +239,8 @@ fn copy_up_report(c: &CopyUpStats) -> CopyUpReport {
         data_bytes: c.data_bytes,
         data_ns: c.data_ns,
         total_ns: c.total_ns,
+        waited: c.waited,
+        waited_ns: c.waited_ns,
         latency: Latency::of(&c.latency),
         slowest: c
             .slowest()
@@ -281,6 +295,7 @@ fn mount_report(key: &crate::aggregate::MountKey, m: &MountStats) -> MountReport
         mount_gen: key.generation,
         mount: m.mount.clone(),
         container: m.container.clone(),
+        gone: m.gone,
         layers: m.mount.as_ref().map(|m| m.lowerdirs.len()),
         mount_ns: m.mount_ns,
         copy_up: copy_up_report(&m.copy_ups),

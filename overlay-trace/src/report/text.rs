@@ -65,6 +65,9 @@ fn latency_line(l: &Latency) -> String {
 }
 
 fn mount(out: &mut String, m: &MountReport) {
+    if m.gone {
+        let _ = writeln!(out, "(unmounted while tracing)");
+    }
     if let Some(c) = &m.container {
         let _ = writeln!(
             out,
@@ -91,7 +94,7 @@ fn mount(out: &mut String, m: &MountReport) {
             );
         }
         None => {
-            let _ = writeln!(out, "overlay dev {} (unmounted before it could be named)", m.dev);
+            let _ = writeln!(out, "overlay dev {} (not named: gone from mountinfo before it was read)", m.dev);
         }
     }
     copy_ups(out, &m.copy_up);
@@ -101,7 +104,16 @@ fn mount(out: &mut String, m: &MountReport) {
 fn copy_ups(out: &mut String, c: &CopyUpReport) {
     if c.count == 0 {
         let _ = writeln!(out, "  copy-ups: none");
-    } else {
+    }
+    if c.waited > 0 {
+        let _ = writeln!(
+            out,
+            "  waits: {} calls waited {} for another thread's copy-up of the same object",
+            c.waited,
+            ns(c.waited_ns)
+        );
+    }
+    if c.count > 0 {
         let _ = writeln!(
             out,
             "  copy-ups: {}{}  data {}  total {}  (data copy {})",
@@ -333,7 +345,7 @@ mod tests {
         }
         let t = render(&Report::build(&a, "6.1.0".into(), 1.0, EventCounts::default()));
         assert!(t.lines().count() < 250, "{} lines", t.lines().count());
-        assert!(t.contains("... and 31 more mounts: 30 copy-ups"), "{t}");
+        assert!(t.contains("... and 61 more mounts: 60 copy-ups"), "{t}");
         assert!(t.contains("30 mounts went away while tracing"), "{t}");
         assert!(t.contains("(no container): 30 mounts"), "{t}");
     }

@@ -142,6 +142,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
     let mut config = KernelBtf::load()?.config(args.pid.unwrap_or(0))?;
     config.filter_devs = u32::from(!only_devs.is_empty());
     config.verbose = u32::from(verbose);
+    config.copy_up_end_probed = u32::from(caps.symbols.contains("ovl_copy_up_end"));
     // The kernel's BTF, parsed twice (ours and aya's), is gone now: give its memory back.
     kernel_side::release_freed_memory();
     let devs: Vec<Dev> = only_devs.iter().map(|(d, _)| *d).collect();
