@@ -21,7 +21,7 @@ use crate::{
     EVENTS,
     kernel::{
         cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
-        filtered_out, is_stale, now_ns, read_field, read_path, stack_pointer, submit_flags,
+        filtered_out, is_stale, now_ns, slot, read_field, read_path, stack_pointer, submit_flags,
         verbose,
     },
 };
@@ -36,8 +36,6 @@ static COPY_UP_INFLIGHT: LruHashMap<u32, CopyUpInflight> = LruHashMap::with_max_
 #[map]
 static COPY_UP_SCRATCH: PerCpuArray<CopyUpInflight> = PerCpuArray::with_max_entries(1, 0);
 
-const MASK: usize = MAX_NESTING - 1;
-const _: () = assert!(MAX_NESTING.is_power_of_two());
 
 /// `int ovl_copy_up_one(struct dentry *parent, struct dentry *dentry, int flags)`
 #[kprobe]
@@ -109,7 +107,7 @@ fn push(s: &mut CopyUpInflight, frame: CopyUpFrame) -> u32 {
         if depth == 0 {
             break;
         }
-        let top = &s.frames[(depth - 1) & MASK];
+        let top = &s.frames[slot(depth - 1)];
         if !is_stale(top.sp, top.task, frame.sp, frame.task) {
             break;
         }
@@ -122,7 +120,7 @@ fn push(s: &mut CopyUpInflight, frame: CopyUpFrame) -> u32 {
         count(STAT_INFLIGHT_FULL);
         return stale;
     }
-    s.frames[depth & MASK] = frame;
+    s.frames[slot(depth)] = frame;
     s.depth = depth as u32 + 1;
     stale
 }
@@ -143,7 +141,7 @@ pub fn copy_up_one_return(ctx: RetProbeContext) -> u32 {
             return 0;
         }
         (*s).depth = depth as u32 - 1;
-        (*s).frames[(depth - 1) & MASK]
+        (*s).frames[slot(depth - 1)]
     };
     let ret: i64 = ctx.ret();
 
@@ -189,7 +187,7 @@ fn current_frame(pid: u32) -> Option<*mut CopyUpFrame> {
         if depth == 0 {
             return None;
         }
-        Some(&raw mut (*s).frames[(depth - 1) & MASK])
+        Some(&raw mut (*s).frames[slot(depth - 1)])
     }
 }
 

@@ -54,6 +54,18 @@ pub fn try_read_field<T: Copy>(base: u64, offset: u32) -> Option<T> {
     }
 }
 
+const _: () = assert!(overlay_trace_common::MAX_NESTING.is_power_of_two());
+
+/// Index `i` of an in-flight stack, masked in a way the compiler cannot fold away: otherwise it
+/// proves the mask useless, rewrites `frames[depth - 1]` as a negative offset from
+/// `frames[depth]`, and older verifiers (6.1) refuse the access.
+#[inline(always)]
+pub fn slot(i: usize) -> usize {
+    let v = i;
+    // SAFETY: a volatile read of a local.
+    unsafe { core::ptr::read_volatile(&v) & (overlay_trace_common::MAX_NESTING - 1) }
+}
+
 /// Where the current thread is on its kernel stack at a kprobe (function entry).
 #[inline(always)]
 pub fn stack_pointer(ctx: &ProbeContext) -> u64 {

@@ -22,7 +22,7 @@ use crate::{
     EVENTS,
     kernel::{
         cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
-        filtered_out, is_stale, now_ns, read_field, read_name, stack_pointer, submit_flags, verbose,
+        filtered_out, is_stale, now_ns, slot, read_field, read_name, stack_pointer, submit_flags, verbose,
     },
 };
 
@@ -30,7 +30,6 @@ use crate::{
 #[map]
 static LOOKUP_INFLIGHT: LruHashMap<u32, LookupInflight> = LruHashMap::with_max_entries(16384, 0);
 
-const MASK: usize = MAX_NESTING - 1;
 
 /// `struct dentry *ovl_lookup(struct inode *dir, struct dentry *dentry, unsigned int flags)`
 #[kprobe]
@@ -78,7 +77,7 @@ fn push(s: &mut LookupInflight, frame: LookupFrame) -> u32 {
         if depth == 0 {
             break;
         }
-        let top = &s.frames[(depth - 1) & MASK];
+        let top = &s.frames[slot(depth - 1)];
         if !is_stale(top.sp, top.task, frame.sp, frame.task) {
             break;
         }
@@ -91,7 +90,7 @@ fn push(s: &mut LookupInflight, frame: LookupFrame) -> u32 {
         count(STAT_INFLIGHT_FULL);
         return stale;
     }
-    s.frames[depth & MASK] = frame;
+    s.frames[slot(depth)] = frame;
     s.depth = depth as u32 + 1;
     stale
 }
@@ -105,7 +104,7 @@ pub fn lookup_layer_entry(_ctx: ProbeContext) -> u32 {
         unsafe {
             let depth = ((*s).depth as usize).min(MAX_NESTING);
             if depth > 0 {
-                (*s).frames[(depth - 1) & MASK].layers += 1;
+                (*s).frames[slot(depth - 1)].layers += 1;
             }
         }
     }
@@ -128,7 +127,7 @@ pub fn lookup_return(ctx: RetProbeContext) -> u32 {
             return 0;
         }
         (*s).depth = depth as u32 - 1;
-        (*s).frames[(depth - 1) & MASK]
+        (*s).frames[slot(depth - 1)]
     };
 
     // NULL: the passed dentry was used; an error pointer: the lookup failed; otherwise an alias.

@@ -2,17 +2,17 @@
 //! copy-ups come out.
 //!
 //! Memory is bounded whatever the run's length:
-//! - A live mount is kept in detail, histograms included. At most `LIVE_MOUNTS_MAX`; beyond that
-//!   the least recently active one is folded into its group (below) and leaves the detail.
-//! - A mount that is gone (unmounted, or its device number taken by a newer mount) is folded into
-//!   the summary of its container (or of "no container"): the *group* gets its counts and merges
-//!   its histograms, so totals stay exact. Its own detail is *frozen*: percentiles computed once,
-//!   histograms dropped (a few KiB instead of tens). The `GONE_DETAIL_MAX` most recent frozen
-//!   mounts stay in the report; older ones live on only in their group.
+//! - Every mount is kept in detail while it lives (at most `LIVE_MOUNTS_MAX`; beyond that the
+//!   least recently active one is folded, see below) and for a while after it is gone (unmounted,
+//!   or its device number taken by a newer mount): the `GONE_DETAIL_MAX` most recent gone mounts.
+//! - A mount that leaves the detail is *folded* into the summary row (group) of its container, or
+//!   of "no container": counts and sums added, histograms merged, so totals stay exact. By then
+//!   its naming is long done, so it lands in the right row.
 //! - At most `GROUPS_MAX` groups; the rest fold into `OTHER_GROUP`.
-//! - Histograms keep 2 significant digits (1% resolution) and exist only once a value is recorded.
+//! - Latencies are kept as exact values up to `FEW_MAX`, then in a histogram of 2 significant
+//!   digits (1% resolution, 36 KiB).
 //!
-//! Totals are therefore: live mounts + groups. Frozen mounts are a view of what groups hold.
+//! Totals are therefore: the mounts in detail + the groups.
 
 use std::{
     cmp::Reverse,
@@ -34,8 +34,8 @@ use crate::{
 pub const TOP_N: usize = 20;
 /// Live mounts kept in detail at once.
 pub const LIVE_MOUNTS_MAX: usize = 256;
-/// Gone mounts whose (frozen) detail is kept.
-pub const GONE_DETAIL_MAX: usize = 256;
+/// Gone mounts kept in detail.
+pub const GONE_DETAIL_MAX: usize = 128;
 /// Summaries of retired mounts; beyond this, they fold into `OTHER_GROUP`.
 pub const GROUPS_MAX: usize = 128;
 pub const OTHER_GROUP: &str = "(other)";
@@ -48,66 +48,73 @@ const MAX_NS: u64 = 3_600_000_000_000;
 /// 2 significant digits: 1% resolution, about 36 KiB per histogram (3 digits: 270 KiB).
 const SIG_FIGS: u8 = 2;
 
-/// A latency histogram that takes memory only once it holds a value, and can be frozen into its
-/// percentiles once no value will come.
+/// Up to this many values are kept as they are; a histogram is made only beyond (most mounts of
+/// a busy host see a handful of copy-ups: 8 bytes each instead of a 36 KiB histogram).
+const FEW_MAX: usize = 64;
+
+/// Latencies of one mount or group: nothing yet, a few exact values, or a histogram.
 #[derive(Clone, Default)]
 pub enum Latencies {
     #[default]
     Empty,
+    Few(Vec<u64>),
     Live(Box<Histogram<u64>>),
-    Frozen(Box<Latency>),
+}
+
+fn new_histogram() -> Box<Histogram<u64>> {
+    Box::new(Histogram::new_with_bounds(1, MAX_NS, SIG_FIGS).expect("static bounds"))
 }
 
 impl Latencies {
     pub fn record(&mut self, ns: u64) {
-        if !matches!(self, Self::Live(_)) {
-            // A frozen mount gets no events (they go to its group): only Empty becomes Live.
-            *self = Self::Live(Box::new(Histogram::new_with_bounds(1, MAX_NS, SIG_FIGS).expect("static bounds")));
-        }
-        if let Self::Live(h) = self {
-            h.saturating_record(ns.clamp(1, MAX_NS));
+        let ns = ns.clamp(1, MAX_NS);
+        match self {
+            Self::Empty => *self = Self::Few(vec![ns]),
+            Self::Few(v) if v.len() < FEW_MAX => v.push(ns),
+            Self::Few(v) => {
+                let mut h = new_histogram();
+                for x in v.iter().copied().chain(std::iter::once(ns)) {
+                    h.saturating_record(x);
+                }
+                *self = Self::Live(h);
+            }
+            Self::Live(h) => h.saturating_record(ns),
         }
     }
 
     pub fn merge(&mut self, other: &Latencies) {
-        if let Self::Live(o) = other {
-            match self {
+        match other {
+            Self::Few(v) => v.iter().for_each(|x| self.record(*x)),
+            Self::Live(o) => match self {
                 // Same bounds on both sides: cannot fail.
                 Self::Live(h) => {
                     let _ = h.add(o.as_ref());
                 }
-                _ => *self = Self::Live(o.clone()),
-            }
+                _ => {
+                    let mut h = o.clone();
+                    if let Self::Few(v) = self {
+                        v.iter().for_each(|x| h.saturating_record(*x));
+                    }
+                    *self = Self::Live(h);
+                }
+            },
+            Self::Empty => {}
         }
     }
 
-    /// Percentiles, computed now (live) or kept from when it froze.
     pub fn summary(&self) -> Latency {
         match self {
             Self::Empty => Latency::default(),
+            Self::Few(v) => Latency::of_values(v),
             Self::Live(h) => Latency::of_histogram(h),
-            Self::Frozen(l) => (**l).clone(),
-        }
-    }
-
-    fn freeze(&mut self) {
-        if let Self::Live(h) = self {
-            *self = Self::Frozen(Box::new(Latency::of_histogram(h)));
-        }
-    }
-
-    pub fn histogram(&self) -> Option<&Histogram<u64>> {
-        match self {
-            Self::Live(h) => Some(h),
-            _ => None,
         }
     }
 
     pub fn len(&self) -> u64 {
         match self {
             Self::Empty => 0,
+            Self::Few(v) => v.len() as u64,
             Self::Live(h) => h.len(),
-            Self::Frozen(l) => l.count,
         }
     }
 
@@ -117,6 +124,11 @@ impl Latencies {
 
     pub fn max(&self) -> u64 {
         self.summary().max_ns
+    }
+
+    /// Whether a histogram is held (memory accounting in tests).
+    pub fn has_histogram(&self) -> bool {
+        matches!(self, Self::Live(_))
     }
 }
 
@@ -278,19 +290,12 @@ pub struct MountStats {
     pub mount: Option<OverlayMount>,
     /// The container whose root this is, when a runtime claimed it.
     pub container: Option<Container>,
-    /// Gone (unmounted while tracing): frozen, and counted in its group already.
+    /// Gone: unmounted, or its device number taken by a newer mount.
     pub gone: bool,
     /// Arrival number of its latest event: the least recently active are retired first.
     last_seq: u64,
 }
 
-impl MountStats {
-    fn freeze(&mut self) {
-        self.gone = true;
-        self.copy_ups.latency.freeze();
-        self.lookups.latency.freeze();
-    }
-}
 
 /// Retired mounts of one container (or of no container), summed.
 #[derive(Clone, Default)]
@@ -325,12 +330,12 @@ pub struct Added {
 /// Everything seen so far.
 #[derive(Default)]
 pub struct Aggregate {
-    /// Mounts in detail: live ones, and the most recent gone ones (frozen).
+    /// Mounts in detail: live ones, and the most recent gone ones.
     pub mounts: BTreeMap<MountKey, MountStats>,
     /// Gone mounts in detail, oldest first.
     gone_order: VecDeque<MountKey>,
     live: usize,
-    /// Retired mounts, by group label (see `group_label`).
+    /// Mounts folded out of the detail, by group label (see `group_label`).
     pub retired: BTreeMap<String, Group>,
     pub retired_mounts: u64,
     /// Recently retired mounts -> their group, for events that arrive after retirement.
@@ -444,22 +449,21 @@ impl Aggregate {
         }
     }
 
-    /// A mount is gone: its numbers go to its group, its detail is frozen (and dropped once
-    /// `GONE_DETAIL_MAX` newer gone mounts are kept). Totals are unchanged.
+    /// A mount is gone: kept in detail until `GONE_DETAIL_MAX` newer gone mounts push it out
+    /// into its group. Totals are unchanged.
     pub fn retire(&mut self, key: MountKey) {
-        let Some(mut m) = self.mounts.remove(&key) else { return };
+        let Some(m) = self.mounts.get_mut(&key) else { return };
         if m.gone {
-            self.mounts.insert(key, m);
             return;
         }
+        m.gone = true;
         self.live -= 1;
-        self.fold(key, &m);
-        m.freeze();
-        self.mounts.insert(key, m);
         self.gone_order.push_back(key);
         if self.gone_order.len() > GONE_DETAIL_MAX {
             if let Some(old) = self.gone_order.pop_front() {
-                self.mounts.remove(&old);
+                if let Some(m) = self.mounts.remove(&old) {
+                    self.fold(old, &m);
+                }
             }
         }
     }
@@ -527,8 +531,7 @@ mod tests {
         assert_eq!(slow.len(), TOP_N);
         assert_eq!(slow[0].event.path, "/f49");
         assert_eq!(slow[TOP_N - 1].event.path, format!("/f{}", 50 - TOP_N));
-        // 2 significant digits: within 1%.
-        assert!((1049..=1060).contains(&m.copy_ups.latency.max()), "{}", m.copy_ups.latency.max());
+        assert_eq!(m.copy_ups.latency.max(), 1049, "a few values are kept exactly");
         assert_eq!(a.mounts[&key(2, 0)].copy_ups.data_bytes, 0);
         assert_eq!(a.copy_up_events, 52);
     }
@@ -546,7 +549,7 @@ mod tests {
         assert_eq!(l.outcome(LookupOutcome::Upper), 1);
         assert_eq!(l.outcome(LookupOutcome::LowerOnly), 1);
         assert_eq!(l.layers.get(&3), Some(&2));
-        assert_eq!(l.latency.histogram().unwrap().value_at_quantile(0.5), 10);
+        assert_eq!(l.latency.summary().p50_ns, 10);
     }
 
     #[test]
@@ -566,31 +569,32 @@ mod tests {
         a.add(&ev(raw::copy_up(9, "new", 1, 1, 5)));
         a.add(&ev(raw::mount(9, 20)));
         assert_eq!(a.live_mounts(), 1, "only the newest generation is live");
-        assert!(a.mounts[&key(9, 0)].gone && a.mounts[&key(9, 1)].gone, "the older ones are kept frozen");
+        assert!(a.mounts[&key(9, 0)].gone && a.mounts[&key(9, 1)].gone, "the older ones stay in detail, gone");
         assert_eq!(a.mounts[&key(9, 1)].copy_ups.slowest()[0].event.path, "/new");
-        assert_eq!(a.mounts[&key(9, 1)].copy_ups.latency.summary().max_ns, 5);
         assert_eq!(a.mounts[&key(9, 2)].copy_ups.count, 0);
         assert_eq!(a.mounts[&key(9, 2)].mount_ns, Some(20));
-        let g = &a.retired[NO_CONTAINER_GROUP];
-        assert_eq!((g.mounts, g.copy_ups.count, g.mounts_timed, g.mount_ns_total), (2, 2, 1, 10));
-        assert_eq!(a.retired_mounts, 2);
+        assert!(a.retired.is_empty());
     }
 
     #[test]
-    fn retired_mounts_fold_by_container_and_late_events_follow() {
+    fn folded_mounts_go_to_their_container_and_late_events_follow() {
         let mut a = Aggregate::default();
         let c = Container { runtime: "docker".into(), id: "abcdef0123456789".into(), name: "web".into(), ..Default::default() };
         a.add(&ev(raw::mount(9, 10)));
         a.add(&ev(raw::copy_up(9, "a", 1, 1, 5)));
         a.set_container(key(9, 1), Container { role: Some("init-layer".into()), ..c.clone() });
         a.retire(key(9, 1));
-        // An event of the retired mount still in the ring buffer.
+        assert_eq!(a.mounts[&key(9, 1)].copy_ups.count, 1, "a gone mount stays in detail for a while");
+        // Newer gone mounts push it out of the detail, into its container's row.
+        for _ in 0..=GONE_DETAIL_MAX {
+            a.add(&ev(raw::mount(10, 1)));
+        }
+        assert!(!a.mounts.contains_key(&key(9, 1)));
+        // An event of the folded mount still in the ring buffer.
         a.add(&ev(raw::copy_up(9, "b", 1, 1, 7)));
         let g = &a.retired[&group_label(Some(&c))];
         assert_eq!(g.copy_ups.count, 2);
         assert_eq!(g.container.as_ref().unwrap().role, None);
-        assert_eq!(a.live_mounts(), 0);
-        assert_eq!(a.mounts[&key(9, 1)].copy_ups.count, 1, "the frozen detail does not take late events");
         assert_eq!(a.copy_up_events, 2);
     }
 
@@ -615,7 +619,8 @@ mod tests {
     #[test]
     fn groups_are_capped_with_an_other_row() {
         let mut a = Aggregate::default();
-        for i in 0..GROUPS_MAX as u32 + 10 {
+        let n = GONE_DETAIL_MAX + GROUPS_MAX + 10;
+        for i in 0..n {
             a.add(&ev(raw::copy_up(7, "f", 1, 1, 5)));
             let c = Container { runtime: "docker".into(), id: format!("{i:016}"), name: format!("c{i}"), ..Default::default() };
             a.set_container(a.current(Dev::from_kernel(7)), c);
@@ -623,7 +628,8 @@ mod tests {
         }
         assert_eq!(a.retired.len(), GROUPS_MAX + 1);
         assert_eq!(a.retired[OTHER_GROUP].mounts, 10);
-        assert_eq!(a.retired.values().map(|g| g.copy_ups.count).sum::<u64>(), GROUPS_MAX as u64 + 10);
+        assert_eq!(a.retired.values().map(|g| g.copy_ups.count).sum::<u64>(), (GROUPS_MAX + 10) as u64);
+        assert_eq!(a.mounts.values().map(|m| m.copy_ups.count).sum::<u64>(), GONE_DETAIL_MAX as u64);
     }
 
     #[test]
@@ -635,11 +641,29 @@ mod tests {
         }
         assert_eq!(a.mounts.values().filter(|m| m.gone).count(), GONE_DETAIL_MAX);
         assert_eq!(a.live_mounts(), 1);
-        let live: u64 = a.mounts.values().filter(|m| !m.gone).map(|m| m.copy_ups.count).sum();
+        let detail: u64 = a.mounts.values().map(|m| m.copy_ups.count).sum();
         let groups: u64 = a.retired.values().map(|g| g.copy_ups.count).sum();
-        assert_eq!(live + groups, GONE_DETAIL_MAX as u64 + 50);
-        // Frozen detail holds no histogram.
-        assert!(a.mounts.values().filter(|m| m.gone).all(|m| m.copy_ups.latency.histogram().is_none()));
+        assert_eq!(detail + groups, GONE_DETAIL_MAX as u64 + 50);
+    }
+
+    #[test]
+    fn a_few_values_then_a_histogram_give_the_same_percentiles() {
+        let mut few = Latencies::default();
+        let mut many = Latencies::default();
+        for v in 1..=FEW_MAX as u64 {
+            few.record(v * 1000);
+            many.record(v * 1000);
+        }
+        many.record(1);
+        assert!(!few.has_histogram() && many.has_histogram());
+        let (f, m) = (few.summary(), many.summary());
+        assert_eq!((f.count, m.count), (FEW_MAX as u64, FEW_MAX as u64 + 1));
+        // Histograms keep 2 significant digits: within 1%.
+        assert!(m.p50_ns.abs_diff(f.p50_ns) * 100 <= f.p50_ns, "{} vs {}", m.p50_ns, f.p50_ns);
+        let mut merged = Latencies::default();
+        merged.merge(&few);
+        merged.merge(&many);
+        assert_eq!(merged.len(), 2 * FEW_MAX as u64 + 1);
     }
 
     #[test]

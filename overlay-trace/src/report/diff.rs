@@ -26,10 +26,9 @@ pub const METRICS: &[(&str, &str, f64)] = &[
 /// (percentiles) over its mounts.
 pub fn metrics(r: &Report) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
-    // Totals: live mounts plus the per-container rows of gone ones (gone mounts shown in detail
-    // are already in those rows).
+    // Totals: the mounts in detail plus the per-container rows of the mounts folded out of it.
     let sum = |f: &dyn Fn(&super::CopyUpReport, &super::LookupReport) -> u64| {
-        (r.mounts.iter().filter(|x| !x.gone).map(|x| f(&x.copy_up, &x.lookup)).sum::<u64>()
+        (r.mounts.iter().map(|x| f(&x.copy_up, &x.lookup)).sum::<u64>()
             + r.retired.iter().map(|g| f(&g.copy_up, &g.lookup)).sum::<u64>()) as f64
     };
     let worst = |f: &dyn Fn(&super::MountReport) -> u64| r.mounts.iter().map(f).max().unwrap_or(0) as f64;

@@ -29,10 +29,11 @@ pub struct Report {
     /// Seconds the probes were attached.
     pub traced_seconds: f64,
     pub events: EventCounts,
-    /// Mounts kept in detail: those alive at the end, and those gone while tracing that were
-    /// not yet folded into `retired`.
+    /// Mounts kept in detail: those alive at the end, and the most recent ones gone while
+    /// tracing (aggregate.rs says how many).
     pub mounts: Vec<MountReport>,
-    /// Mounts that went away while tracing, summed per container (see aggregate.rs).
+    /// Mounts folded out of the detail (gone long ago, or beyond the caps), summed per
+    /// container. Totals = `mounts` + `retired`.
     #[serde(default)]
     pub retired: Vec<GroupReport>,
     /// The probes, with the kernel's own hit and miss counts where it keeps them.
@@ -124,7 +125,7 @@ pub struct MountReport {
     pub mount: Option<OverlayMount>,
     /// The container whose root this is, when a runtime claimed it.
     pub container: Option<Container>,
-    /// Unmounted while tracing (its numbers are also in its container's `retired` row).
+    /// Unmounted while tracing (or its device number taken by a newer mount).
     #[serde(default)]
     pub gone: bool,
     /// Lower layers (from the mount options).
@@ -164,15 +165,86 @@ impl Latency {
         if h.is_empty() {
             return Self::default();
         }
+        let fixed = [0.5, 0.9, 0.99, 0.999];
+        let mut wanted: Vec<f64> = fixed.iter().copied().chain(CURVE_PERCENTILES.iter().map(|p| p / 100.0)).collect();
+        wanted.sort_by(f64::total_cmp);
+        let values = quantiles(h, &wanted);
+        let at = |q: f64| values[wanted.iter().position(|w| *w == q).expect("asked for")];
         Self {
-            p50_ns: h.value_at_quantile(0.5),
-            p90_ns: h.value_at_quantile(0.9),
-            p99_ns: h.value_at_quantile(0.99),
-            p99_9_ns: h.value_at_quantile(0.999),
+            p50_ns: at(0.5),
+            p90_ns: at(0.9),
+            p99_ns: at(0.99),
+            p99_9_ns: at(0.999),
             max_ns: h.max(),
             mean_ns: h.mean().round() as u64,
             count: h.len(),
-            curve: CURVE_PERCENTILES.iter().map(|p| (*p, h.value_at_percentile(*p))).collect(),
+            curve: CURVE_PERCENTILES.iter().map(|p| (*p, at(p / 100.0))).collect(),
+        }
+    }
+}
+
+impl Latency {
+    /// Exact percentiles of a few values (hdrhistogram's rule: the smallest value with at least
+    /// ceil(q x n) values at or below it).
+    pub fn of_values(values: &[u64]) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        let mut v = values.to_vec();
+        v.sort_unstable();
+        let n = v.len();
+        let at = |q: f64| v[(((q * n as f64).ceil() as usize).max(1)).min(n) - 1];
+        Self {
+            p50_ns: at(0.5),
+            p90_ns: at(0.9),
+            p99_ns: at(0.99),
+            p99_9_ns: at(0.999),
+            max_ns: v[n - 1],
+            mean_ns: (v.iter().map(|x| *x as u128).sum::<u128>() as f64 / n as f64).round() as u64,
+            count: n as u64,
+            curve: CURVE_PERCENTILES.iter().map(|p| (*p, at(p / 100.0))).collect(),
+        }
+    }
+}
+
+/// `h.value_at_quantile(q)` for every `q` of `sorted` (ascending), in one pass over the
+/// histogram instead of one per quantile (reports of hundreds of mounts stay quick).
+pub fn quantiles(h: &Histogram<u64>, sorted: &[f64]) -> Vec<u64> {
+    let total = h.len();
+    // The count each quantile needs, as hdrhistogram computes it.
+    let need: Vec<u64> = sorted.iter().map(|q| ((q.min(1.0) * total as f64).ceil() as u64).max(1)).collect();
+    let mut out = vec![0; sorted.len()];
+    let mut next = 0;
+    let mut seen = 0u64;
+    for v in h.iter_recorded() {
+        seen += v.count_since_last_iteration();
+        while next < need.len() && seen >= need[next] {
+            out[next] = h.highest_equivalent(v.value_iterated_to());
+            next += 1;
+        }
+        if next == need.len() {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_pass_quantiles_equal_hdrhistograms_own() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 2).unwrap();
+        let mut x: u64 = 12345;
+        for _ in 0..5000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            h.record(1 + (x >> 40) % 50_000_000).unwrap();
+        }
+        let qs = [0.01, 0.05, 0.1, 0.5, 0.9, 0.99, 0.995, 0.999, 1.0];
+        let ours = quantiles(&h, &qs);
+        for (q, v) in qs.iter().zip(ours) {
+            assert_eq!(v, h.value_at_quantile(*q), "q {q}");
         }
     }
 }

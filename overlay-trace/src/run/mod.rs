@@ -223,6 +223,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
         }
     }
     let traced = started.elapsed().as_secs_f64();
+    let ended = Instant::now();
 
     // Detach every probe, then take what is still in the ring buffer and the calls left in flight.
     let stopped = kernel.stop(|record| {
@@ -233,6 +234,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
     if live {
         eprint!("\r{:80}\r", "");
     }
+    let detached = ended.elapsed();
 
     // Names still being looked up get a bounded last chance: a hung runtime delays the report
     // by NAMING_FINISH at most.
@@ -249,6 +251,13 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
         }
     }
 
+    if verbose {
+        eprintln!(
+            "overlay-trace: detaching took {} ms, the last naming pass {} ms",
+            detached.as_millis(),
+            (ended.elapsed() - detached).as_millis()
+        );
+    }
     let mut counts = stopped.counts;
     counts.decode_errors = collector.decode_errors;
     let mut report = Report::build(&collector.agg, caps.kernel.clone(), traced, counts);
