@@ -18,7 +18,9 @@ fn sysroot_has_rust_src(toolchain: &str) -> bool {
     match out {
         Ok(out) if out.status.success() => {
             let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").is_dir()
+            Path::new(&sysroot)
+                .join("lib/rustlib/src/rust/library/core")
+                .is_dir()
         }
         _ => false,
     }
@@ -43,7 +45,9 @@ fn pick_toolchain() -> anyhow::Result<(String, bool)> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(EBPF_PACKAGE);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(EBPF_PACKAGE);
     let root = root.to_str().context("non-UTF-8 path")?.to_owned();
     // The eBPF object depends on the shared types too.
     println!("cargo:rerun-if-changed=../overlay-trace-common/src");
@@ -59,7 +63,11 @@ fn main() -> anyhow::Result<()> {
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
     }
     aya_build::build_ebpf(
-        [aya_build::Package { name: EBPF_PACKAGE, root_dir: &root, ..Default::default() }],
+        [aya_build::Package {
+            name: EBPF_PACKAGE,
+            root_dir: &root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(&toolchain),
     )
 }

@@ -22,12 +22,19 @@ pub fn bin() -> PathBuf {
         Some(p) => PathBuf::from(p),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/overlay-trace"),
     };
-    assert!(p.exists(), "{} does not exist: build it first (`cargo xtask test` does)", p.display());
+    assert!(
+        p.exists(),
+        "{} does not exist: build it first (`cargo xtask test` does)",
+        p.display()
+    );
     p
 }
 
 pub fn overlay_trace(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin().display()))
+    Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin().display()))
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -63,7 +70,10 @@ impl Overlay {
     /// `populate` runs before the mount, so lower layers can be filled.
     pub fn build(lowers: usize, extra_opts: &str, populate: impl FnOnce(&Overlay)) -> Self {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let root = PathBuf::from(format!("/run/overlay-trace-test-{}-{n}", std::process::id()));
+        let root = PathBuf::from(format!(
+            "/run/overlay-trace-test-{}-{n}",
+            std::process::id()
+        ));
         fs::create_dir_all(&root).unwrap();
         sh(&format!("mount -t tmpfs tmpfs {}", root.display()));
         let o = Overlay { root, lowers };
@@ -74,7 +84,9 @@ impl Overlay {
             fs::create_dir_all(o.root.join(d)).unwrap();
         }
         populate(&o);
-        let lowerdir: Vec<String> = (0..lowers).map(|i| o.lower(i).display().to_string()).collect();
+        let lowerdir: Vec<String> = (0..lowers)
+            .map(|i| o.lower(i).display().to_string())
+            .collect();
         sh(&format!(
             "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={}{} {}",
             lowerdir.join(":"),
@@ -118,7 +130,11 @@ impl Overlay {
 
     /// The visible lower entry for `rel` (topmost layer that has it), if any.
     pub fn from_below(&self, rel: &str) -> Option<(usize, fs::Metadata)> {
-        (0..self.lowers).find_map(|i| fs::symlink_metadata(self.lower(i).join(rel)).ok().map(|m| (i, m)))
+        (0..self.lowers).find_map(|i| {
+            fs::symlink_metadata(self.lower(i).join(rel))
+                .ok()
+                .map(|m| (i, m))
+        })
     }
 
     /// Every path under upperdir ("/a/b"), directories included.
@@ -176,10 +192,16 @@ impl Bpftrace {
             .expect("bpftrace");
         let started = Instant::now();
         loop {
-            if fs::read_to_string(&out).unwrap_or_default().contains("ready") {
+            if fs::read_to_string(&out)
+                .unwrap_or_default()
+                .contains("ready")
+            {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(180), "bpftrace did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "bpftrace did not start"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         Bpftrace { child, out }
@@ -207,4 +229,3 @@ pub fn bpftrace_map(output: &str, map: &str) -> BTreeMap<String, u64> {
     }
     out
 }
-

@@ -12,16 +12,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use overlay_trace_common::{
-    COPY_UP_COPIED, COPY_UP_UNKNOWN, COPY_UP_WAITED, CopyUpEvent, CopyUpFrame, CopyUpInflight, EVENT_COPY_UP, MAX_NESTING, NO_DATA_COPY,
-    STAT_DROPPED_COPY_UP, STAT_INFLIGHT_FULL, STAT_MISSED_RETURN_COPY_UP, STAT_MISSED_RETURN_DATA,
-    STAT_ORPHAN_RETURNS,
+    COPY_UP_COPIED, COPY_UP_UNKNOWN, COPY_UP_WAITED, CopyUpEvent, CopyUpFrame, CopyUpInflight,
+    EVENT_COPY_UP, MAX_NESTING, NO_DATA_COPY, STAT_DROPPED_COPY_UP, STAT_INFLIGHT_FULL,
+    STAT_MISSED_RETURN_COPY_UP, STAT_MISSED_RETURN_DATA, STAT_ORPHAN_RETURNS,
 };
 
 use crate::{
     EVENTS,
     kernel::{
         cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
-        filtered_out, is_stale, now_ns, slot, read_field, read_path, stack_pointer, submit_flags,
+        filtered_out, is_stale, now_ns, read_field, read_path, slot, stack_pointer, submit_flags,
         verbose,
     },
 };
@@ -35,7 +35,6 @@ static COPY_UP_INFLIGHT: LruHashMap<u32, CopyUpInflight> = LruHashMap::with_max_
 /// 512-byte eBPF stack).
 #[map]
 static COPY_UP_SCRATCH: PerCpuArray<CopyUpInflight> = PerCpuArray::with_max_entries(1, 0);
-
 
 /// `int ovl_copy_up_one(struct dentry *parent, struct dentry *dentry, int flags)`
 #[kprobe]
@@ -55,7 +54,10 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
         (0, 0)
     } else {
         let mode: u16 = read_field(inode, cfg(|c| &c.inode_i_mode));
-        (read_field::<i64>(inode, cfg(|c| &c.inode_i_size)), mode as u32)
+        (
+            read_field::<i64>(inode, cfg(|c| &c.inode_i_size)),
+            mode as u32,
+        )
     };
     let frame = CopyUpFrame {
         start_ns: now_ns(),
@@ -78,7 +80,10 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
     // SAFETY: this thread's own entry; only this thread's probes touch it.
     let stale = unsafe { push(&mut *inflight, frame) };
     if stale > 0 && verbose() {
-        warn!(&ctx, "copy-up: {} call(s) of thread {} returned unseen (missed kretprobe)", stale, pid);
+        warn!(
+            &ctx,
+            "copy-up: {} call(s) of thread {} returned unseen (missed kretprobe)", stale, pid
+        );
     }
     0
 }
@@ -152,7 +157,12 @@ pub fn copy_up_one_return(ctx: RetProbeContext) -> u32 {
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, exclusively owned ring buffer entry.
     unsafe {
-        fill_header(&raw mut (*ev).header, EVENT_COPY_UP, start.start_ns, dentry_dev(start.dentry));
+        fill_header(
+            &raw mut (*ev).header,
+            EVENT_COPY_UP,
+            start.start_ns,
+            dentry_dev(start.dentry),
+        );
         (*ev).duration_ns = now - start.start_ns;
         (*ev).data_ns = start.data_ns;
         (*ev).data_bytes = start.data_bytes;
@@ -206,7 +216,11 @@ pub fn copy_up_data_entry(ctx: ProbeContext) -> u32 {
                 count(STAT_MISSED_RETURN_DATA);
             }
             (*f).data_start_ns = now_ns();
-            (*f).data_bytes = if (*f).data_bytes == NO_DATA_COPY { len } else { (*f).data_bytes + len };
+            (*f).data_bytes = if (*f).data_bytes == NO_DATA_COPY {
+                len
+            } else {
+                (*f).data_bytes + len
+            };
         }
     }
     0

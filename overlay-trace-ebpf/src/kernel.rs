@@ -168,7 +168,11 @@ pub struct PathInfo {
 #[inline(always)]
 pub fn read_path(mut dentry: u64, buf: *mut u8) -> PathInfo {
     let parent_off = cfg(|c| &c.dentry_d_parent);
-    let mut info = PathInfo { len: 0, depth: 0, flags: 0 };
+    let mut info = PathInfo {
+        len: 0,
+        depth: 0,
+        flags: 0,
+    };
     let mut off: usize = 0;
     let mut at_root = false;
     for _ in 0..MAX_PATH_DEPTH {

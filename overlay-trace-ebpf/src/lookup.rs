@@ -22,14 +22,14 @@ use crate::{
     EVENTS,
     kernel::{
         cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
-        filtered_out, is_stale, now_ns, slot, read_field, read_name, stack_pointer, submit_flags, verbose,
+        filtered_out, is_stale, now_ns, read_field, read_name, slot, stack_pointer, submit_flags,
+        verbose,
     },
 };
 
 /// Thread id -> lookups in flight (LRU: garbage can never fill it).
 #[map]
 static LOOKUP_INFLIGHT: LruHashMap<u32, LookupInflight> = LruHashMap::with_max_entries(16384, 0);
-
 
 /// `struct dentry *ovl_lookup(struct inode *dir, struct dentry *dentry, unsigned int flags)`
 #[kprobe]
@@ -53,7 +53,11 @@ pub fn lookup_entry(ctx: ProbeContext) -> u32 {
     let s = match LOOKUP_INFLIGHT.get_ptr_mut(pid) {
         Some(s) => s,
         None => {
-            let first = LookupInflight { depth: 1, _pad: 0, frames: [frame; MAX_NESTING] };
+            let first = LookupInflight {
+                depth: 1,
+                _pad: 0,
+                frames: [frame; MAX_NESTING],
+            };
             if LOOKUP_INFLIGHT.insert(pid, first, 0).is_err() {
                 count(STAT_INFLIGHT_FULL);
             }
@@ -63,7 +67,10 @@ pub fn lookup_entry(ctx: ProbeContext) -> u32 {
     // SAFETY: this thread's own entry; only this thread's probes touch it.
     let stale = unsafe { push(&mut *s, frame) };
     if stale > 0 && verbose() {
-        warn!(&ctx, "lookup: {} call(s) of thread {} returned unseen (missed kretprobe)", stale, pid);
+        warn!(
+            &ctx,
+            "lookup: {} call(s) of thread {} returned unseen (missed kretprobe)", stale, pid
+        );
     }
     0
 }
@@ -156,12 +163,21 @@ pub fn lookup_return(ctx: RetProbeContext) -> u32 {
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, exclusively owned ring buffer entry.
     unsafe {
-        fill_header(&raw mut (*ev).header, EVENT_LOOKUP, start.start_ns, dentry_dev(start.dentry));
+        fill_header(
+            &raw mut (*ev).header,
+            EVENT_LOOKUP,
+            start.start_ns,
+            dentry_dev(start.dentry),
+        );
         (*ev).duration_ns = now - start.start_ns;
         (*ev).outcome = outcome;
         (*ev).layers = start.layers;
         (*ev)._pad = 0;
-        let n = read_name(start.dentry, (&raw mut (*ev).name).cast(), LOOKUP_NAME_LEN as u32);
+        let n = read_name(
+            start.dentry,
+            (&raw mut (*ev).name).cast(),
+            LOOKUP_NAME_LEN as u32,
+        );
         (*ev).name_len = n.saturating_sub(1);
     }
     entry.submit(submit_flags());

@@ -35,7 +35,10 @@ pub fn mount_entry(ctx: ProbeContext) -> u32 {
     if unsafe { MOUNT_INFLIGHT.get(pid) }.is_some() {
         count(STAT_MISSED_RETURN_MOUNT);
         if verbose() {
-            warn!(&ctx, "mount: a call of thread {} returned unseen (missed kretprobe)", pid);
+            warn!(
+                &ctx,
+                "mount: a call of thread {} returned unseen (missed kretprobe)", pid
+            );
         }
     }
     let start = MountFrame {

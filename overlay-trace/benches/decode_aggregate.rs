@@ -4,7 +4,10 @@
 use std::{hint::black_box, time::Instant};
 
 use criterion::{Criterion, Throughput};
-use overlay_trace::{aggregate::Aggregate, events::{Event, raw}};
+use overlay_trace::{
+    aggregate::Aggregate,
+    events::{Event, raw},
+};
 use overlay_trace_common::{LOOKUP_LOWER, LOOKUP_NEGATIVE, NO_DATA_COPY};
 
 const GOAL_EVENTS_PER_SEC: f64 = 2_000_000.0;
@@ -17,10 +20,26 @@ fn records(n: usize) -> Vec<Vec<u8>> {
             let dev = (i % 4) as u32 + 40;
             if i % 10 == 0 {
                 let data = if i % 20 == 0 { NO_DATA_COPY } else { 4096 };
-                raw::copy_up(dev, &format!("usr/lib/x86_64-linux-gnu/lib{}.so.6", i % 997), 4096, data, 1000 + (i % 5000) as u64)
+                raw::copy_up(
+                    dev,
+                    &format!("usr/lib/x86_64-linux-gnu/lib{}.so.6", i % 997),
+                    4096,
+                    data,
+                    1000 + (i % 5000) as u64,
+                )
             } else {
-                let outcome = if i % 3 == 0 { LOOKUP_NEGATIVE } else { LOOKUP_LOWER };
-                raw::lookup(dev, &format!("name{}", i % 4096), outcome, (i % 4) as u32 + 1, 200 + (i % 3000) as u64)
+                let outcome = if i % 3 == 0 {
+                    LOOKUP_NEGATIVE
+                } else {
+                    LOOKUP_LOWER
+                };
+                raw::lookup(
+                    dev,
+                    &format!("name{}", i % 4096),
+                    outcome,
+                    (i % 4) as u32 + 1,
+                    200 + (i % 3000) as u64,
+                )
             }
         })
         .collect()
@@ -68,7 +87,11 @@ fn main() {
     let secs = start.elapsed().as_secs_f64();
     let rate = 1_000_000.0 / secs;
     let rss = rss_mib();
-    println!("decode+aggregate: {:.2} M events/s on one core; ratio to the 2 M/s goal: {:.2}", rate / 1e6, rate / GOAL_EVENTS_PER_SEC);
+    println!(
+        "decode+aggregate: {:.2} M events/s on one core; ratio to the 2 M/s goal: {:.2}",
+        rate / 1e6,
+        rate / GOAL_EVENTS_PER_SEC
+    );
     println!(
         "memory: RSS {rss:.1} MiB after 1M events (aggregate grew {:.1} MiB); ratio to the 64 MiB goal: {:.2}",
         rss - before,
@@ -112,10 +135,26 @@ fn generations() -> Vec<Vec<Vec<u8>>> {
             let dev = 200 + d;
             let mut out = vec![raw::mount(dev, 1000)];
             for k in 0..3u64 {
-                out.push(raw::copy_up(dev, &format!("etc/f{k}"), 4096, 4096, 5000 + k * 31 + u64::from(d)));
+                out.push(raw::copy_up(
+                    dev,
+                    &format!("etc/f{k}"),
+                    4096,
+                    4096,
+                    5000 + k * 31 + u64::from(d),
+                ));
             }
             for k in 0..20u32 {
-                out.push(raw::lookup(dev, &format!("n{k}"), if k % 3 == 0 { LOOKUP_NEGATIVE } else { LOOKUP_LOWER }, 2, 300 + u64::from(k)));
+                out.push(raw::lookup(
+                    dev,
+                    &format!("n{k}"),
+                    if k % 3 == 0 {
+                        LOOKUP_NEGATIVE
+                    } else {
+                        LOOKUP_LOWER
+                    },
+                    2,
+                    300 + u64::from(k),
+                ));
             }
             out
         })

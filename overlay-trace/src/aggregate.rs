@@ -192,9 +192,15 @@ impl CopyUpStats {
     /// Keeps the copy-up if it is among the `TOP_N` slowest; clones only then.
     fn offer(&mut self, duration_ns: u64, seq: u64, event: impl FnOnce() -> CopyUp) {
         let beats_min = self.slowest.len() < TOP_N
-            || self.slowest.peek().is_some_and(|Reverse(min)| (duration_ns, Reverse(seq)) > (min.duration_ns, Reverse(min.seq)));
+            || self.slowest.peek().is_some_and(|Reverse(min)| {
+                (duration_ns, Reverse(seq)) > (min.duration_ns, Reverse(min.seq))
+            });
         if beats_min {
-            self.slowest.push(Reverse(SlowCopyUp { duration_ns, seq, event: event() }));
+            self.slowest.push(Reverse(SlowCopyUp {
+                duration_ns,
+                seq,
+                event: event(),
+            }));
             if self.slowest.len() > TOP_N {
                 self.slowest.pop();
             }
@@ -296,7 +302,6 @@ pub struct MountStats {
     last_seq: u64,
 }
 
-
 /// Retired mounts of one container (or of no container), summed.
 #[derive(Clone, Default)]
 pub struct Group {
@@ -361,7 +366,10 @@ pub fn group_label(c: Option<&Container>) -> String {
 impl Aggregate {
     /// The key events of `dev` go to now.
     pub fn current(&self, dev: Dev) -> MountKey {
-        MountKey { dev, generation: self.generations.get(&dev).copied().unwrap_or(0) }
+        MountKey {
+            dev,
+            generation: self.generations.get(&dev).copied().unwrap_or(0),
+        }
     }
 
     /// Adds one event.
@@ -390,7 +398,10 @@ impl Aggregate {
                     Event::Lookup(l) => g.lookups.add(l),
                     Event::Mount(_) => {}
                 }
-                return Added { key, new_mount: false };
+                return Added {
+                    key,
+                    new_mount: false,
+                };
             }
         }
         let new_mount = !self.mounts.contains_key(&key);
@@ -440,7 +451,12 @@ impl Aggregate {
 
     /// Over the cap of live mounts: the least recently active leaves the detail for its group.
     fn evict_least_recent(&mut self) {
-        let key = self.mounts.iter().filter(|(_, m)| !m.gone).min_by_key(|(_, m)| m.last_seq).map(|(k, _)| *k);
+        let key = self
+            .mounts
+            .iter()
+            .filter(|(_, m)| !m.gone)
+            .min_by_key(|(_, m)| m.last_seq)
+            .map(|(k, _)| *k);
         if let Some(key) = key {
             if let Some(m) = self.mounts.remove(&key) {
                 self.live -= 1;
@@ -452,7 +468,9 @@ impl Aggregate {
     /// A mount is gone: kept in detail until `GONE_DETAIL_MAX` newer gone mounts push it out
     /// into its group. Totals are unchanged.
     pub fn retire(&mut self, key: MountKey) {
-        let Some(m) = self.mounts.get_mut(&key) else { return };
+        let Some(m) = self.mounts.get_mut(&key) else {
+            return;
+        };
         if m.gone {
             return;
         }
@@ -512,7 +530,10 @@ mod tests {
     }
 
     fn key(dev: u32, generation: u32) -> MountKey {
-        MountKey { dev: Dev::from_kernel(dev), generation }
+        MountKey {
+            dev: Dev::from_kernel(dev),
+            generation,
+        }
     }
 
     #[test]
@@ -520,7 +541,10 @@ mod tests {
         let mut a = Aggregate::default();
         assert!(a.add(&ev(raw::copy_up(1, "a", 10, 10, 5))).new_mount);
         for i in 0..50u64 {
-            assert!(!a.add(&ev(raw::copy_up(1, &format!("f{i}"), 100, 100, 1000 + i))).new_mount);
+            assert!(
+                !a.add(&ev(raw::copy_up(1, &format!("f{i}"), 100, 100, 1000 + i)))
+                    .new_mount
+            );
         }
         a.add(&ev(raw::copy_up(2, "dir", 0, NO_DATA_COPY, 7)));
         let m = &a.mounts[&key(1, 0)];
@@ -531,7 +555,11 @@ mod tests {
         assert_eq!(slow.len(), TOP_N);
         assert_eq!(slow[0].event.path, "/f49");
         assert_eq!(slow[TOP_N - 1].event.path, format!("/f{}", 50 - TOP_N));
-        assert_eq!(m.copy_ups.latency.max(), 1049, "a few values are kept exactly");
+        assert_eq!(
+            m.copy_ups.latency.max(),
+            1049,
+            "a few values are kept exactly"
+        );
         assert_eq!(a.mounts[&key(2, 0)].copy_ups.data_bytes, 0);
         assert_eq!(a.copy_up_events, 52);
     }
@@ -555,8 +583,20 @@ mod tests {
     #[test]
     fn mount_time_is_kept_per_superblock() {
         let mut a = Aggregate::default();
-        assert_eq!(a.add(&ev(raw::mount(9, 4242))), Added { key: key(9, 1), new_mount: true });
-        assert_eq!(a.add(&ev(raw::copy_up(9, "f", 1, 1, 5))), Added { key: key(9, 1), new_mount: false });
+        assert_eq!(
+            a.add(&ev(raw::mount(9, 4242))),
+            Added {
+                key: key(9, 1),
+                new_mount: true
+            }
+        );
+        assert_eq!(
+            a.add(&ev(raw::copy_up(9, "f", 1, 1, 5))),
+            Added {
+                key: key(9, 1),
+                new_mount: false
+            }
+        );
         assert_eq!(a.mounts[&key(9, 1)].mount_ns, Some(4242));
         assert_eq!(a.mount_events, 1);
     }
@@ -569,8 +609,14 @@ mod tests {
         a.add(&ev(raw::copy_up(9, "new", 1, 1, 5)));
         a.add(&ev(raw::mount(9, 20)));
         assert_eq!(a.live_mounts(), 1, "only the newest generation is live");
-        assert!(a.mounts[&key(9, 0)].gone && a.mounts[&key(9, 1)].gone, "the older ones stay in detail, gone");
-        assert_eq!(a.mounts[&key(9, 1)].copy_ups.slowest()[0].event.path, "/new");
+        assert!(
+            a.mounts[&key(9, 0)].gone && a.mounts[&key(9, 1)].gone,
+            "the older ones stay in detail, gone"
+        );
+        assert_eq!(
+            a.mounts[&key(9, 1)].copy_ups.slowest()[0].event.path,
+            "/new"
+        );
         assert_eq!(a.mounts[&key(9, 2)].copy_ups.count, 0);
         assert_eq!(a.mounts[&key(9, 2)].mount_ns, Some(20));
         assert!(a.retired.is_empty());
@@ -579,12 +625,27 @@ mod tests {
     #[test]
     fn folded_mounts_go_to_their_container_and_late_events_follow() {
         let mut a = Aggregate::default();
-        let c = Container { runtime: "docker".into(), id: "abcdef0123456789".into(), name: "web".into(), ..Default::default() };
+        let c = Container {
+            runtime: "docker".into(),
+            id: "abcdef0123456789".into(),
+            name: "web".into(),
+            ..Default::default()
+        };
         a.add(&ev(raw::mount(9, 10)));
         a.add(&ev(raw::copy_up(9, "a", 1, 1, 5)));
-        a.set_container(key(9, 1), Container { role: Some("init-layer".into()), ..c.clone() });
+        a.set_container(
+            key(9, 1),
+            Container {
+                role: Some("init-layer".into()),
+                ..c.clone()
+            },
+        );
         a.retire(key(9, 1));
-        assert_eq!(a.mounts[&key(9, 1)].copy_ups.count, 1, "a gone mount stays in detail for a while");
+        assert_eq!(
+            a.mounts[&key(9, 1)].copy_ups.count,
+            1,
+            "a gone mount stays in detail for a while"
+        );
         // Newer gone mounts push it out of the detail, into its container's row.
         for _ in 0..=GONE_DETAIL_MAX {
             a.add(&ev(raw::mount(10, 1)));
@@ -611,8 +672,15 @@ mod tests {
         let live: u64 = a.mounts.values().map(|m| m.copy_ups.count).sum();
         let retired: u64 = a.retired.values().map(|g| g.copy_ups.count).sum();
         assert_eq!(live + retired, 3 * LIVE_MOUNTS_MAX as u64);
-        let bytes: u64 = a.mounts.values().map(|m| m.copy_ups.data_bytes).sum::<u64>()
-            + a.retired.values().map(|g| g.copy_ups.data_bytes).sum::<u64>();
+        let bytes: u64 = a
+            .mounts
+            .values()
+            .map(|m| m.copy_ups.data_bytes)
+            .sum::<u64>()
+            + a.retired
+                .values()
+                .map(|g| g.copy_ups.data_bytes)
+                .sum::<u64>();
         assert_eq!(bytes, 9 * LIVE_MOUNTS_MAX as u64);
     }
 
@@ -622,14 +690,25 @@ mod tests {
         let n = GONE_DETAIL_MAX + GROUPS_MAX + 10;
         for i in 0..n {
             a.add(&ev(raw::copy_up(7, "f", 1, 1, 5)));
-            let c = Container { runtime: "docker".into(), id: format!("{i:016}"), name: format!("c{i}"), ..Default::default() };
+            let c = Container {
+                runtime: "docker".into(),
+                id: format!("{i:016}"),
+                name: format!("c{i}"),
+                ..Default::default()
+            };
             a.set_container(a.current(Dev::from_kernel(7)), c);
             a.add(&ev(raw::mount(7, 1)));
         }
         assert_eq!(a.retired.len(), GROUPS_MAX + 1);
         assert_eq!(a.retired[OTHER_GROUP].mounts, 10);
-        assert_eq!(a.retired.values().map(|g| g.copy_ups.count).sum::<u64>(), (GROUPS_MAX + 10) as u64);
-        assert_eq!(a.mounts.values().map(|m| m.copy_ups.count).sum::<u64>(), GONE_DETAIL_MAX as u64);
+        assert_eq!(
+            a.retired.values().map(|g| g.copy_ups.count).sum::<u64>(),
+            (GROUPS_MAX + 10) as u64
+        );
+        assert_eq!(
+            a.mounts.values().map(|m| m.copy_ups.count).sum::<u64>(),
+            GONE_DETAIL_MAX as u64
+        );
     }
 
     #[test]
@@ -639,7 +718,10 @@ mod tests {
             a.add(&ev(raw::copy_up(7, "f", 1, 1, 5)));
             a.add(&ev(raw::mount(7, 1)));
         }
-        assert_eq!(a.mounts.values().filter(|m| m.gone).count(), GONE_DETAIL_MAX);
+        assert_eq!(
+            a.mounts.values().filter(|m| m.gone).count(),
+            GONE_DETAIL_MAX
+        );
         assert_eq!(a.live_mounts(), 1);
         let detail: u64 = a.mounts.values().map(|m| m.copy_ups.count).sum();
         let groups: u64 = a.retired.values().map(|g| g.copy_ups.count).sum();
@@ -659,7 +741,12 @@ mod tests {
         let (f, m) = (few.summary(), many.summary());
         assert_eq!((f.count, m.count), (FEW_MAX as u64, FEW_MAX as u64 + 1));
         // Histograms keep 2 significant digits: within 1%.
-        assert!(m.p50_ns.abs_diff(f.p50_ns) * 100 <= f.p50_ns, "{} vs {}", m.p50_ns, f.p50_ns);
+        assert!(
+            m.p50_ns.abs_diff(f.p50_ns) * 100 <= f.p50_ns,
+            "{} vs {}",
+            m.p50_ns,
+            f.p50_ns
+        );
         let mut merged = Latencies::default();
         merged.merge(&few);
         merged.merge(&many);

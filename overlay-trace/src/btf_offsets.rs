@@ -24,16 +24,27 @@ impl KernelBtf {
 
     pub fn load_from(vmlinux: &Path, overlay_module: &Path) -> Result<Self> {
         let vmlinux_btf = Btf::from_file(vmlinux).map_err(|e| {
-            anyhow!("cannot read kernel BTF {}: {e} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)", vmlinux.display())
+            anyhow!(
+                "cannot read kernel BTF {}: {e} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)",
+                vmlinux.display()
+            )
         })?;
         let overlay = if overlay_module.exists() {
-            Some(Btf::from_split_file(overlay_module, &vmlinux_btf).map_err(|e| {
-                anyhow!("cannot read overlay module BTF {}: {e}", overlay_module.display())
-            })?)
+            Some(
+                Btf::from_split_file(overlay_module, &vmlinux_btf).map_err(|e| {
+                    anyhow!(
+                        "cannot read overlay module BTF {}: {e}",
+                        overlay_module.display()
+                    )
+                })?,
+            )
         } else {
             None
         };
-        Ok(Self { vmlinux: vmlinux_btf, overlay })
+        Ok(Self {
+            vmlinux: vmlinux_btf,
+            overlay,
+        })
     }
 
     /// BTF holding overlay's own types: the module's split BTF, or vmlinux when built in.
@@ -73,7 +84,9 @@ impl KernelBtf {
 
     /// True when overlay's `ovl_inode` type is known (module loaded or built in).
     pub fn has_overlay_types(&self) -> bool {
-        self.overlay_types().resolve_ids_by_name("ovl_inode").is_ok_and(|ids| !ids.is_empty())
+        self.overlay_types()
+            .resolve_ids_by_name("ovl_inode")
+            .is_ok_and(|ids| !ids.is_empty())
     }
 }
 
@@ -91,7 +104,9 @@ pub fn member_offset(btf: &Btf, name: &str, member: &str) -> Result<u32> {
             }
         }
     }
-    Err(anyhow!("kernel BTF has no member {member} in struct {name}"))
+    Err(anyhow!(
+        "kernel BTF has no member {member} in struct {name}"
+    ))
 }
 
 /// Bit offset of `member` inside `s`, searching anonymous members recursively.
@@ -116,7 +131,11 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Result<Option<u32
 fn resolve_through_modifiers(btf: &Btf, mut t: Type) -> Result<Type> {
     loop {
         t = match &t {
-            Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+            Type::Typedef(_)
+            | Type::Const(_)
+            | Type::Volatile(_)
+            | Type::Restrict(_)
+            | Type::TypeTag(_) => {
                 btf.resolve_chained_type(t.as_btf_type().context("modifier without type")?)?
             }
             _ => return Ok(t),
@@ -139,10 +158,23 @@ mod tests {
         let btf = KernelBtf::load().expect("load BTF");
         let cfg = btf.config(42).expect("offsets");
         assert_eq!(cfg.filter_tgid, 42);
-        assert_eq!(cfg.dentry_d_name_name - cfg.dentry_d_name_len, 4, "qstr: len (u32) then name after hash");
-        assert!(cfg.dentry_d_parent < cfg.dentry_d_name_len, "d_parent precedes d_name");
-        assert!(cfg.dentry_d_inode > cfg.dentry_d_name_name, "d_inode follows d_name");
-        assert!(cfg.inode_i_mode < 8, "i_mode is the first member of struct inode");
+        assert_eq!(
+            cfg.dentry_d_name_name - cfg.dentry_d_name_len,
+            4,
+            "qstr: len (u32) then name after hash"
+        );
+        assert!(
+            cfg.dentry_d_parent < cfg.dentry_d_name_len,
+            "d_parent precedes d_name"
+        );
+        assert!(
+            cfg.dentry_d_inode > cfg.dentry_d_name_name,
+            "d_inode follows d_name"
+        );
+        assert!(
+            cfg.inode_i_mode < 8,
+            "i_mode is the first member of struct inode"
+        );
         assert!(cfg.inode_i_size > cfg.inode_i_mode);
         assert!(cfg.super_block_s_dev > 0 && cfg.super_block_s_dev < 64);
     }
@@ -151,14 +183,20 @@ mod tests {
     fn unknown_member_is_a_clear_error() {
         let btf = KernelBtf::load().expect("load BTF");
         let err = member_offset(&btf.vmlinux, "dentry", "no_such_member").unwrap_err();
-        assert_eq!(err.to_string(), "kernel BTF has no member no_such_member in struct dentry");
+        assert_eq!(
+            err.to_string(),
+            "kernel BTF has no member no_such_member in struct dentry"
+        );
     }
 
     #[test]
     fn missing_btf_file_is_a_clear_error() {
-        let err = KernelBtf::load_from(Path::new("/nonexistent/vmlinux"), Path::new("/nonexistent/overlay"))
-            .err()
-            .expect("must fail");
+        let err = KernelBtf::load_from(
+            Path::new("/nonexistent/vmlinux"),
+            Path::new("/nonexistent/overlay"),
+        )
+        .err()
+        .expect("must fail");
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
     }
 }

@@ -13,7 +13,14 @@ pub fn check() -> Result<bool> {
     let mut caps = preflight::inspect();
     preflight::ensure_overlay_loaded(&mut caps);
     println!("kernel:          {}", caps.kernel);
-    println!("privileges:      {}", if caps.privileged { "yes (root or CAP_BPF+CAP_PERFMON)" } else { "no: run with sudo" });
+    println!(
+        "privileges:      {}",
+        if caps.privileged {
+            "yes (root or CAP_BPF+CAP_PERFMON)"
+        } else {
+            "no: run with sudo"
+        }
+    );
     println!("BTF:             {}", yes_no(caps.btf));
     println!(
         "kprobes:         {}",
@@ -23,26 +30,52 @@ pub fn check() -> Result<bool> {
             preflight::KprobeSupport::None => "no: this kernel has no kprobes (CONFIG_KPROBES off)",
         }
     );
-    println!("overlay:         {}", if caps.overlay_loaded { "yes" } else { "no (not in /proc/filesystems)" });
+    println!(
+        "overlay:         {}",
+        if caps.overlay_loaded {
+            "yes"
+        } else {
+            "no (not in /proc/filesystems)"
+        }
+    );
     // Parsed once, for the overlay line and for loading the programs below.
-    let btf = if caps.btf { KernelBtf::load().ok() } else { None };
+    let btf = if caps.btf {
+        KernelBtf::load().ok()
+    } else {
+        None
+    };
     let overlay_btf = btf.as_ref().is_some_and(|b| b.has_overlay_types());
-    println!("overlay BTF:     {}", if overlay_btf { "yes" } else { "no: lookups will not tell upper from lower" });
+    println!(
+        "overlay BTF:     {}",
+        if overlay_btf {
+            "yes"
+        } else {
+            "no: lookups will not tell upper from lower"
+        }
+    );
     for p in probes::PROBES {
         let found = probes::target_for(p, &caps.symbols);
         println!(
             "  {:<22} {}",
-            p.ret.map(|r| format!("{} + {r}", p.entry)).unwrap_or_else(|| p.entry.to_string()),
+            p.ret
+                .map(|r| format!("{} + {r}", p.entry))
+                .unwrap_or_else(|| p.entry.to_string()),
             match found {
                 Some(t) => format!("-> {t}"),
                 None if p.required => format!("MISSING {} (required)", p.targets.join("/")),
-                None => format!("missing {} (optional: {} not measured)", p.targets.join("/"), p.purpose),
+                None => format!(
+                    "missing {} (optional: {} not measured)",
+                    p.targets.join("/"),
+                    p.purpose
+                ),
             }
         );
     }
     match probes::return_ceiling(4096) {
         probes::ReturnCeiling::Tracefs(n) => {
-            println!("return probes:   maxactive {n} (tracefs kprobe_events; `run --maxactive N` to change)")
+            println!(
+                "return probes:   maxactive {n} (tracefs kprobe_events; `run --maxactive N` to change)"
+            )
         }
         probes::ReturnCeiling::KernelDefault(n) => println!(
             "return probes:   maxactive {n}, the kernel's default (tracefs is not mounted): more concurrent calls \
@@ -53,7 +86,9 @@ pub fn check() -> Result<bool> {
     if caps.privileged && caps.btf {
         let loaded = match &btf {
             Some(b) => b.config(0).and_then(probes::open),
-            None => KernelBtf::load().and_then(|b| b.config(0)).and_then(probes::open),
+            None => KernelBtf::load()
+                .and_then(|b| b.config(0))
+                .and_then(probes::open),
         };
         match loaded {
             Ok(mut ebpf) => {
@@ -62,7 +97,9 @@ pub fn check() -> Result<bool> {
                     Err(e) => println!("verifier:        {e:#}"),
                 }
                 match probes::fentry_works(&mut ebpf) {
-                    Ok(()) => println!("fentry:          yes (kprobes are used: aya cannot attach fentry to module functions)"),
+                    Ok(()) => println!(
+                        "fentry:          yes (kprobes are used: aya cannot attach fentry to module functions)"
+                    ),
                     Err(e) => println!("fentry:          no ({e:#})"),
                 }
             }

@@ -5,7 +5,11 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "overlay-trace", version, about = "Trace what overlayfs copy-ups and lookups cost, per mount")]
+#[command(
+    name = "overlay-trace",
+    version,
+    about = "Trace what overlayfs copy-ups and lookups cost, per mount"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -30,11 +30,15 @@ pub fn report(files: &[PathBuf], svg: Option<&Path>, html: Option<&Path>) -> Exi
     for r in &reports {
         print!("{}", text::render(r));
     }
-    let pictures = [(svg, plot::svg as fn(&[Report]) -> Result<String>), (html, plot::html)];
+    let pictures = [
+        (svg, plot::svg as fn(&[Report]) -> Result<String>),
+        (html, plot::html),
+    ];
     for (path, render) in pictures {
         let Some(path) = path else { continue };
-        let written = render(&reports)
-            .and_then(|doc| fs::write(path, doc).with_context(|| format!("cannot write {}", path.display())));
+        let written = render(&reports).and_then(|doc| {
+            fs::write(path, doc).with_context(|| format!("cannot write {}", path.display()))
+        });
         if let Err(e) = written {
             eprintln!("overlay-trace: error: {e:#}");
             return ExitCode::from(1);
@@ -44,12 +48,17 @@ pub fn report(files: &[PathBuf], svg: Option<&Path>, html: Option<&Path>) -> Exi
 }
 
 pub fn diff(base: &Path, new: &Path, limits: &str) -> ExitCode {
-    let inputs = (|| Ok::<_, anyhow::Error>((load(base)?, load(new)?, diff::parse_limits(limits)?)))();
+    let inputs =
+        (|| Ok::<_, anyhow::Error>((load(base)?, load(new)?, diff::parse_limits(limits)?)))();
     let (b, n, limits) = match inputs {
         Ok(x) => x,
         Err(e) => return bad_input(e),
     };
     let rows = diff::compare(&b, &n, &limits);
     print!("{}", diff::render(&rows));
-    if rows.iter().any(|r| r.regressed) { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    if rows.iter().any(|r| r.regressed) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -4,9 +4,10 @@
 use std::mem::size_of;
 
 use overlay_trace_common::{
-    COMM_LEN, CopyUpEvent, EVENT_COPY_UP, EVENT_LOOKUP, EVENT_MOUNT, MountEvent, EventHeader, LOOKUP_ERROR, LOOKUP_LOWER,
-    LOOKUP_NAME_LEN, LOOKUP_NEGATIVE, LOOKUP_POSITIVE_UNKNOWN_LAYER, LOOKUP_UPPER, LookupEvent,
-    NO_DATA_COPY, PATH_BUF_LEN, PATH_TRUNCATED, PATH_INCOMPLETE, COPY_UP_WAITED,
+    COMM_LEN, COPY_UP_WAITED, CopyUpEvent, EVENT_COPY_UP, EVENT_LOOKUP, EVENT_MOUNT, EventHeader,
+    LOOKUP_ERROR, LOOKUP_LOWER, LOOKUP_NAME_LEN, LOOKUP_NEGATIVE, LOOKUP_POSITIVE_UNKNOWN_LAYER,
+    LOOKUP_UPPER, LookupEvent, MountEvent, NO_DATA_COPY, PATH_BUF_LEN, PATH_INCOMPLETE,
+    PATH_TRUNCATED,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +33,10 @@ pub struct Dev {
 impl Dev {
     /// The kernel's internal `dev_t` is `major << 20 | minor`.
     pub fn from_kernel(dev: u32) -> Self {
-        Self { major: dev >> 20, minor: dev & ((1 << 20) - 1) }
+        Self {
+            major: dev >> 20,
+            minor: dev & ((1 << 20) - 1),
+        }
     }
 }
 
@@ -45,9 +49,17 @@ impl Dev {
 impl std::str::FromStr for Dev {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s.split_once(':').ok_or_else(|| format!("device {s:?} is not major:minor"))?;
-        let num = |x: &str| x.parse::<u32>().map_err(|_| format!("device {s:?} is not major:minor"));
-        Ok(Self { major: num(a)?, minor: num(b)? })
+        let (a, b) = s
+            .split_once(':')
+            .ok_or_else(|| format!("device {s:?} is not major:minor"))?;
+        let num = |x: &str| {
+            x.parse::<u32>()
+                .map_err(|_| format!("device {s:?} is not major:minor"))
+        };
+        Ok(Self {
+            major: num(a)?,
+            minor: num(b)?,
+        })
     }
 }
 
@@ -156,7 +168,9 @@ pub enum DecodeError {
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::TooShort { kind, len, need } => write!(f, "event kind {kind}: {len} bytes, need {need}"),
+            Self::TooShort { kind, len, need } => {
+                write!(f, "event kind {kind}: {len} bytes, need {need}")
+            }
             Self::UnknownKind(k) => write!(f, "unknown event kind {k}"),
             Self::BadOutcome(o) => write!(f, "unknown lookup outcome {o}"),
         }
@@ -165,7 +179,11 @@ impl std::fmt::Display for DecodeError {
 
 fn read<T: Copy>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
     if buf.len() < size_of::<T>() {
-        return Err(DecodeError::TooShort { kind, len: buf.len(), need: size_of::<T>() });
+        return Err(DecodeError::TooShort {
+            kind,
+            len: buf.len(),
+            need: size_of::<T>(),
+        });
     }
     // SAFETY: length checked; T is a repr(C) type of plain integers, valid for any bits.
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
@@ -214,8 +232,10 @@ impl TryFrom<&[u8]> for Event {
                 Ok(Event::CopyUp(CopyUp {
                     origin: origin(&e.header),
                     duration_ns: e.duration_ns,
-                    data: (e.data_bytes != NO_DATA_COPY)
-                        .then(|| DataCopy { bytes: e.data_bytes.max(0) as u64, ns: e.data_ns }),
+                    data: (e.data_bytes != NO_DATA_COPY).then(|| DataCopy {
+                        bytes: e.data_bytes.max(0) as u64,
+                        ns: e.data_ns,
+                    }),
                     size: e.size,
                     open_flags: e.flags,
                     mode: e.mode,
@@ -246,7 +266,11 @@ impl TryFrom<&[u8]> for Event {
             }
             EVENT_MOUNT => {
                 let e: MountEvent = read(buf, kind)?;
-                Ok(Event::Mount(Mount { origin: origin(&e.header), duration_ns: e.duration_ns, ret: e.ret }))
+                Ok(Event::Mount(Mount {
+                    origin: origin(&e.header),
+                    duration_ns: e.duration_ns,
+                    ret: e.ret,
+                }))
             }
             other => Err(DecodeError::UnknownKind(other)),
         }
@@ -259,8 +283,17 @@ pub mod raw {
 
     pub fn header(kind: u32, dev: u32, comm: &str) -> EventHeader {
         let mut c = [0u8; COMM_LEN];
-        c[..comm.len().min(COMM_LEN - 1)].copy_from_slice(&comm.as_bytes()[..comm.len().min(COMM_LEN - 1)]);
-        EventHeader { kind, pid: 101, tgid: 100, dev, start_ns: 5, cgroup_id: 7, comm: c }
+        c[..comm.len().min(COMM_LEN - 1)]
+            .copy_from_slice(&comm.as_bytes()[..comm.len().min(COMM_LEN - 1)]);
+        EventHeader {
+            kind,
+            pid: 101,
+            tgid: 100,
+            dev,
+            start_ns: 5,
+            cgroup_id: 7,
+            comm: c,
+        }
     }
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
@@ -298,7 +331,12 @@ pub mod raw {
     }
 
     pub fn mount(dev: u32, duration_ns: u64) -> Vec<u8> {
-        let e = MountEvent { header: header(EVENT_MOUNT, dev, "dockerd"), duration_ns, ret: 0, _pad: 0 };
+        let e = MountEvent {
+            header: header(EVENT_MOUNT, dev, "dockerd"),
+            duration_ns,
+            ret: 0,
+            _pad: 0,
+        };
         bytes_of(&e)
     }
 
@@ -324,13 +362,27 @@ mod tests {
 
     #[test]
     fn copy_up_round_trip() {
-        let raw = raw::copy_up((0 << 20) | 52, "etc/apt/sources.list", 4096, 4096, 1000);
-        let Event::CopyUp(c) = Event::try_from(raw.as_slice()).unwrap() else { panic!("kind") };
+        let raw = raw::copy_up(52, "etc/apt/sources.list", 4096, 4096, 1000);
+        let Event::CopyUp(c) = Event::try_from(raw.as_slice()).unwrap() else {
+            panic!("kind")
+        };
         assert_eq!(c.path, "/etc/apt/sources.list");
-        assert_eq!(c.origin.dev, Dev { major: 0, minor: 52 });
+        assert_eq!(
+            c.origin.dev,
+            Dev {
+                major: 0,
+                minor: 52
+            }
+        );
         assert_eq!(c.origin.comm, "writer");
         assert_eq!(c.origin.tgid, 100);
-        assert_eq!(c.data, Some(DataCopy { bytes: 4096, ns: 500 }));
+        assert_eq!(
+            c.data,
+            Some(DataCopy {
+                bytes: 4096,
+                ns: 500
+            })
+        );
         assert_eq!(c.size, 4096);
         assert!(!c.path_truncated);
     }
@@ -338,7 +390,9 @@ mod tests {
     #[test]
     fn copy_up_without_data_copy() {
         let raw = raw::copy_up(1, "d", 0, NO_DATA_COPY, 10);
-        let Event::CopyUp(c) = Event::try_from(raw.as_slice()).unwrap() else { panic!("kind") };
+        let Event::CopyUp(c) = Event::try_from(raw.as_slice()).unwrap() else {
+            panic!("kind")
+        };
         assert_eq!(c.data, None);
         assert_eq!(c.path, "/d");
     }
@@ -346,7 +400,9 @@ mod tests {
     #[test]
     fn lookup_round_trip() {
         let raw = raw::lookup(3 << 20 | 9, "libc.so.6", LOOKUP_LOWER, 3, 777);
-        let Event::Lookup(l) = Event::try_from(raw.as_slice()).unwrap() else { panic!("kind") };
+        let Event::Lookup(l) = Event::try_from(raw.as_slice()).unwrap() else {
+            panic!("kind")
+        };
         assert_eq!(l.name, "libc.so.6");
         assert_eq!(l.outcome, LookupOutcome::LowerOnly);
         assert_eq!(l.layers, 3);
@@ -355,7 +411,9 @@ mod tests {
 
     #[test]
     fn mount_round_trip() {
-        let Event::Mount(m) = Event::try_from(raw::mount(77, 1234).as_slice()).unwrap() else { panic!("kind") };
+        let Event::Mount(m) = Event::try_from(raw::mount(77, 1234).as_slice()).unwrap() else {
+            panic!("kind")
+        };
         assert_eq!(m.duration_ns, 1234);
         assert_eq!(m.origin.dev.to_kernel(), 77);
         assert_eq!(m.origin.comm, "dockerd");
@@ -364,15 +422,27 @@ mod tests {
     #[test]
     fn short_unknown_and_corrupt_records_are_errors() {
         let raw = raw::lookup(1, "x", LOOKUP_UPPER, 1, 1);
-        assert!(matches!(Event::try_from(&raw[..20]), Err(DecodeError::TooShort { .. })));
-        assert!(matches!(Event::try_from(&[1u8, 2][..]), Err(DecodeError::TooShort { .. })));
+        assert!(matches!(
+            Event::try_from(&raw[..20]),
+            Err(DecodeError::TooShort { .. })
+        ));
+        assert!(matches!(
+            Event::try_from(&[1u8, 2][..]),
+            Err(DecodeError::TooShort { .. })
+        ));
         let mut bad = raw.clone();
         bad[0] = 99;
-        assert_eq!(Event::try_from(bad.as_slice()), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            Event::try_from(bad.as_slice()),
+            Err(DecodeError::UnknownKind(99))
+        );
         let mut bad = raw;
         let at = size_of::<EventHeader>() + 8;
         bad[at] = 42;
-        assert_eq!(Event::try_from(bad.as_slice()), Err(DecodeError::BadOutcome(42)));
+        assert_eq!(
+            Event::try_from(bad.as_slice()),
+            Err(DecodeError::BadOutcome(42))
+        );
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! `events` (decode) -> `aggregate` (pure) -> `report` (text, JSON). `mounts` names superblocks.
 
 pub mod aggregate;
-pub mod btf_offsets;
 pub mod bench;
+pub mod btf_offsets;
 pub mod check;
+pub mod cli;
 pub mod compare;
 pub mod containers;
-pub mod cli;
 pub mod events;
 pub mod mounts;
 pub mod preflight;

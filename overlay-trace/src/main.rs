@@ -7,8 +7,7 @@ use clap::Parser as _;
 use overlay_trace::{
     bench, check,
     cli::{Cli, Command},
-    compare,
-    run,
+    compare, run,
 };
 
 fn main() -> ExitCode {
@@ -18,16 +17,30 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Report { files, svg, html } => return compare::report(&files, svg.as_deref(), html.as_deref()),
-        Command::Diff { base, new, max_regression } => return compare::diff(&base, &new, &max_regression),
+        Command::Report { files, svg, html } => {
+            return compare::report(&files, svg.as_deref(), html.as_deref());
+        }
+        Command::Diff {
+            base,
+            new,
+            max_regression,
+        } => return compare::diff(&base, &new, &max_regression),
         Command::Bench(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(bench::bench(args)))
             .map(|()| ExitCode::SUCCESS),
-        Command::BenchWorkload { scenario, merged } => bench::workload(&scenario, &merged).map(|()| ExitCode::SUCCESS),
-        Command::Check => check::check().map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        Command::BenchWorkload { scenario, merged } => {
+            bench::workload(&scenario, &merged).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Check => check::check().map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
         Command::Run(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -24,8 +24,13 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -41,14 +46,20 @@ fn unescape(s: &str) -> String {
 pub fn parse_mountinfo(text: &str) -> BTreeMap<Dev, OverlayMount> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let l: Vec<&str> = left.split(' ').collect();
         let r: Vec<&str> = right.split(' ').collect();
         if l.len() < 5 || r.len() < 3 || r[0] != "overlay" {
             continue;
         }
-        let Some((major, minor)) = l[2].split_once(':') else { continue };
-        let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else { continue };
+        let Some((major, minor)) = l[2].split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else {
+            continue;
+        };
         let dev = Dev { major, minor };
         let mut m = OverlayMount {
             dev,
@@ -59,7 +70,11 @@ pub fn parse_mountinfo(text: &str) -> BTreeMap<Dev, OverlayMount> {
         };
         for opt in r[2].split(',') {
             if let Some(v) = opt.strip_prefix("lowerdir=") {
-                m.lowerdirs = v.split(':').filter(|s| !s.is_empty()).map(unescape).collect();
+                m.lowerdirs = v
+                    .split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(unescape)
+                    .collect();
             } else if let Some(v) = opt.strip_prefix("upperdir=") {
                 m.upperdir = Some(unescape(v));
             } else if let Some(v) = opt.strip_prefix("workdir=") {
@@ -72,7 +87,8 @@ pub fn parse_mountinfo(text: &str) -> BTreeMap<Dev, OverlayMount> {
 }
 
 pub fn read_overlay_mounts() -> Result<BTreeMap<Dev, OverlayMount>> {
-    let text = fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    let text =
+        fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
     Ok(parse_mountinfo(&text))
 }
 
@@ -92,11 +108,26 @@ mod tests {
     fn overlay_mounts_with_layers() {
         let m = parse_mountinfo(MOUNTINFO);
         assert_eq!(m.len(), 2);
-        let d = &m[&Dev { major: 0, minor: 52 }];
+        let d = &m[&Dev {
+            major: 0,
+            minor: 52,
+        }];
         assert_eq!(d.mount_point, "/var/lib/docker/overlay2/3f0c/merged");
-        assert_eq!(d.lowerdirs, vec!["/var/lib/docker/overlay2/l/ABC", "/var/lib/docker/overlay2/l/DEF"]);
-        assert_eq!(d.upperdir.as_deref(), Some("/var/lib/docker/overlay2/3f0c/diff"));
-        let ro = &m[&Dev { major: 0, minor: 60 }];
+        assert_eq!(
+            d.lowerdirs,
+            vec![
+                "/var/lib/docker/overlay2/l/ABC",
+                "/var/lib/docker/overlay2/l/DEF"
+            ]
+        );
+        assert_eq!(
+            d.upperdir.as_deref(),
+            Some("/var/lib/docker/overlay2/3f0c/diff")
+        );
+        let ro = &m[&Dev {
+            major: 0,
+            minor: 60,
+        }];
         assert_eq!(ro.lowerdirs.len(), 3);
         assert_eq!(ro.upperdir, None);
     }

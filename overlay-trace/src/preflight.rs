@@ -30,7 +30,9 @@ pub struct Capabilities {
 }
 
 pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Effective capabilities from /proc/self/status.
@@ -57,9 +59,12 @@ fn privileged() -> bool {
 fn kprobe_support() -> KprobeSupport {
     if Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
         KprobeSupport::Pmu
-    } else if ["/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events"]
-        .iter()
-        .any(|p| Path::new(p).exists())
+    } else if [
+        "/sys/kernel/tracing/kprobe_events",
+        "/sys/kernel/debug/tracing/kprobe_events",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
     {
         KprobeSupport::Tracefs
     } else {
@@ -68,7 +73,10 @@ fn kprobe_support() -> KprobeSupport {
 }
 
 fn overlay_in_filesystems() -> bool {
-    fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+    fs::read_to_string("/proc/filesystems").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.split_whitespace().last() == Some("overlay"))
+    })
 }
 
 /// Function names from kallsyms text; `ovl_x [overlay]` becomes `ovl_x`. Compiler clones such as
@@ -84,7 +92,9 @@ pub fn parse_kallsyms(text: &str) -> HashSet<String> {
 }
 
 fn kallsyms() -> HashSet<String> {
-    fs::read_to_string("/proc/kallsyms").map(|t| parse_kallsyms(&t)).unwrap_or_default()
+    fs::read_to_string("/proc/kallsyms")
+        .map(|t| parse_kallsyms(&t))
+        .unwrap_or_default()
 }
 
 pub fn inspect() -> Capabilities {
@@ -105,7 +115,10 @@ pub fn ensure_overlay_loaded(caps: &mut Capabilities) {
     if caps.overlay_loaded || !caps.privileged {
         return;
     }
-    let ok = Command::new("modprobe").arg("overlay").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("modprobe")
+        .arg("overlay")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if ok {
         *caps = inspect();
     }
@@ -114,7 +127,9 @@ pub fn ensure_overlay_loaded(caps: &mut Capabilities) {
 /// The first reason `run` cannot work here, as one line.
 pub fn require_for_run(caps: &Capabilities) -> Result<()> {
     if !caps.privileged {
-        bail!("overlay-trace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo");
+        bail!(
+            "overlay-trace needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo"
+        );
     }
     if !caps.btf {
         bail!(
@@ -132,7 +147,9 @@ pub fn require_for_run(caps: &Capabilities) -> Result<()> {
         );
     }
     if !caps.overlay_loaded {
-        bail!("overlayfs is not available: \"overlay\" is not in /proc/filesystems and `modprobe overlay` did not load it");
+        bail!(
+            "overlayfs is not available: \"overlay\" is not in /proc/filesystems and `modprobe overlay` did not load it"
+        );
     }
     for p in probes::PROBES.iter().filter(|p| p.required) {
         if probes::target_for(p, &caps.symbols).is_none() {
@@ -192,10 +209,12 @@ mod tests {
         assert!(msg(|c| c.btf = false).contains("has no BTF"));
         assert!(msg(|c| c.kprobes = KprobeSupport::None).contains("cannot attach kprobes"));
         assert!(msg(|c| c.overlay_loaded = false).contains("overlayfs is not available"));
-        assert!(msg(|c| {
-            c.symbols.remove("ovl_copy_up_one");
-        })
-        .contains("no ovl_copy_up_one in /proc/kallsyms"));
+        assert!(
+            msg(|c| {
+                c.symbols.remove("ovl_copy_up_one");
+            })
+            .contains("no ovl_copy_up_one in /proc/kallsyms")
+        );
         // Optional probes may be missing.
         let mut c = caps();
         c.symbols.remove("ovl_lookup_layer");

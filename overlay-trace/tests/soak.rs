@@ -43,13 +43,29 @@ fn ten_thousand_mount_generations_keep_totals_exact_and_memory_bounded() {
             c.apply(Named::Container { key, container });
         }
         for k in 0..3u64 {
-            c.take(&raw::copy_up(dev, &format!("usr/lib/lib{k}.so"), 4096, 4096, 10_000 + k * 997 + u64::from(g)));
+            c.take(&raw::copy_up(
+                dev,
+                &format!("usr/lib/lib{k}.so"),
+                4096,
+                4096,
+                10_000 + k * 997 + u64::from(g),
+            ));
             copy_ups += 1;
             bytes += 4096;
         }
         for k in 0..5u32 {
-            let outcome = if k % 2 == 0 { LOOKUP_NEGATIVE } else { LOOKUP_LOWER };
-            c.take(&raw::lookup(dev, &format!("n{k}"), outcome, 2, 500 + u64::from(k)));
+            let outcome = if k % 2 == 0 {
+                LOOKUP_NEGATIVE
+            } else {
+                LOOKUP_LOWER
+            };
+            c.take(&raw::lookup(
+                dev,
+                &format!("n{k}"),
+                outcome,
+                2,
+                500 + u64::from(k),
+            ));
             lookups += 1;
         }
         // Half the mounts are seen going away before their device number is reused.
@@ -68,15 +84,29 @@ fn ten_thousand_mount_generations_keep_totals_exact_and_memory_bounded() {
     assert_eq!(r.events.lookup, lookups);
     assert_eq!(r.events.mount, u64::from(GENERATIONS));
     let live = r.mounts.iter();
-    let sum_copy_ups: u64 = live.clone().map(|m| m.copy_up.count).sum::<u64>() + r.retired.iter().map(|g| g.copy_up.count).sum::<u64>();
-    let sum_bytes: u64 = live.clone().map(|m| m.copy_up.data_bytes).sum::<u64>() + r.retired.iter().map(|g| g.copy_up.data_bytes).sum::<u64>();
-    let sum_lookups: u64 = live.clone().map(|m| m.lookup.count).sum::<u64>() + r.retired.iter().map(|g| g.lookup.count).sum::<u64>();
-    assert_eq!((sum_copy_ups, sum_bytes, sum_lookups), (copy_ups, bytes, lookups), "totals are exact after folding");
+    let sum_copy_ups: u64 = live.clone().map(|m| m.copy_up.count).sum::<u64>()
+        + r.retired.iter().map(|g| g.copy_up.count).sum::<u64>();
+    let sum_bytes: u64 = live.clone().map(|m| m.copy_up.data_bytes).sum::<u64>()
+        + r.retired.iter().map(|g| g.copy_up.data_bytes).sum::<u64>();
+    let sum_lookups: u64 = live.clone().map(|m| m.lookup.count).sum::<u64>()
+        + r.retired.iter().map(|g| g.lookup.count).sum::<u64>();
+    assert_eq!(
+        (sum_copy_ups, sum_bytes, sum_lookups),
+        (copy_ups, bytes, lookups),
+        "totals are exact after folding"
+    );
     assert!(live.count() <= LIVE_MOUNTS_MAX + GONE_DETAIL_MAX);
-    assert!(r.retired.len() <= GROUPS_MAX + 1, "{} summary rows", r.retired.len());
+    assert!(
+        r.retired.len() <= GROUPS_MAX + 1,
+        "{} summary rows",
+        r.retired.len()
+    );
     let lines = text::render(&r).lines().count();
     assert!(lines < 500, "the text report is {lines} lines");
     let hwm = vm_hwm_kib();
-    println!("peak RSS after {GENERATIONS} generations: {} KiB; text report {lines} lines", hwm);
+    println!(
+        "peak RSS after {GENERATIONS} generations: {} KiB; text report {lines} lines",
+        hwm
+    );
     assert!(hwm <= 64 * 1024, "peak RSS {hwm} KiB over 64 MiB");
 }

@@ -8,7 +8,14 @@ use serde_json::Value;
 
 fn bench(scenario: &str, json: &Path, repeat: u32) -> Value {
     let o = Command::new(bin())
-        .args(["bench", scenario, "--repeat", &repeat.to_string(), "--json", json.to_str().unwrap()])
+        .args([
+            "bench",
+            scenario,
+            "--repeat",
+            &repeat.to_string(),
+            "--json",
+            json.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "bench {scenario}: {}", stderr(&o));
@@ -26,11 +33,20 @@ fn log_append(size: u64) -> String {
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn every_shipped_scenario_runs_on_a_real_overlay() {
     let dir = out_dir();
-    for (name, min_copy_ups) in [("container-start", 5), ("package-install", 4), ("log-append", 1), ("chmod-r", 40), ("rename-dirs", 50)] {
+    for (name, min_copy_ups) in [
+        ("container-start", 5),
+        ("package-install", 4),
+        ("log-append", 1),
+        ("chmod-r", 40),
+        ("rename-dirs", 50),
+    ] {
         let r = bench(name, &dir.join(format!("bench-{name}.json")), 1);
         let b = &r["bench"];
         assert_eq!(b["scenario"], name);
-        assert!(b["mount_options"].as_str().unwrap().contains("lowerdir="), "{b}");
+        assert!(
+            b["mount_options"].as_str().unwrap().contains("lowerdir="),
+            "{b}"
+        );
         assert_eq!(b["upper_fs"], "tmpfs");
         assert!(r["kernel"].as_str().is_some_and(|k| !k.is_empty()));
         // Only the bench overlay is traced.
@@ -39,7 +55,11 @@ fn every_shipped_scenario_runs_on_a_real_overlay() {
         assert!(n >= min_copy_ups, "{name}: {n} copy-ups");
     }
     let r = bench("log-append", &dir.join("bench-log-append.json"), 1);
-    assert_eq!(r["mounts"][0]["copy_up"]["data_bytes"], 64 << 20, "the whole 64 MiB log is copied up");
+    assert_eq!(
+        r["mounts"][0]["copy_up"]["data_bytes"],
+        64 << 20,
+        "the whole 64 MiB log is copied up"
+    );
 }
 
 #[test]
@@ -50,28 +70,53 @@ fn diff_passes_on_repeats_and_fails_on_bigger_files() {
     let big = dir.join("scenario-big.toml");
     fs::write(&small, log_append(8 << 20)).unwrap();
     fs::write(&big, log_append(32 << 20)).unwrap();
-    let (a, b, c) = (dir.join("diff-a.json"), dir.join("diff-b.json"), dir.join("diff-c.json"));
+    let (a, b, c) = (
+        dir.join("diff-a.json"),
+        dir.join("diff-b.json"),
+        dir.join("diff-c.json"),
+    );
     bench(small.to_str().unwrap(), &a, 3);
     let rb = bench(small.to_str().unwrap(), &b, 3);
     assert_eq!(rb["bench"]["repeat"], 3);
     assert_eq!(rb["bench"]["metrics"]["bytes"]["median"], (8 << 20) as f64);
 
     let same = overlay_trace(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
-    assert_eq!(same.status.code(), Some(0), "two runs of one scenario: {}", stdout(&same));
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "two runs of one scenario: {}",
+        stdout(&same)
+    );
     assert!(stdout(&same).contains("no regression"));
 
     bench(big.to_str().unwrap(), &c, 3);
     let worse = overlay_trace(&["diff", a.to_str().unwrap(), c.to_str().unwrap()]);
     assert_eq!(worse.status.code(), Some(1), "{}", stdout(&worse));
     let line = stdout(&worse).lines().last().unwrap().to_string();
-    assert!(line.starts_with("regressed: ") && line.contains("bytes"), "{line}");
+    assert!(
+        line.starts_with("regressed: ") && line.contains("bytes"),
+        "{line}"
+    );
 
     let svg = dir.join("diff.svg");
-    let rendered = overlay_trace(&["report", a.to_str().unwrap(), c.to_str().unwrap(), "--svg", svg.to_str().unwrap()]);
+    let rendered = overlay_trace(&[
+        "report",
+        a.to_str().unwrap(),
+        c.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
     assert!(rendered.status.success(), "{}", stderr(&rendered));
-    assert!(stdout(&rendered).contains("/var/log/app.log"), "{}", stdout(&rendered));
+    assert!(
+        stdout(&rendered).contains("/var/log/app.log"),
+        "{}",
+        stdout(&rendered)
+    );
     let picture = fs::read_to_string(&svg).unwrap();
-    assert!(picture.contains("log-append-8388608") && picture.contains("log-append-33554432"), "both reports overlaid");
+    assert!(
+        picture.contains("log-append-8388608") && picture.contains("log-append-33554432"),
+        "both reports overlaid"
+    );
 }
 
 #[test]
@@ -83,10 +128,22 @@ fn report_and_diff_reject_bad_input_with_exit_2() {
     fs::write(&future, "{\"schema_version\": 99}").unwrap();
     for (args, needle) in [
         (vec!["report", bad.to_str().unwrap()], "not valid JSON"),
-        (vec!["report", future.to_str().unwrap()], "schema_version 99 is not supported"),
-        (vec!["report", "/nonexistent.json"], "cannot read /nonexistent.json"),
-        (vec!["diff", bad.to_str().unwrap(), future.to_str().unwrap()], "not valid JSON"),
-        (vec!["bench", "no-such-scenario"], "not a file, nor one of container-start"),
+        (
+            vec!["report", future.to_str().unwrap()],
+            "schema_version 99 is not supported",
+        ),
+        (
+            vec!["report", "/nonexistent.json"],
+            "cannot read /nonexistent.json",
+        ),
+        (
+            vec!["diff", bad.to_str().unwrap(), future.to_str().unwrap()],
+            "not valid JSON",
+        ),
+        (
+            vec!["bench", "no-such-scenario"],
+            "not a file, nor one of container-start",
+        ),
     ] {
         let o = overlay_trace(&args);
         let err = stderr(&o);

@@ -12,17 +12,30 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_trace_tests::{Bpftrace, Overlay, bin, bpftrace_map, out_dir, read_events, stderr, stdout};
+use overlay_trace_tests::{
+    Bpftrace, Overlay, bin, bpftrace_map, out_dir, read_events, stderr, stdout,
+};
 use serde_json::Value;
 
 fn report(path: &Path) -> Value {
-    serde_json::from_str(&fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_str(
+        &fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 /// Copy-ups, waits and missed returns of one device in a report.
 fn copy_up_totals(r: &Value, dev: &str) -> (u64, u64) {
-    let m = r["mounts"].as_array().unwrap().iter().find(|m| m["dev"] == dev).expect("mount in report");
-    (m["copy_up"]["count"].as_u64().unwrap(), m["copy_up"]["waited"].as_u64().unwrap())
+    let m = r["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["dev"] == dev)
+        .expect("mount in report");
+    (
+        m["copy_up"]["count"].as_u64().unwrap(),
+        m["copy_up"]["waited"].as_u64().unwrap(),
+    )
 }
 
 /// A shell script: `n` processes each block on a FIFO, then all at once run `action` with `$i`
@@ -51,22 +64,41 @@ fn storm_overlay() -> Overlay {
 /// Returns (report, events, bpftrace's count of ovl_copy_up_one entries on the overlay).
 fn copy_up_storm(ov: &Overlay, name: &str, maxactive: u32) -> (Value, Vec<Value>, u64) {
     let dir = out_dir();
-    let (json, events) = (dir.join(format!("{name}.json")), dir.join(format!("{name}.ndjson")));
+    let (json, events) = (
+        dir.join(format!("{name}.json")),
+        dir.join(format!("{name}.ndjson")),
+    );
     let fifo = ov.root.join(format!("{name}.fifo"));
     let bt = Bpftrace::start(
         "kprobe:ovl_copy_up_one { @entries[((struct dentry *)arg1)->d_sb->s_dev] = count(); }",
         dir.join(format!("{name}.bpftrace")),
     );
-    let workload = released_together(STORM, &fifo, &format!("echo x >> {}/d/f$i", ov.merged().display()));
+    let workload = released_together(
+        STORM,
+        &fifo,
+        &format!("echo x >> {}/d/f$i", ov.merged().display()),
+    );
     let o = Command::new(bin())
         .args(["run", "-q", "--maxactive", &maxactive.to_string()])
-        .args(["--json", json.to_str().unwrap(), "--events", events.to_str().unwrap(), "--", "bash", "-c", &workload])
+        .args([
+            "--json",
+            json.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--",
+            "bash",
+            "-c",
+            &workload,
+        ])
         .output()
         .unwrap();
     let bt_out = bt.stop();
     assert!(o.status.success(), "{}", stderr(&o));
     println!("{}", stdout(&o));
-    let entries = bpftrace_map(&bt_out, "entries").get(&ov.kernel_dev().to_string()).copied().unwrap_or(0);
+    let entries = bpftrace_map(&bt_out, "entries")
+        .get(&ov.kernel_dev().to_string())
+        .copied()
+        .unwrap_or(0);
     (report(&json), read_events(&events), entries)
 }
 
@@ -77,7 +109,11 @@ fn copy_up_storm_reports_every_copy_up() {
     let (r, events, entries) = copy_up_storm(&ov, "storm", 4096);
     let dev = ov.dev();
     // The upper dir holds the 96 files and their parent directory, all from below.
-    let from_below: BTreeSet<String> = ov.upper_paths().into_iter().filter(|p| ov.from_below(&p[1..]).is_some()).collect();
+    let from_below: BTreeSet<String> = ov
+        .upper_paths()
+        .into_iter()
+        .filter(|p| ov.from_below(&p[1..]).is_some())
+        .collect();
     assert_eq!(from_below.len(), STORM + 1, "{from_below:?}");
     let copied: Vec<String> = events
         .iter()
@@ -85,13 +121,26 @@ fn copy_up_storm_reports_every_copy_up() {
         .map(|e| e["path"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(copied.len(), STORM + 1, "one copy-up per object");
-    assert_eq!(copied.iter().cloned().collect::<BTreeSet<_>>(), from_below, "paths one for one");
+    assert_eq!(
+        copied.iter().cloned().collect::<BTreeSet<_>>(),
+        from_below,
+        "paths one for one"
+    );
     let (count, waited) = copy_up_totals(&r, &dev);
     assert_eq!(count, STORM as u64 + 1);
     // Every call the kernel made is a copy-up or a wait for one (bpftrace counts entries).
-    assert_eq!(count + waited, entries, "copies {count} + waits {waited} vs bpftrace entries {entries}");
+    assert_eq!(
+        count + waited,
+        entries,
+        "copies {count} + waits {waited} vs bpftrace entries {entries}"
+    );
     assert_eq!(r["events"]["missed_return_copy_up"], 0, "{}", r["events"]);
-    let ret = r["probes"].as_array().unwrap().iter().find(|p| p["program"] == "copy_up_one_return").unwrap();
+    let ret = r["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["program"] == "copy_up_one_return")
+        .unwrap();
     assert_eq!(ret["maxactive"], 4096);
     assert_eq!(ret["missed"], 0, "the kernel missed no return: {ret}");
 }
@@ -105,11 +154,29 @@ fn copy_up_storm_beyond_maxactive_counts_every_miss() {
     let (r, _, entries) = copy_up_storm(&ov, "storm_low", 2);
     let (count, waited) = copy_up_totals(&r, &ov.dev());
     let missed = r["events"]["missed_return_copy_up"].as_u64().unwrap();
-    assert!(missed > 0, "96 concurrent copy-ups with maxactive 2 must miss returns: {}", r["events"]);
-    assert_eq!(count + waited + missed, entries, "reported {count} + waits {waited} + missed {missed} vs bpftrace {entries}");
-    let ret = r["probes"].as_array().unwrap().iter().find(|p| p["program"] == "copy_up_one_return").unwrap();
-    assert_eq!(ret["missed"].as_u64(), Some(missed), "the kernel's own count of missed returns: {ret}");
-    let t = String::from_utf8_lossy(&fs::read(out_dir().join("storm_low.json")).unwrap()).into_owned();
+    assert!(
+        missed > 0,
+        "96 concurrent copy-ups with maxactive 2 must miss returns: {}",
+        r["events"]
+    );
+    assert_eq!(
+        count + waited + missed,
+        entries,
+        "reported {count} + waits {waited} + missed {missed} vs bpftrace {entries}"
+    );
+    let ret = r["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["program"] == "copy_up_one_return")
+        .unwrap();
+    assert_eq!(
+        ret["missed"].as_u64(),
+        Some(missed),
+        "the kernel's own count of missed returns: {ret}"
+    );
+    let t =
+        String::from_utf8_lossy(&fs::read(out_dir().join("storm_low.json")).unwrap()).into_owned();
     assert!(!t.is_empty());
 }
 
@@ -126,13 +193,32 @@ impl SlowDisk {
         let img = Path::new("/run").join(format!("slow-{tag}.img"));
         let mnt = Path::new("/run").join(format!("slow-{tag}"));
         let name = format!("ot-slow-{tag}");
-        sh(&format!("modprobe loop; truncate -s 64M {} && mkfs.ext4 -q {}", img.display(), img.display()));
-        let o = Command::new("losetup").args(["-f", "--show"]).arg(&img).output().unwrap();
-        assert!(o.status.success(), "losetup: {}", String::from_utf8_lossy(&o.stderr));
+        sh(&format!(
+            "modprobe loop; truncate -s 64M {} && mkfs.ext4 -q {}",
+            img.display(),
+            img.display()
+        ));
+        let o = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let loopdev = String::from_utf8(o.stdout).unwrap().trim().to_string();
         fs::create_dir_all(&mnt).unwrap();
         sh("modprobe dm-delay");
-        let sectors = String::from_utf8(Command::new("blockdev").args(["--getsz", &loopdev]).output().unwrap().stdout).unwrap();
+        let sectors = String::from_utf8(
+            Command::new("blockdev")
+                .args(["--getsz", &loopdev])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
         // Reads wait 20 ms; writes (populating) do not.
         sh(&format!(
             "echo '0 {s} delay {d} 0 20 {d} 0 0' | dmsetup create {name}",
@@ -149,14 +235,20 @@ impl SlowDisk {
 impl Drop for SlowDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("dmsetup").args(["remove", &self.name]).status();
+        let _ = Command::new("dmsetup")
+            .args(["remove", &self.name])
+            .status();
         let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
     }
 }
 
 fn sh(cmd: &str) {
     let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -171,7 +263,10 @@ fn lookup_storm_on_a_slow_disk_reports_every_lookup() {
     });
     let root = Path::new("/run/ot-lookup-storm");
     fs::create_dir_all(root).unwrap();
-    sh(&format!("mount -t tmpfs tmpfs {r} && mkdir {r}/u {r}/w {r}/m", r = root.display()));
+    sh(&format!(
+        "mount -t tmpfs tmpfs {r} && mkdir {r}/u {r}/w {r}/m",
+        r = root.display()
+    ));
     sh(&format!(
         "mount -t overlay overlay -o lowerdir={},upperdir={r}/u,workdir={r}/w {r}/m",
         disk.mnt.display(),
@@ -181,7 +276,10 @@ fn lookup_storm_on_a_slow_disk_reports_every_lookup() {
     let dev = {
         use std::os::unix::fs::MetadataExt as _;
         let d = fs::metadata(&merged).unwrap().dev();
-        (format!("{}:{}", libc::major(d), libc::minor(d)), ((libc::major(d) as u64) << 20) | libc::minor(d) as u64)
+        (
+            format!("{}:{}", libc::major(d), libc::minor(d)),
+            ((libc::major(d) as u64) << 20) | libc::minor(d) as u64,
+        )
     };
     let dir = out_dir();
     let json = dir.join("lookup_storm.json");
@@ -191,23 +289,55 @@ fn lookup_storm_on_a_slow_disk_reports_every_lookup() {
     );
     // Each process looks up its own directory and the file in it: two cold lookups that read
     // the slow disk.
-    let workload = released_together(N, &root.join("fifo"), &format!("cat {}/d$i/f > /dev/null", merged.display()));
+    let workload = released_together(
+        N,
+        &root.join("fifo"),
+        &format!("cat {}/d$i/f > /dev/null", merged.display()),
+    );
     let started = Instant::now();
     let o = Command::new(bin())
-        .args(["run", "-q", "--json", json.to_str().unwrap(), "--", "bash", "-c", &workload])
+        .args([
+            "run",
+            "-q",
+            "--json",
+            json.to_str().unwrap(),
+            "--",
+            "bash",
+            "-c",
+            &workload,
+        ])
         .output()
         .unwrap();
     let bt_out = bt.stop();
-    println!("storm took {:.1} s\n{}", started.elapsed().as_secs_f64(), stdout(&o));
+    println!(
+        "storm took {:.1} s\n{}",
+        started.elapsed().as_secs_f64(),
+        stdout(&o)
+    );
     let _ = Command::new("umount").arg(&merged).status();
     let _ = Command::new("umount").arg(root).status();
     assert!(o.status.success(), "{}", stderr(&o));
     let r = report(&json);
-    let entries = bpftrace_map(&bt_out, "entries").get(&dev.1.to_string()).copied().unwrap_or(0);
-    let m = r["mounts"].as_array().unwrap().iter().find(|m| m["dev"] == dev.0.as_str()).expect("mount");
+    let entries = bpftrace_map(&bt_out, "entries")
+        .get(&dev.1.to_string())
+        .copied()
+        .unwrap_or(0);
+    let m = r["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["dev"] == dev.0.as_str())
+        .expect("mount");
     let lookups = m["lookup"]["count"].as_u64().unwrap();
-    assert!(entries >= 2 * N as u64, "every process looked up two names: bpftrace saw {entries}");
-    assert_eq!(lookups, entries, "reported lookups vs bpftrace's ovl_lookup entries: {}", r["events"]);
+    assert!(
+        entries >= 2 * N as u64,
+        "every process looked up two names: bpftrace saw {entries}"
+    );
+    assert_eq!(
+        lookups, entries,
+        "reported lookups vs bpftrace's ovl_lookup entries: {}",
+        r["events"]
+    );
     assert_eq!(r["events"]["missed_return_lookup"], 0, "{}", r["events"]);
 }
 
@@ -242,7 +372,16 @@ fn a_storm_running_while_the_tracer_attaches_loses_no_later_lookup() {
         root = ov.root.display()
     );
     let o = Command::new(bin())
-        .args(["run", "-q", "--events", events.to_str().unwrap(), "--", "bash", "-c", &cmd])
+        .args([
+            "run",
+            "-q",
+            "--events",
+            events.to_str().unwrap(),
+            "--",
+            "bash",
+            "-c",
+            &cmd,
+        ])
         .output()
         .unwrap();
     storm.wait().unwrap();
@@ -250,16 +389,27 @@ fn a_storm_running_while_the_tracer_attaches_loses_no_later_lookup() {
     let dev = ov.dev();
     let after: usize = read_events(&events)
         .iter()
-        .filter(|e| e["dev"] == dev.as_str() && e["type"] == "lookup" && e["name"].as_str().unwrap().starts_with("b_"))
+        .filter(|e| {
+            e["dev"] == dev.as_str()
+                && e["type"] == "lookup"
+                && e["name"].as_str().unwrap().starts_with("b_")
+        })
         .count();
-    assert_eq!(after, THREADS * PER, "every lookup made after attaching is reported");
+    assert_eq!(
+        after,
+        THREADS * PER,
+        "every lookup made after attaching is reported"
+    );
 }
 
 /// VmHWM and VmRSS of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let get = |k: &str| {
-        s.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
     };
     (get("VmHWM:"), get("VmRSS:"))
 }
@@ -270,7 +420,10 @@ fn soak_of_short_lived_overlays_keeps_memory_flat_and_totals_exact() {
     const MOUNTS: usize = 500;
     let root = Path::new("/run/ot-soak");
     fs::create_dir_all(root).unwrap();
-    sh(&format!("mount -t tmpfs tmpfs {r} && mkdir -p {r}/l/a && echo x > {r}/l/a/x && echo y > {r}/l/b", r = root.display()));
+    sh(&format!(
+        "mount -t tmpfs tmpfs {r} && mkdir -p {r}/l/a && echo x > {r}/l/a/x && echo y > {r}/l/b",
+        r = root.display()
+    ));
     let rss = out_dir().join("soak.rss");
     let json = out_dir().join("soak.json");
     let _ = fs::remove_file(&rss);
@@ -291,7 +444,16 @@ fn soak_of_short_lived_overlays_keeps_memory_flat_and_totals_exact() {
     );
     let started = Instant::now();
     let mut child = Command::new(bin())
-        .args(["run", "-q", "--json", json.to_str().unwrap(), "--", "bash", "-c", &workload])
+        .args([
+            "run",
+            "-q",
+            "--json",
+            json.to_str().unwrap(),
+            "--",
+            "bash",
+            "-c",
+            &workload,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -308,25 +470,64 @@ fn soak_of_short_lived_overlays_keeps_memory_flat_and_totals_exact() {
     }
     let st = child.wait().unwrap();
     let _ = Command::new("umount").arg(root).status();
-    println!("soak: {MOUNTS} overlays in {:.0} s, peak RSS {} KiB", started.elapsed().as_secs_f64(), hwm);
+    println!(
+        "soak: {MOUNTS} overlays in {:.0} s, peak RSS {} KiB",
+        started.elapsed().as_secs_f64(),
+        hwm
+    );
     assert!(st.success());
     let r = report(&json);
-    let live: u64 = r["mounts"].as_array().unwrap().iter().map(|m| m["copy_up"]["count"].as_u64().unwrap()).sum();
-    let retired: u64 = r["retired"].as_array().unwrap().iter().map(|g| g["copy_up"]["count"].as_u64().unwrap()).sum();
+    let live: u64 = r["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["copy_up"]["count"].as_u64().unwrap())
+        .sum();
+    let retired: u64 = r["retired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["copy_up"]["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(r["events"]["copy_up"], 3 * MOUNTS as u64, "{}", r["events"]);
-    assert_eq!(live + retired, 3 * MOUNTS as u64, "totals over the mounts in detail and the per-container rows");
-    for k in ["dropped_copy_up", "dropped_lookup", "missed_return_copy_up", "missed_return_lookup", "untracked_calls"] {
+    assert_eq!(
+        live + retired,
+        3 * MOUNTS as u64,
+        "totals over the mounts in detail and the per-container rows"
+    );
+    for k in [
+        "dropped_copy_up",
+        "dropped_lookup",
+        "missed_return_copy_up",
+        "missed_return_lookup",
+        "untracked_calls",
+    ] {
         assert_eq!(r["events"][k], 0, "{k}: {}", r["events"]);
     }
     let samples: Vec<u64> = fs::read_to_string(&rss)
         .unwrap()
         .lines()
-        .map(|l| l.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().unwrap())
+        .map(|l| {
+            l.trim_start_matches("VmRSS:")
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap()
+        })
         .collect();
     assert_eq!(samples.len(), 2);
-    println!("soak: RSS after 100 mounts {} KiB, after {MOUNTS} {} KiB", samples[0], samples[1]);
+    println!(
+        "soak: RSS after 100 mounts {} KiB, after {MOUNTS} {} KiB",
+        samples[0], samples[1]
+    );
     assert!(hwm <= 64 * 1024, "peak RSS {hwm} KiB over 64 MiB");
-    assert!(samples[1] <= samples[0] + 4 * 1024, "RSS grew from {} to {} KiB", samples[0], samples[1]);
+    assert!(
+        samples[1] <= samples[0] + 4 * 1024,
+        "RSS grew from {} to {} KiB",
+        samples[0],
+        samples[1]
+    );
 }
 
 #[test]
@@ -352,7 +553,10 @@ fn a_docker_socket_that_never_answers_costs_no_events_and_little_time() {
     assert!(fs::metadata(sock).unwrap().file_type().is_socket());
     let root = Path::new("/run/ot-hung");
     fs::create_dir_all(root).unwrap();
-    sh(&format!("mount -t tmpfs tmpfs {r} && mkdir -p {r}/l && echo x > {r}/l/f", r = root.display()));
+    sh(&format!(
+        "mount -t tmpfs tmpfs {r} && mkdir -p {r}/l && echo x > {r}/l/f",
+        r = root.display()
+    ));
     let json = out_dir().join("hung_docker.json");
     let end_mark = out_dir().join("hung_docker.end");
     let workload = format!(
@@ -367,16 +571,38 @@ fn a_docker_socket_that_never_answers_costs_no_events_and_little_time() {
     let o = Command::new(bin())
         .env("DOCKER_HOST", format!("unix://{}", sock.display()))
         .env("OVERLAY_TRACE_VERBOSE", "1")
-        .args(["run", "-q", "--json", json.to_str().unwrap(), "--", "bash", "-c", &workload])
+        .args([
+            "run",
+            "-q",
+            "--json",
+            json.to_str().unwrap(),
+            "--",
+            "bash",
+            "-c",
+            &workload,
+        ])
         .output()
         .unwrap();
-    let exited = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    sh(&format!("for m in {r}/m*; do umount $m; done; umount {r}", r = root.display()));
+    let exited = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    sh(&format!(
+        "for m in {r}/m*; do umount $m; done; umount {r}",
+        r = root.display()
+    ));
     drop(hold);
     assert!(o.status.success(), "{}", stderr(&o));
-    let ended: f64 = fs::read_to_string(&end_mark).unwrap().trim().parse().unwrap();
+    let ended: f64 = fs::read_to_string(&end_mark)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let delay = exited - ended;
-    println!("report {delay:.2} s after the workload ended; {}", stderr(&o));
+    println!(
+        "report {delay:.2} s after the workload ended; {}",
+        stderr(&o)
+    );
     assert!(delay <= 5.0, "the report came {delay:.2} s after the end");
     let r = report(&json);
     assert_eq!(r["events"]["copy_up"], MOUNTS as u64);
@@ -385,7 +611,11 @@ fn a_docker_socket_that_never_answers_costs_no_events_and_little_time() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|m| m["mount"]["mount_point"].as_str().is_some_and(|p| p.starts_with(root.to_str().unwrap())))
+        .filter(|m| {
+            m["mount"]["mount_point"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(root.to_str().unwrap()))
+        })
         .count();
     assert_eq!(named, MOUNTS, "every mount named by its mount point");
 }
@@ -394,16 +624,29 @@ fn interrupted_command(signal: i32, expected: i32) {
     let pidfile = out_dir().join(format!("child-{signal}.pid"));
     let _ = fs::remove_file(&pidfile);
     let mut tracer = Command::new(bin())
-        .args(["run", "-q", "--", "bash", "-c", &format!("echo $$ > {}; exec sleep 1000", pidfile.display())])
+        .args([
+            "run",
+            "-q",
+            "--",
+            "bash",
+            "-c",
+            &format!("echo $$ > {}; exec sleep 1000", pidfile.display()),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let started = Instant::now();
     let child_pid = loop {
-        if let Some(p) = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        if let Some(p) = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
             break p;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the command never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the command never started"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     // SAFETY: signalling the tracer we started.
@@ -411,10 +654,25 @@ fn interrupted_command(signal: i32, expected: i32) {
     let st = tracer.wait().unwrap();
     let mut out = String::new();
     use std::io::Read as _;
-    tracer.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    assert_eq!(st.code(), Some(expected), "exit status after signal {signal}");
-    assert!(out.contains("overlay-trace") && out.contains("copy-ups"), "the report is printed: {out}");
-    assert!(!Path::new(&format!("/proc/{child_pid}")).exists(), "the command is gone");
+    tracer
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(
+        st.code(),
+        Some(expected),
+        "exit status after signal {signal}"
+    );
+    assert!(
+        out.contains("overlay-trace") && out.contains("copy-ups"),
+        "the report is printed: {out}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{child_pid}")).exists(),
+        "the command is gone"
+    );
 }
 
 #[test]

@@ -22,11 +22,23 @@ struct Dockerd {
 impl Dockerd {
     fn start() -> Self {
         fs::create_dir_all(ROOT).unwrap();
-        sh(&format!("mountpoint -q {ROOT} || mount -t tmpfs tmpfs {ROOT}"));
+        sh(&format!(
+            "mountpoint -q {ROOT} || mount -t tmpfs tmpfs {ROOT}"
+        ));
         let log = fs::File::create(out_dir().join("dockerd.log")).unwrap();
         let child = Command::new("dockerd")
-            .args(["--data-root", &format!("{ROOT}/data"), "--exec-root", &format!("{ROOT}/exec")])
-            .args(["--pidfile", &format!("{ROOT}/docker.pid"), "--host", &format!("unix://{ROOT}/docker.sock")])
+            .args([
+                "--data-root",
+                &format!("{ROOT}/data"),
+                "--exec-root",
+                &format!("{ROOT}/exec"),
+            ])
+            .args([
+                "--pidfile",
+                &format!("{ROOT}/docker.pid"),
+                "--host",
+                &format!("unix://{ROOT}/docker.sock"),
+            ])
             .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -34,7 +46,10 @@ impl Dockerd {
             .expect("dockerd");
         let started = Instant::now();
         while !docker(&["info"]).status.success() {
-            assert!(started.elapsed() < Duration::from_secs(240), "dockerd did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(240),
+                "dockerd did not start"
+            );
             std::thread::sleep(Duration::from_secs(1));
         }
         Dockerd { child }
@@ -43,7 +58,11 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        let _ = Command::new("sh").arg("-c").arg("docker rm -f $(docker ps -aq) >/dev/null 2>&1").env("DOCKER_HOST", host()).status();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg("docker rm -f $(docker ps -aq) >/dev/null 2>&1")
+            .env("DOCKER_HOST", host())
+            .status();
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
@@ -54,12 +73,21 @@ fn host() -> String {
 }
 
 fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).env("DOCKER_HOST", host()).status().unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("DOCKER_HOST", host())
+        .status()
+        .unwrap();
     assert!(st.success(), "failed: {cmd}");
 }
 
 fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).env("DOCKER_HOST", host()).output().unwrap()
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", host())
+        .output()
+        .unwrap()
 }
 
 fn docker_ok(args: &[&str]) -> String {
@@ -79,7 +107,9 @@ fn build_image() {
     let rootfs = PathBuf::from(ROOT).join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
     fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for t in ["sh", "echo", "cat", "chmod", "touch", "sleep", "mkdir", "head", "ls"] {
+    for t in [
+        "sh", "echo", "cat", "chmod", "touch", "sleep", "mkdir", "head", "ls",
+    ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(t)).unwrap();
     }
     for d in ["etc", "data", "tmp"] {
@@ -88,12 +118,33 @@ fn build_image() {
     fs::write(rootfs.join("etc/motd"), "base\n").unwrap();
     fs::write(rootfs.join("etc/motd2"), "base2\n").unwrap();
     fs::write(rootfs.join("data/base.txt"), vec![b'b'; 1 << 20]).unwrap();
-    sh(&format!("tar -C {} -c . | docker import - ot-base:1 >/dev/null", rootfs.display()));
-    docker_ok(&["run", "--network", "none", "--name", "ot-l2", "ot-base:1", "sh", "-c",
-        "mkdir -p /opt/dir && echo two > /opt/dir/two.txt && echo l2 > /data/l2.txt"]);
+    sh(&format!(
+        "tar -C {} -c . | docker import - ot-base:1 >/dev/null",
+        rootfs.display()
+    ));
+    docker_ok(&[
+        "run",
+        "--network",
+        "none",
+        "--name",
+        "ot-l2",
+        "ot-base:1",
+        "sh",
+        "-c",
+        "mkdir -p /opt/dir && echo two > /opt/dir/two.txt && echo l2 > /data/l2.txt",
+    ]);
     docker_ok(&["commit", "ot-l2", "ot-img:2"]);
-    docker_ok(&["run", "--network", "none", "--name", "ot-l3", "ot-img:2", "sh", "-c",
-        "mkdir -p /srv && echo three > /srv/three.txt"]);
+    docker_ok(&[
+        "run",
+        "--network",
+        "none",
+        "--name",
+        "ot-l3",
+        "ot-img:2",
+        "sh",
+        "-c",
+        "mkdir -p /srv && echo three > /srv/three.txt",
+    ]);
     docker_ok(&["commit", "ot-l3", "ot-img:3"]);
 }
 
@@ -105,18 +156,26 @@ fn changed_by_docker_diff(name: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn copy_ups_by_container(report: &Path, events: &Path) -> BTreeMap<String, (Value, BTreeSet<String>)> {
+fn copy_ups_by_container(
+    report: &Path,
+    events: &Path,
+) -> BTreeMap<String, (Value, BTreeSet<String>)> {
     let r: Value = serde_json::from_str(&fs::read_to_string(report).unwrap()).unwrap();
     let evs = read_events(events);
     let mut out = BTreeMap::new();
     for m in r["mounts"].as_array().unwrap() {
         // The container's root, not Docker's brief init-layer mount.
-        let Some(name) = m["container"]["name"].as_str().filter(|_| m["container"]["role"].is_null()) else {
+        let Some(name) = m["container"]["name"]
+            .as_str()
+            .filter(|_| m["container"]["role"].is_null())
+        else {
             continue;
         };
         let paths = evs
             .iter()
-            .filter(|e| e["type"] == "copy_up" && e["dev"] == m["dev"] && e["mount_gen"] == m["mount_gen"])
+            .filter(|e| {
+                e["type"] == "copy_up" && e["dev"] == m["dev"] && e["mount_gen"] == m["mount_gen"]
+            })
             .map(|e| e["path"].as_str().unwrap().to_string())
             .collect();
         out.insert(name.to_string(), (m.clone(), paths));
@@ -134,12 +193,24 @@ fn containers_are_attributed_and_filtered() {
 
     // Two containers at once, with different writes.
     let o = tracer()
-        .args(["run", "-q", "--events", events.to_str().unwrap(), "--json", report.to_str().unwrap(), "--"])
-        .args(["sh", "-c", "docker run -d --network none --name alpha ot-img:3 sh -c \
+        .args([
+            "run",
+            "-q",
+            "--events",
+            events.to_str().unwrap(),
+            "--json",
+            report.to_str().unwrap(),
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            "docker run -d --network none --name alpha ot-img:3 sh -c \
             'echo a >> /etc/motd; echo a >> /data/base.txt; touch /opt/dir/new; sleep 8' && \
             docker run -d --network none --name beta ot-img:3 sh -c \
             'chmod 600 /etc/motd2; echo b >> /srv/three.txt; echo b >> /data/l2.txt; sleep 8' && \
-            docker wait alpha beta"])
+            docker wait alpha beta",
+        ])
         .env("DOCKER_HOST", host())
         .output()
         .unwrap();
@@ -147,14 +218,19 @@ fn containers_are_attributed_and_filtered() {
     println!("{}", stdout(&o));
     let by = copy_ups_by_container(&report, &events);
     for name in ["alpha", "beta"] {
-        let (m, traced) = by.get(name).unwrap_or_else(|| panic!("{name} not in report: {}", stdout(&o)));
+        let (m, traced) = by
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not in report: {}", stdout(&o)));
         let expected = changed_by_docker_diff(name);
         assert!(!expected.is_empty());
         assert_eq!(traced, &expected, "{name}: copy-ups vs docker diff");
         assert_eq!(m["container"]["image"], "ot-img:3");
         assert_eq!(m["container"]["runtime"], "docker");
         assert_eq!(m["layers"], 4, "three image layers and Docker's init layer");
-        assert!(m["mount_ns"].as_u64().is_some_and(|t| t > 0), "mount time of {name}: {m}");
+        assert!(
+            m["mount_ns"].as_u64().is_some_and(|t| t > 0),
+            "mount time of {name}: {m}"
+        );
     }
     assert!(by["alpha"].1.contains("/etc/motd") && !by["alpha"].1.contains("/etc/motd2"));
     assert!(by["beta"].1.contains("/etc/motd2") && !by["beta"].1.contains("/etc/motd"));
@@ -162,22 +238,56 @@ fn containers_are_attributed_and_filtered() {
 
     // The traced command's status comes back.
     let o = tracer()
-        .args(["run", "-q", "--", "docker", "run", "--rm", "--network", "none", "ot-img:3", "sh", "-c", "exit 3"])
+        .args([
+            "run",
+            "-q",
+            "--",
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "ot-img:3",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
 
     // --container: only gamma's superblock is traced, though delta copies up too.
     for n in ["gamma", "delta"] {
-        docker_ok(&["run", "-d", "--network", "none", "--name", n, "ot-img:3", "sleep", "600"]);
+        docker_ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            n,
+            "ot-img:3",
+            "sleep",
+            "600",
+        ]);
     }
-    let o = tracer().args(["run", "-q", "--container", "nope"]).output().unwrap();
+    let o = tracer()
+        .args(["run", "-q", "--container", "nope"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("no running container matches \"nope\"; running containers:") && err.contains("gamma") && err.contains("delta"), "{err}");
+    assert!(
+        err.contains("no running container matches \"nope\"; running containers:")
+            && err.contains("gamma")
+            && err.contains("delta"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 
-    let (events, report) = (dir.join("docker-filter.ndjson"), dir.join("docker-filter.json"));
+    let (events, report) = (
+        dir.join("docker-filter.ndjson"),
+        dir.join("docker-filter.json"),
+    );
     let o = tracer()
         .args(["run", "-q", "--container", "gamma", "--events", events.to_str().unwrap(), "--json", report.to_str().unwrap(), "--"])
         .args(["sh", "-c", "docker exec gamma sh -c 'echo g >> /etc/motd' && docker exec delta sh -c 'echo d >> /etc/motd'"])
@@ -185,10 +295,24 @@ fn containers_are_attributed_and_filtered() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(changed_by_docker_diff("delta").contains("/etc/motd"), "delta did copy up");
+    assert!(
+        changed_by_docker_diff("delta").contains("/etc/motd"),
+        "delta did copy up"
+    );
     let by = copy_ups_by_container(&report, &events);
     assert_eq!(by["gamma"].1, changed_by_docker_diff("gamma"));
-    assert!(by.get("delta").is_none_or(|(_, p)| p.is_empty()), "delta was filtered out: {:?}", by.get("delta"));
+    assert!(
+        by.get("delta").is_none_or(|(_, p)| p.is_empty()),
+        "delta was filtered out: {:?}",
+        by.get("delta")
+    );
     let r: Value = serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
-    assert!(r["mounts"].as_array().unwrap().iter().all(|m| m["container"]["name"] == "gamma"), "only gamma: {r}");
+    assert!(
+        r["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["container"]["name"] == "gamma"),
+        "only gamma: {r}"
+    );
 }

@@ -10,7 +10,9 @@ use std::{
     process::Command,
 };
 
-use overlay_trace_tests::{Bpftrace, Overlay, bin, bpftrace_map, out_dir, read_events, stderr, stdout};
+use overlay_trace_tests::{
+    Bpftrace, Overlay, bin, bpftrace_map, out_dir, read_events, stderr, stdout,
+};
 use serde_json::Value;
 
 fn metacopy_enabled() -> bool {
@@ -55,7 +57,15 @@ fn copy_ups_and_lookups_match_the_kernel() {
         dir.join("kernel_trace.bpftrace"),
     );
     let o = Command::new(bin())
-        .args(["run", "-q", "--events", events.to_str().unwrap(), "--json", report.to_str().unwrap(), "--"])
+        .args([
+            "run",
+            "-q",
+            "--events",
+            events.to_str().unwrap(),
+            "--json",
+            report.to_str().unwrap(),
+            "--",
+        ])
         .args(["sh", "-c", &workload])
         .output()
         .unwrap();
@@ -66,15 +76,32 @@ fn copy_ups_and_lookups_match_the_kernel() {
     let dev = ov.dev();
     let all = read_events(&events);
     let mine: Vec<&Value> = all.iter().filter(|e| e["dev"] == dev.as_str()).collect();
-    let copy_ups: Vec<&Value> = mine.iter().copied().filter(|e| e["type"] == "copy_up").collect();
-    let lookups: Vec<&Value> = mine.iter().copied().filter(|e| e["type"] == "lookup").collect();
+    let copy_ups: Vec<&Value> = mine
+        .iter()
+        .copied()
+        .filter(|e| e["type"] == "copy_up")
+        .collect();
+    let lookups: Vec<&Value> = mine
+        .iter()
+        .copied()
+        .filter(|e| e["type"] == "lookup")
+        .collect();
 
     // 1. The copied-up set is what the upper directory holds from below.
-    let traced: BTreeSet<String> = copy_ups.iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
-    let from_below: BTreeSet<String> =
-        ov.upper_paths().into_iter().filter(|p| ov.from_below(&p[1..]).is_some()).collect();
+    let traced: BTreeSet<String> = copy_ups
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    let from_below: BTreeSet<String> = ov
+        .upper_paths()
+        .into_iter()
+        .filter(|p| ov.from_below(&p[1..]).is_some())
+        .collect();
     assert_eq!(traced, from_below, "copy-ups vs upper dir");
-    assert!(from_below.contains("/deep/a/b/c"), "parent copy-up expected: {from_below:?}");
+    assert!(
+        from_below.contains("/deep/a/b/c"),
+        "parent copy-up expected: {from_below:?}"
+    );
     assert_eq!(copy_ups.len(), traced.len(), "each object copied up once");
 
     // 2. Sizes, types and data bytes against the lower files.
@@ -83,7 +110,11 @@ fn copy_ups_and_lookups_match_the_kernel() {
         let path = e["path"].as_str().unwrap();
         let (_, lower) = ov.from_below(&path[1..]).unwrap();
         assert_eq!(e["ret"], 0, "{e}");
-        assert_eq!(e["mode"].as_u64().unwrap() as u32 & libc::S_IFMT, lower.mode() & libc::S_IFMT, "{e}");
+        assert_eq!(
+            e["mode"].as_u64().unwrap() as u32 & libc::S_IFMT,
+            lower.mode() & libc::S_IFMT,
+            "{e}"
+        );
         if lower.is_file() {
             assert_eq!(e["size"].as_u64().unwrap(), lower.len(), "size of {path}");
         }
@@ -91,7 +122,10 @@ fn copy_ups_and_lookups_match_the_kernel() {
         let appended = ["/four_k", "/one_m", "/big/sixteen_m"].contains(&path);
         if appended || (path == "/modes/chmod_me" && !metacopy) {
             assert_eq!(data, Some(lower.len()), "data bytes of {path}");
-            assert!(e["data"]["ns"].as_u64().unwrap() > 0 && e["data"]["ns"].as_u64() <= e["duration_ns"].as_u64());
+            assert!(
+                e["data"]["ns"].as_u64().unwrap() > 0
+                    && e["data"]["ns"].as_u64() <= e["duration_ns"].as_u64()
+            );
         }
         if lower.is_dir() || path == "/empty" {
             assert_eq!(data, None, "no data copy for {path}");
@@ -103,40 +137,74 @@ fn copy_ups_and_lookups_match_the_kernel() {
     let kdev = ov.kernel_dev().to_string();
     let bt_copyups = bpftrace_map(&bt_out, "copyups");
     let bt_data = bpftrace_map(&bt_out, "data");
-    assert_eq!(bt_copyups.get(&kdev).copied(), Some(copy_ups.len() as u64), "bpftrace: {bt_out}");
-    let data_sum: u64 = copy_ups.iter().filter_map(|e| e["data"]["bytes"].as_u64()).sum();
-    assert_eq!(bt_data.get(&kdev).copied().unwrap_or(0), data_sum, "bpftrace: {bt_out}");
+    assert_eq!(
+        bt_copyups.get(&kdev).copied(),
+        Some(copy_ups.len() as u64),
+        "bpftrace: {bt_out}"
+    );
+    let data_sum: u64 = copy_ups
+        .iter()
+        .filter_map(|e| e["data"]["bytes"].as_u64())
+        .sum();
+    assert_eq!(
+        bt_data.get(&kdev).copied().unwrap_or(0),
+        data_sum,
+        "bpftrace: {bt_out}"
+    );
 
     // 4. Lookups: every missing name is one negative lookup; names found below report the
     //    layers consulted (names/ has no upper dir, so layer k of the lowers means k + 1 calls).
     assert!(!ov.upper().join("names").exists());
     let negative: BTreeSet<&str> = lookups
         .iter()
-        .filter(|e| e["outcome"] == "negative" && e["name"].as_str().unwrap().starts_with("missing"))
+        .filter(|e| {
+            e["outcome"] == "negative" && e["name"].as_str().unwrap().starts_with("missing")
+        })
         .map(|e| e["name"].as_str().unwrap())
         .collect();
     let expected: BTreeSet<String> = (1..=MISSING).map(|i| format!("missing{i}")).collect();
-    assert_eq!(negative, expected.iter().map(|s| s.as_str()).collect::<BTreeSet<_>>());
-    let by_name: BTreeMap<&str, &Value> = lookups.iter().map(|e| (e["name"].as_str().unwrap(), *e)).collect();
+    assert_eq!(
+        negative,
+        expected.iter().map(|s| s.as_str()).collect::<BTreeSet<_>>()
+    );
+    let by_name: BTreeMap<&str, &Value> = lookups
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), *e))
+        .collect();
     for i in 0..NAMES {
-        let e = by_name.get(format!("file{i}").as_str()).unwrap_or_else(|| panic!("no lookup of file{i}"));
+        let e = by_name
+            .get(format!("file{i}").as_str())
+            .unwrap_or_else(|| panic!("no lookup of file{i}"));
         assert_eq!(e["outcome"], "lower_only", "{e}");
         assert_eq!(e["layers"].as_u64().unwrap() as usize, i % 3 + 1, "{e}");
     }
-    for e in lookups.iter().filter(|e| e["outcome"] == "negative" && e["name"].as_str().unwrap().starts_with("missing")) {
+    for e in lookups.iter().filter(|e| {
+        e["outcome"] == "negative" && e["name"].as_str().unwrap().starts_with("missing")
+    }) {
         assert_eq!(e["layers"], 3, "a miss consults every lower layer: {e}");
     }
 
     // 5. The JSON report names the mount and carries the same totals.
     let r: Value = serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(r["schema_version"], 1);
-    let m = r["mounts"].as_array().unwrap().iter().find(|m| m["dev"] == dev.as_str()).expect("mount in report");
+    let m = r["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["dev"] == dev.as_str())
+        .expect("mount in report");
     assert_eq!(m["mount"]["mount_point"], ov.merged().to_str().unwrap());
     assert_eq!(m["mount"]["upperdir"], ov.upper().to_str().unwrap());
     assert_eq!(m["mount"]["lowerdirs"].as_array().unwrap().len(), 3);
-    assert_eq!(m["copy_up"]["count"].as_u64().unwrap() as usize, copy_ups.len());
+    assert_eq!(
+        m["copy_up"]["count"].as_u64().unwrap() as usize,
+        copy_ups.len()
+    );
     assert_eq!(m["copy_up"]["data_bytes"].as_u64().unwrap(), data_sum);
-    assert_eq!(m["copy_up"]["slowest"][0]["path"], "/big/sixteen_m", "the 16 MiB copy is the slowest");
+    assert_eq!(
+        m["copy_up"]["slowest"][0]["path"], "/big/sixteen_m",
+        "the 16 MiB copy is the slowest"
+    );
     assert!(m["lookup"]["negative"].as_u64().unwrap() >= MISSING as u64);
     assert_eq!(r["events"]["dropped_copy_up"], 0);
     assert_eq!(r["events"]["dropped_lookup"], 0);
@@ -150,31 +218,65 @@ fn pid_filter_is_applied_in_the_kernel() {
     let events = out_dir().join("pid_filter.ndjson");
     // Trace only pid 1 (init): the shell's copy-up must not be reported.
     let o = Command::new(bin())
-        .args(["run", "-q", "--pid", "1", "--events", events.to_str().unwrap(), "--"])
-        .args(["sh", "-c", &format!("echo x >> {}/f", ov.merged().display())])
+        .args([
+            "run",
+            "-q",
+            "--pid",
+            "1",
+            "--events",
+            events.to_str().unwrap(),
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            &format!("echo x >> {}/f", ov.merged().display()),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(ov.upper().join("f").exists(), "the copy-up did happen");
     let dev = ov.dev();
-    let mine = read_events(&events).into_iter().filter(|e| e["dev"] == dev.as_str()).count();
+    let mine = read_events(&events)
+        .into_iter()
+        .filter(|e| e["dev"] == dev.as_str())
+        .count();
     assert_eq!(mine, 0);
 }
 
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn traced_command_status_is_returned() {
-    let o = Command::new(bin()).args(["run", "-q", "--", "sh", "-c", "exit 7"]).output().unwrap();
+    let o = Command::new(bin())
+        .args(["run", "-q", "--", "sh", "-c", "exit 7"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
-    assert!(stdout(&o).contains("overlay-trace"), "a report is printed: {}", stdout(&o));
+    assert!(
+        stdout(&o).contains("overlay-trace"),
+        "a report is printed: {}",
+        stdout(&o)
+    );
 }
 
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn unwritable_output_is_a_one_line_error() {
-    let o = Command::new(bin()).args(["run", "--json", "/proc/no/such/dir/r.json", "--duration", "1s"]).output().unwrap();
+    let o = Command::new(bin())
+        .args([
+            "run",
+            "--json",
+            "/proc/no/such/dir/r.json",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("cannot write the JSON report to /proc/no/such/dir/r.json"), "{err}");
+    assert!(
+        err.contains("cannot write the JSON report to /proc/no/such/dir/r.json"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -16,7 +16,10 @@ fn assert_one_line_error(o: &std::process::Output, code: i32, needle: &str) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(code), "stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -28,7 +31,10 @@ fn check_tells_the_truth_about_kprobes() {
         assert!(out.contains("run:             will work"), "{out}");
         assert_eq!(o.status.code(), Some(0), "{out}");
     } else {
-        assert!(out.contains("kprobes:         no: this kernel has no kprobes"), "{out}");
+        assert!(
+            out.contains("kprobes:         no: this kernel has no kprobes"),
+            "{out}"
+        );
         assert_eq!(o.status.code(), Some(1), "{out}");
         let run = overlay_trace(&["run", "--duration", "1s"]);
         assert_one_line_error(&run, 1, "cannot attach kprobes (CONFIG_KPROBES is off");
@@ -40,25 +46,53 @@ fn check_tells_the_truth_about_kprobes() {
 #[test]
 fn verifier_accepts_every_program() {
     let out = stdout(&overlay_trace(&["check"]));
-    assert!(out.contains("verifier:        accepts all 9 programs"), "{out}");
+    assert!(
+        out.contains("verifier:        accepts all 9 programs"),
+        "{out}"
+    );
     assert!(out.contains("fentry:"), "{out}");
 }
 
 #[test]
 fn bad_usage_exits_2_without_panicking() {
-    assert_one_line_error(&overlay_trace(&["run", "--duration", "abc"]), 2, "invalid value 'abc' for '--duration");
-    assert_one_line_error(&overlay_trace(&["run", "--pid", "0"]), 2, "invalid value '0' for '--pid");
-    assert_one_line_error(&overlay_trace(&["run", "--bogus"]), 2, "unexpected argument '--bogus'");
-    assert_one_line_error(&overlay_trace(&["frobnicate"]), 2, "unrecognized subcommand");
+    assert_one_line_error(
+        &overlay_trace(&["run", "--duration", "abc"]),
+        2,
+        "invalid value 'abc' for '--duration",
+    );
+    assert_one_line_error(
+        &overlay_trace(&["run", "--pid", "0"]),
+        2,
+        "invalid value '0' for '--pid",
+    );
+    assert_one_line_error(
+        &overlay_trace(&["run", "--bogus"]),
+        2,
+        "unexpected argument '--bogus'",
+    );
+    assert_one_line_error(
+        &overlay_trace(&["frobnicate"]),
+        2,
+        "unrecognized subcommand",
+    );
 }
 
 #[test]
 fn unprivileged_run_is_refused_clearly() {
     let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(bin())
         .args(["run", "--duration", "1s"])
         .output()
         .expect("setpriv");
-    assert_one_line_error(&o, 1, "overlay-trace needs root (or CAP_BPF and CAP_PERFMON)");
+    assert_one_line_error(
+        &o,
+        1,
+        "overlay-trace needs root (or CAP_BPF and CAP_PERFMON)",
+    );
 }

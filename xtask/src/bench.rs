@@ -34,7 +34,11 @@ kretprobe:ovl_lookup /@lk[tid]/ { @lookup_ns = hist(nsecs - @lk[tid]); @lookup_l
 
 pub fn host(rounds: usize, tracer: &Path) -> Result<()> {
     let me = std::env::current_exe()?;
-    let code = crate::in_vm(&format!("{} bench-in-vm --rounds {rounds} --tracer {}", me.display(), tracer.display()))?;
+    let code = crate::in_vm(&format!(
+        "{} bench-in-vm --rounds {rounds} --tracer {}",
+        me.display(),
+        tracer.display()
+    ))?;
     if code != 0 {
         bail!("benchmark failed in the VM (exit {code})");
     }
@@ -68,7 +72,9 @@ fn lower(i: usize) -> PathBuf {
 
 fn prepare_lowers() -> Result<()> {
     fs::create_dir_all(ROOT)?;
-    sh(&format!("mountpoint -q {ROOT} || mount -t tmpfs tmpfs {ROOT}"))?;
+    sh(&format!(
+        "mountpoint -q {ROOT} || mount -t tmpfs tmpfs {ROOT}"
+    ))?;
     for i in 0..3 {
         fs::create_dir_all(lower(i).join("cu"))?;
         fs::create_dir_all(lower(i).join("lk"))?;
@@ -133,8 +139,16 @@ pub fn workload(storm: &str, merged: &Path) -> Result<()> {
 fn run_once(storm: Storm, tracer: Tracer, overlay_trace: &Path) -> Result<u64> {
     let merged = mount_fresh()?;
     let me = std::env::current_exe()?;
-    let name = if storm == Storm::CopyUp { "copy-up" } else { "lookup" };
-    let wl = format!("{} bench-workload {name} {}", me.display(), merged.display());
+    let name = if storm == Storm::CopyUp {
+        "copy-up"
+    } else {
+        "lookup"
+    };
+    let wl = format!(
+        "{} bench-workload {name} {}",
+        me.display(),
+        merged.display()
+    );
     let cmd = match tracer {
         Tracer::Bare => wl,
         Tracer::OverlayTrace => format!("{} run -q -- {wl}", overlay_trace.display()),
@@ -147,7 +161,10 @@ fn run_once(storm: Storm, tracer: Tracer, overlay_trace: &Path) -> Result<u64> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
-        .find_map(|l| l.strip_prefix("elapsed_ns ").and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("elapsed_ns ")
+                .and_then(|v| v.trim().parse().ok())
+        })
         .with_context(|| format!("no timing from: {cmd}"))
 }
 
@@ -176,24 +193,51 @@ pub fn in_vm(rounds: usize, overlay_trace: &Path) -> Result<()> {
         let [bare, ot, bt] = t.map(|mut v| median(&mut v));
         let pct = |x: u64| (x as f64 / bare as f64 - 1.0) * 100.0;
         let (name, limit) = match storm {
-            Storm::CopyUp => (format!("copy-up storm ({COPY_UP_FILES} copy-ups)"), Some(5.0)),
-            Storm::Lookup => (format!("cold lookup storm ({LOOKUP_NAMES} names, half missing)"), None),
+            Storm::CopyUp => (
+                format!("copy-up storm ({COPY_UP_FILES} copy-ups)"),
+                Some(5.0),
+            ),
+            Storm::Lookup => (
+                format!("cold lookup storm ({LOOKUP_NAMES} names, half missing)"),
+                None,
+            ),
         };
         println!("{name}, median of {rounds}:");
         println!("  bare           {:>10.2} ms", bare as f64 / 1e6);
-        println!("  overlay-trace  {:>10.2} ms  overhead {:+.1}%  (ratio {:.3})", ot as f64 / 1e6, pct(ot), ot as f64 / bare as f64);
-        println!("  bpftrace       {:>10.2} ms  overhead {:+.1}%  (ratio {:.3})", bt as f64 / 1e6, pct(bt), bt as f64 / bare as f64);
+        println!(
+            "  overlay-trace  {:>10.2} ms  overhead {:+.1}%  (ratio {:.3})",
+            ot as f64 / 1e6,
+            pct(ot),
+            ot as f64 / bare as f64
+        );
+        println!(
+            "  bpftrace       {:>10.2} ms  overhead {:+.1}%  (ratio {:.3})",
+            bt as f64 / 1e6,
+            pct(bt),
+            bt as f64 / bare as f64
+        );
         println!("  overlay-trace / bpftrace: {:.3}", ot as f64 / bt as f64);
         let not_worse = ot <= bt;
         let under = limit.is_none_or(|l| pct(ot) < l);
         println!(
             "  goal: no worse than bpftrace{}: {}",
-            limit.map(|l| format!(" and under {l}%")).unwrap_or_default(),
+            limit
+                .map(|l| format!(" and under {l}%"))
+                .unwrap_or_default(),
             if not_worse && under { "met" } else { "NOT met" }
         );
         verdict_ok &= not_worse && under;
     }
-    let _ = Command::new("umount").arg(Path::new(ROOT).join("merged")).status();
-    println!("bench: {}", if verdict_ok { "all goals met" } else { "some goals not met (see above)" });
+    let _ = Command::new("umount")
+        .arg(Path::new(ROOT).join("merged"))
+        .status();
+    println!(
+        "bench: {}",
+        if verdict_ok {
+            "all goals met"
+        } else {
+            "some goals not met (see above)"
+        }
+    );
     Ok(())
 }

@@ -58,7 +58,10 @@ enum Task {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -83,10 +86,16 @@ fn vm_kernel() -> Result<PathBuf> {
     let mut images: Vec<PathBuf> = fs::read_dir("/boot")
         .context("/boot")?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
         .collect();
     images.sort();
-    images.pop().ok_or_else(|| anyhow!("no /boot/vmlinuz-*: run scripts/install-deps (installs linux-image-amd64)"))
+    images.pop().ok_or_else(|| {
+        anyhow!("no /boot/vmlinuz-*: run scripts/install-deps (installs linux-image-amd64)")
+    })
 }
 
 /// The line the guest prints last: its script's exit code. Read from the VM's console output,
@@ -107,7 +116,10 @@ fn in_vm(script: &str) -> Result<i32> {
         ),
     )?;
     let kernel = vm_kernel()?;
-    println!("xtask: booting {} in qemu (no KVM; about 30 s)", kernel.display());
+    println!(
+        "xtask: booting {} in qemu (no KVM; about 30 s)",
+        kernel.display()
+    );
     let booted = std::time::Instant::now();
     // vng re-opens the terminal it was given, writing from offset 0 when that is a file: pass
     // its output through a pipe so a log file keeps everything before it.
@@ -135,7 +147,12 @@ fn in_vm(script: &str) -> Result<i32> {
                 break;
             }
             let text = String::from_utf8_lossy(&line);
-            if let Some(rest) = text.trim_end().rsplit(EXIT_MARKER).next().filter(|_| text.contains(EXIT_MARKER)) {
+            if let Some(rest) = text
+                .trim_end()
+                .rsplit(EXIT_MARKER)
+                .next()
+                .filter(|_| text.contains(EXIT_MARKER))
+            {
                 code = rest.trim().parse::<i32>().ok();
             }
             let mut o = stdout.lock();
@@ -144,7 +161,10 @@ fn in_vm(script: &str) -> Result<i32> {
         }
     }
     let st = child.wait()?;
-    println!("xtask: the VM ran for {:.0} s", booted.elapsed().as_secs_f64());
+    println!(
+        "xtask: the VM ran for {:.0} s",
+        booted.elapsed().as_secs_f64()
+    );
     code.ok_or_else(|| anyhow!("the VM ended without running the script to the end (vng: {st})"))
 }
 
@@ -155,20 +175,35 @@ fn build_tracer(release: bool) -> Result<PathBuf> {
         c.arg("--release");
     }
     run(c)?;
-    Ok(workspace().join(if release { "target/release/overlay-trace" } else { "target/debug/overlay-trace" }))
+    Ok(workspace().join(if release {
+        "target/release/overlay-trace"
+    } else {
+        "target/debug/overlay-trace"
+    }))
 }
 
 /// Test executables of the integration-test package, built but not run.
 fn integration_test_binaries() -> Result<Vec<PathBuf>> {
     let out = cargo()
-        .args(["test", "--package", "overlay-trace-tests", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "--package",
+            "overlay-trace-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
         .output()?;
     if !out.status.success() {
-        bail!("building the integration tests failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building the integration tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut bins = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if v["reason"] == "compiler-artifact" && v["profile"]["test"] == true {
             if let Some(exe) = v["executable"].as_str() {
                 if v["target"]["kind"][0] == "test" {
@@ -227,7 +262,13 @@ fn main() {
         Task::Bench { rounds } => build_tracer(true).and_then(|t| bench::host(rounds, &t)),
         Task::BenchInVm { rounds, tracer } => bench::in_vm(rounds, &tracer),
         Task::BenchWorkload { storm, merged } => bench::workload(&storm, &merged),
-        Task::Vm { cmd } => in_vm(&cmd.join(" ")).and_then(|c| if c == 0 { Ok(()) } else { Err(anyhow!("exit {c}")) }),
+        Task::Vm { cmd } => in_vm(&cmd.join(" ")).and_then(|c| {
+            if c == 0 {
+                Ok(())
+            } else {
+                Err(anyhow!("exit {c}"))
+            }
+        }),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");

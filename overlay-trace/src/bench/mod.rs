@@ -37,7 +37,10 @@ impl BenchOverlay {
             opts = format!("-o {upper_options}");
         }
         sh(&format!("mount -t tmpfs {opts} tmpfs {}", root.display()))?;
-        let mut o = BenchOverlay { root, options: String::new() };
+        let mut o = BenchOverlay {
+            root,
+            options: String::new(),
+        };
         for i in 0..s.layers {
             fs::create_dir_all(o.lower(i))?;
         }
@@ -45,7 +48,9 @@ impl BenchOverlay {
             fs::create_dir_all(o.root.join(d))?;
         }
         scenario::populate(s, |i| o.lower(i))?;
-        let lower: Vec<String> = (0..s.layers).map(|i| o.lower(i).display().to_string()).collect();
+        let lower: Vec<String> = (0..s.layers)
+            .map(|i| o.lower(i).display().to_string())
+            .collect();
         let mut options = format!(
             "lowerdir={},upperdir={},workdir={}",
             lower.join(":"),
@@ -58,7 +63,10 @@ impl BenchOverlay {
                 options.push_str(extra);
             }
         }
-        sh(&format!("mount -t overlay overlay -o {options} {}", o.merged().display()))?;
+        sh(&format!(
+            "mount -t overlay overlay -o {options} {}",
+            o.merged().display()
+        ))?;
         o.options = options;
         Ok(o)
     }
@@ -73,7 +81,10 @@ impl BenchOverlay {
 
     fn dev(&self) -> Result<Dev> {
         let d = fs::metadata(self.merged())?.dev();
-        Ok(Dev { major: libc::major(d), minor: libc::minor(d) })
+        Ok(Dev {
+            major: libc::major(d),
+            minor: libc::minor(d),
+        })
     }
 }
 
@@ -86,7 +97,11 @@ impl Drop for BenchOverlay {
 }
 
 fn sh(cmd: &str) -> Result<()> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().context("sh")?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .context("sh")?;
     if !out.status.success() {
         bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -95,7 +110,11 @@ fn sh(cmd: &str) -> Result<()> {
 
 fn spread(values: &mut [f64]) -> Spread {
     values.sort_by(|a, b| a.total_cmp(b));
-    Spread { median: values[values.len() / 2], min: values[0], max: values[values.len() - 1] }
+    Spread {
+        median: values[values.len() / 2],
+        min: values[0],
+        max: values[values.len() - 1],
+    }
 }
 
 /// The hidden `bench-workload` subcommand: the scenario's steps, run as the traced command.
@@ -110,7 +129,13 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let mut runs: Vec<Report> = Vec::new();
     let mut options = String::new();
     for i in 0..args.repeat {
-        eprintln!("bench {}: run {}/{}: building a {}-layer overlay", s.name, i + 1, args.repeat, s.layers);
+        eprintln!(
+            "bench {}: run {}/{}: building a {}-layer overlay",
+            s.name,
+            i + 1,
+            args.repeat,
+            s.layers
+        );
         let ov = BenchOverlay::create(&s, &args.upper_options, &args.mount_options)?;
         options = ov.options.clone();
         let run_args = RunArgs {
@@ -147,7 +172,12 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let per_run: Vec<BTreeMap<String, f64>> = runs.iter().map(diff::metrics).collect();
     let metrics: BTreeMap<String, Spread> = diff::METRICS
         .iter()
-        .map(|(name, _, _)| (name.to_string(), spread(&mut per_run.iter().map(|m| m[*name]).collect::<Vec<_>>())))
+        .map(|(name, _, _)| {
+            (
+                name.to_string(),
+                spread(&mut per_run.iter().map(|m| m[*name]).collect::<Vec<_>>()),
+            )
+        })
         .collect();
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by(|a, b| per_run[*a]["total"].total_cmp(&per_run[*b]["total"]));
@@ -156,7 +186,14 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         scenario: s.name.clone(),
         scenario_source: source,
         mount_options: options,
-        upper_fs: format!("tmpfs{}", if args.upper_options.is_empty() { String::new() } else { format!(" ({})", args.upper_options) }),
+        upper_fs: format!(
+            "tmpfs{}",
+            if args.upper_options.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", args.upper_options)
+            }
+        ),
         repeat: args.repeat,
         metrics,
     });

@@ -13,11 +13,23 @@ use serde::Deserialize;
 
 /// The scenarios shipped with overlay-trace, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("container-start", include_str!("../../../scenarios/container-start.toml")),
-    ("package-install", include_str!("../../../scenarios/package-install.toml")),
-    ("log-append", include_str!("../../../scenarios/log-append.toml")),
+    (
+        "container-start",
+        include_str!("../../../scenarios/container-start.toml"),
+    ),
+    (
+        "package-install",
+        include_str!("../../../scenarios/package-install.toml"),
+    ),
+    (
+        "log-append",
+        include_str!("../../../scenarios/log-append.toml"),
+    ),
     ("chmod-r", include_str!("../../../scenarios/chmod-r.toml")),
-    ("rename-dirs", include_str!("../../../scenarios/rename-dirs.toml")),
+    (
+        "rename-dirs",
+        include_str!("../../../scenarios/rename-dirs.toml"),
+    ),
 ];
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -92,9 +104,18 @@ impl Scenario {
             bail!("bad scenario: layers must be 1 to 64");
         }
         if let Some(f) = s.files.iter().find(|f| f.layer >= s.layers) {
-            bail!("bad scenario: file {} is in layer {} of {}", f.path, f.layer, s.layers);
+            bail!(
+                "bad scenario: file {} is in layer {} of {}",
+                f.path,
+                f.layer,
+                s.layers
+            );
         }
-        if let Some(st) = s.steps.iter().find(|st| st.op == Op::Rename && st.to.is_none()) {
+        if let Some(st) = s
+            .steps
+            .iter()
+            .find(|st| st.op == Op::Rename && st.to.is_none())
+        {
             bail!("bad scenario: rename of {} has no `to`", st.path);
         }
         Ok(s)
@@ -106,16 +127,24 @@ impl Scenario {
             Some((_, t)) => t.to_string(),
             None => fs::read_to_string(name_or_path).with_context(|| {
                 let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-                format!("no scenario {name_or_path:?}: not a file, nor one of {}", names.join(", "))
+                format!(
+                    "no scenario {name_or_path:?}: not a file, nor one of {}",
+                    names.join(", ")
+                )
             })?,
         };
-        Ok((Self::parse(&text).with_context(|| name_or_path.to_string())?, text))
+        Ok((
+            Self::parse(&text).with_context(|| name_or_path.to_string())?,
+            text,
+        ))
     }
 }
 
 fn expand(path: &str, count: usize) -> Vec<String> {
     if path.contains("{i}") {
-        (0..count).map(|i| path.replace("{i}", &i.to_string())).collect()
+        (0..count)
+            .map(|i| path.replace("{i}", &i.to_string()))
+            .collect()
     } else {
         vec![path.to_string(); count.min(1)]
     }
@@ -144,7 +173,10 @@ pub fn populate(s: &Scenario, lower: impl Fn(usize) -> std::path::PathBuf) -> Re
 }
 
 fn chmod_tree(p: &Path) -> Result<()> {
-    fs::set_permissions(p, fs::Permissions::from_mode(if p.is_dir() { 0o750 } else { 0o640 }))?;
+    fs::set_permissions(
+        p,
+        fs::Permissions::from_mode(if p.is_dir() { 0o750 } else { 0o640 }),
+    )?;
     if p.is_dir() {
         for e in fs::read_dir(p)? {
             chmod_tree(&e?.path())?;
@@ -160,16 +192,30 @@ pub fn run_steps(s: &Scenario, merged: &Path) -> Result<()> {
             let p = merged.join(&rel);
             let ctx = || format!("{:?} {}", st.op, p.display());
             match st.op {
-                Op::Append => OpenOptions::new().append(true).open(&p).and_then(|mut f| f.write_all(b"bench\n")).with_context(ctx)?,
-                Op::Truncate => OpenOptions::new().write(true).truncate(true).open(&p).and_then(|mut f| f.write_all(b"bench\n")).with_context(ctx)?,
+                Op::Append => OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .and_then(|mut f| f.write_all(b"bench\n"))
+                    .with_context(ctx)?,
+                Op::Truncate => OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&p)
+                    .and_then(|mut f| f.write_all(b"bench\n"))
+                    .with_context(ctx)?,
                 Op::Create => {
                     fs::create_dir_all(p.parent().unwrap()).with_context(ctx)?;
                     fs::write(&p, b"new\n").with_context(ctx)?;
                 }
                 Op::Chmod if st.recursive => chmod_tree(&p).with_context(ctx)?,
-                Op::Chmod => fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).with_context(ctx)?,
+                Op::Chmod => {
+                    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).with_context(ctx)?
+                }
                 Op::Rename => {
-                    let to = expand(st.to.as_deref().unwrap_or(""), st.count).into_iter().nth(i).unwrap_or_default();
+                    let to = expand(st.to.as_deref().unwrap_or(""), st.count)
+                        .into_iter()
+                        .nth(i)
+                        .unwrap_or_default();
                     fs::rename(&p, merged.join(to)).with_context(ctx)?
                 }
                 Op::Stat => {
@@ -203,11 +249,19 @@ mod tests {
         assert!(e("name = 1").contains("bad scenario"));
         assert!(e("name='x'\nlayers=1\nsteps=[]\nbogus=1").contains("unknown field `bogus`"));
         assert!(e("name='x'\nlayers=0\nsteps=[]").contains("layers must be 1 to 64"));
-        assert!(e("name='x'\nlayers=1\nsteps=[]\n[[files]]\nlayer=3\npath='a'").contains("in layer 3 of 1"));
+        assert!(
+            e("name='x'\nlayers=1\nsteps=[]\n[[files]]\nlayer=3\npath='a'")
+                .contains("in layer 3 of 1")
+        );
         assert!(e("name='x'\nlayers=1\n[[steps]]\nop='rename'\npath='a'").contains("has no `to`"));
-        assert!(e("name='x'\nlayers=1\n[[steps]]\nop='explode'\npath='a'").contains("unknown variant"));
+        assert!(
+            e("name='x'\nlayers=1\n[[steps]]\nop='explode'\npath='a'").contains("unknown variant")
+        );
         let err = format!("{:#}", Scenario::load("no-such-scenario").unwrap_err());
-        assert!(err.contains("not a file, nor one of container-start"), "{err}");
+        assert!(
+            err.contains("not a file, nor one of container-start"),
+            "{err}"
+        );
     }
 
     #[test]

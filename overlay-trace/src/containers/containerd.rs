@@ -16,7 +16,9 @@ const CONTAINER: &str = "io.kubernetes.cri.container-name";
 const IMAGE: &str = "io.kubernetes.cri.image-name";
 
 pub fn from_mount_point(mount_point: &str) -> Option<Container> {
-    let rest = mount_point.split("/io.containerd.runtime.v2.task/").nth(1)?;
+    let rest = mount_point
+        .split("/io.containerd.runtime.v2.task/")
+        .nth(1)?;
     let mut parts = rest.split('/');
     let (ns, id, leaf) = (parts.next()?, parts.next()?, parts.next()?);
     if leaf != "rootfs" || parts.next().is_some() || id.is_empty() {
@@ -30,7 +32,10 @@ pub fn from_mount_point(mount_point: &str) -> Option<Container> {
         ..Default::default()
     };
     let bundle = Path::new(mount_point).parent()?;
-    if let Some(spec) = fs::read_to_string(bundle.join("config.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+    if let Some(spec) = fs::read_to_string(bundle.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    {
         apply_cri_annotations(&mut c, &spec);
     }
     Some(c)
@@ -66,7 +71,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.namespace.as_deref(), Some("k8s.io"));
         assert_eq!(c.short_id(), "0f1e2d3c4b5a");
-        assert!(from_mount_point("/run/containerd/io.containerd.runtime.v2.task/k8s.io/x/rootfs/sub").is_none());
+        assert!(
+            from_mount_point("/run/containerd/io.containerd.runtime.v2.task/k8s.io/x/rootfs/sub")
+                .is_none()
+        );
         assert!(from_mount_point("/var/lib/docker/overlay2/x/merged").is_none());
     }
 
@@ -74,7 +82,9 @@ mod tests {
     fn bundle_annotations_name_the_pod() {
         // The annotations containerd's CRI plugin writes into a container's OCI spec.
         let dir = tempfile::tempdir().unwrap();
-        let bundle = dir.path().join("io.containerd.runtime.v2.task/k8s.io/abcdef0123456789");
+        let bundle = dir
+            .path()
+            .join("io.containerd.runtime.v2.task/k8s.io/abcdef0123456789");
         fs::create_dir_all(bundle.join("rootfs")).unwrap();
         fs::write(
             bundle.join("config.json"),

@@ -38,6 +38,10 @@ pub struct Docker {
     inspected: HashMap<String, DockerContainer>,
     warning: Option<String>,
     api_down_until: Option<std::time::Instant>,
+    /// The API failed to answer at least once in this run.
+    api_failed: bool,
+    /// Set for the last naming pass: an API that failed before is not waited for again.
+    final_pass: bool,
 }
 
 /// The `<id>` of an overlay2 upperdir `<root>/overlay2/<id>/diff` (also when relative: `<id>/diff`).
@@ -57,8 +61,13 @@ fn socket_path() -> String {
 pub fn data_root() -> PathBuf {
     if let Ok(procs) = fs::read_dir("/proc") {
         for p in procs.flatten() {
-            let Ok(cmd) = fs::read(p.path().join("cmdline")) else { continue };
-            let args: Vec<String> = cmd.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let Ok(cmd) = fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             if !args.first().is_some_and(|a| a.ends_with("dockerd")) {
                 continue;
             }
@@ -84,23 +93,44 @@ pub fn data_root() -> PathBuf {
 /// Reads every container from Docker's on-disk metadata under `root`.
 pub fn from_disk(root: &Path) -> Vec<DockerContainer> {
     let mut out = Vec::new();
-    let Ok(dirs) = fs::read_dir(root.join("containers")) else { return out };
+    let Ok(dirs) = fs::read_dir(root.join("containers")) else {
+        return out;
+    };
     for d in dirs.flatten() {
         let id = d.file_name().to_string_lossy().into_owned();
-        let Ok(text) = fs::read_to_string(d.path().join("config.v2.json")) else { continue };
-        let Ok(cfg) = serde_json::from_str::<Value>(&text) else { continue };
-        let mount_id = fs::read_to_string(root.join("image/overlay2/layerdb/mounts").join(&id).join("mount-id"))
-            .ok()
-            .map(|s| s.trim().to_string());
+        let Ok(text) = fs::read_to_string(d.path().join("config.v2.json")) else {
+            continue;
+        };
+        let Ok(cfg) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let mount_id = fs::read_to_string(
+            root.join("image/overlay2/layerdb/mounts")
+                .join(&id)
+                .join("mount-id"),
+        )
+        .ok()
+        .map(|s| s.trim().to_string());
         out.push(DockerContainer {
             container: Container {
                 runtime: "docker".into(),
                 id: id.clone(),
-                name: cfg["Name"].as_str().unwrap_or("").trim_start_matches('/').to_string(),
+                name: cfg["Name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_start_matches('/')
+                    .to_string(),
                 image: cfg["Config"]["Image"].as_str().unwrap_or("").to_string(),
-                namespace: None, role: None
+                namespace: None,
+                role: None,
             },
-            upperdir: mount_id.map(|m| root.join("overlay2").join(m).join("diff").display().to_string()),
+            upperdir: mount_id.map(|m| {
+                root.join("overlay2")
+                    .join(m)
+                    .join("diff")
+                    .display()
+                    .to_string()
+            }),
         });
     }
     out
@@ -113,11 +143,24 @@ pub fn from_inspect(v: &bollard::models::ContainerInspectResponse) -> Option<Doc
         container: Container {
             runtime: "docker".into(),
             id,
-            name: v.name.as_deref().unwrap_or("").trim_start_matches('/').to_string(),
-            image: v.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
-            namespace: None, role: None
+            name: v
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .trim_start_matches('/')
+                .to_string(),
+            image: v
+                .config
+                .as_ref()
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default(),
+            namespace: None,
+            role: None,
         },
-        upperdir: v.graph_driver.as_ref().and_then(|g| g.data.get("UpperDir").cloned()),
+        upperdir: v
+            .graph_driver
+            .as_ref()
+            .and_then(|g| g.data.get("UpperDir").cloned()),
     })
 }
 
@@ -133,16 +176,27 @@ pub fn owns(c: &DockerContainer, m: &OverlayMount) -> bool {
 }
 
 /// The container whose root (or init layer) `m` is.
-pub fn find<'a>(all: impl Iterator<Item = &'a DockerContainer> + Clone, m: &OverlayMount) -> Option<Container> {
+pub fn find<'a>(
+    all: impl Iterator<Item = &'a DockerContainer> + Clone,
+    m: &OverlayMount,
+) -> Option<Container> {
     if let Some(c) = all.clone().find(|c| owns(c, m)) {
         return Some(c.container.clone());
     }
-    all.into_iter().find(|c| owns_init_layer(c, m)).map(|c| Container { role: Some("init-layer".into()), ..c.container.clone() })
+    all.into_iter()
+        .find(|c| owns_init_layer(c, m))
+        .map(|c| Container {
+            role: Some("init-layer".into()),
+            ..c.container.clone()
+        })
 }
 
 /// Is `m` the init layer (`<overlay2 id>-init`) of `c`, mounted while Docker creates it?
 pub fn owns_init_layer(c: &DockerContainer, m: &OverlayMount) -> bool {
-    match (c.upperdir.as_deref().and_then(overlay2_id), m.upperdir.as_deref().and_then(overlay2_id)) {
+    match (
+        c.upperdir.as_deref().and_then(overlay2_id),
+        m.upperdir.as_deref().and_then(overlay2_id),
+    ) {
         (Some(cid), Some(mid)) => mid.strip_suffix("-init") == Some(cid),
         _ => false,
     }
@@ -152,14 +206,33 @@ impl Docker {
     pub fn new() -> Self {
         let path = socket_path();
         let (api, warning) = if Path::new(&path).exists() {
-            match bollard::Docker::connect_with_unix(&path, API_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION) {
+            match bollard::Docker::connect_with_unix(
+                &path,
+                API_TIMEOUT.as_secs(),
+                bollard::API_DEFAULT_VERSION,
+            ) {
                 Ok(d) => (Some(d), None),
-                Err(e) => (None, Some(format!("cannot use the Docker API at {path}: {e}"))),
+                Err(e) => (
+                    None,
+                    Some(format!("cannot use the Docker API at {path}: {e}")),
+                ),
             }
         } else {
             (None, None)
         };
-        Self { api, inspected: HashMap::new(), warning, api_down_until: None }
+        Self {
+            api,
+            inspected: HashMap::new(),
+            warning,
+            api_down_until: None,
+            api_failed: false,
+            final_pass: false,
+        }
+    }
+
+    /// The last naming pass of a run: an API that failed to answer before is not asked again.
+    pub fn final_pass(&mut self) {
+        self.final_pass = true;
     }
 
     pub fn warning(&self) -> Option<&str> {
@@ -168,24 +241,36 @@ impl Docker {
 
     /// All containers the API knows, inspecting the ones not seen before. None when the API
     /// is absent, fails or times out.
-    async fn from_api(&mut self) -> Option<Vec<DockerContainer>> {
-        if self.api_down_until.is_some_and(|t| std::time::Instant::now() < t) {
+    async fn ask_api(&mut self) -> Option<Vec<DockerContainer>> {
+        if self
+            .api_down_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+            || (self.final_pass && self.api_failed)
+        {
             return None;
         }
         let api = self.api.as_ref()?;
         let list = tokio::time::timeout(
             API_TIMEOUT,
-            api.list_containers(Some(ListContainersOptions { all: true, ..Default::default() })),
+            api.list_containers(Some(ListContainersOptions {
+                all: true,
+                ..Default::default()
+            })),
         )
         .await;
         let list = match list {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
                 self.warning = Some(format!("Docker API: {e}; using Docker's on-disk metadata"));
+                self.api_failed = true;
+                self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
                 return None;
             }
             Err(_) => {
-                self.warning = Some("Docker API did not answer in 3 s; using Docker's on-disk metadata".into());
+                self.warning = Some(
+                    "Docker API did not answer in 3 s; using Docker's on-disk metadata".into(),
+                );
+                self.api_failed = true;
                 self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
                 return None;
             }
@@ -203,6 +288,7 @@ impl Docker {
                 }
                 Ok(Err(_)) => {}
                 Err(_) => {
+                    self.api_failed = true;
                     self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
                     break;
                 }
@@ -217,7 +303,7 @@ impl Docker {
         }
         // The API can miss a container that is being started (inspect waits for its lock and
         // times out): Docker's on-disk metadata exists from creation on.
-        if let Some(all) = self.from_api().await {
+        if let Some(all) = self.ask_api().await {
             if let Some(c) = find(all.iter(), m) {
                 return Some(c);
             }
@@ -254,7 +340,10 @@ mod tests {
         assert_eq!(c.container.id, CID);
         assert_eq!(c.container.name, "web");
         assert_eq!(c.container.image, "base:1");
-        assert!(owns(c, &mount()), "fixture data root differs from the live one: matched by overlay2 id");
+        assert!(
+            owns(c, &mount()),
+            "fixture data root differs from the live one: matched by overlay2 id"
+        );
     }
 
     #[test]
@@ -271,12 +360,22 @@ mod tests {
 
     #[test]
     fn relative_upperdir_and_containerd_store() {
-        assert_eq!(overlay2_id("/var/lib/docker/overlay2/abc/diff"), Some("abc"));
+        assert_eq!(
+            overlay2_id("/var/lib/docker/overlay2/abc/diff"),
+            Some("abc")
+        );
         assert_eq!(overlay2_id("abc/diff"), Some("abc"));
         assert_eq!(overlay2_id("/x/upper"), None);
         let mut m = mount();
         let c = DockerContainer {
-            container: Container { runtime: "docker".into(), id: "f00d".repeat(16), name: "n".into(), image: "i".into(), namespace: None, role: None },
+            container: Container {
+                runtime: "docker".into(),
+                id: "f00d".repeat(16),
+                name: "n".into(),
+                image: "i".into(),
+                namespace: None,
+                role: None,
+            },
             upperdir: None,
         };
         assert!(!owns(&c, &m));
@@ -285,7 +384,10 @@ mod tests {
         let web = from_disk(Path::new(&format!("{FIXTURES}/root"))).remove(0);
         assert!(!owns(&web, &init) && owns_init_layer(&web, &init));
         let found = find([web.clone()].iter(), &init).unwrap();
-        assert_eq!((found.name.as_str(), found.role.as_deref()), ("web", Some("init-layer")));
+        assert_eq!(
+            (found.name.as_str(), found.role.as_deref()),
+            ("web", Some("init-layer"))
+        );
         assert_eq!(find([web].iter(), &mount()).unwrap().role, None);
         m.mount_point = format!("/var/lib/docker/rootfs/overlayfs/{}", "f00d".repeat(16));
         assert!(owns(&c, &m));
@@ -293,7 +395,9 @@ mod tests {
 
     #[test]
     fn container_matching_by_name_and_id() {
-        let c = from_disk(Path::new(&format!("{FIXTURES}/root"))).remove(0).container;
+        let c = from_disk(Path::new(&format!("{FIXTURES}/root")))
+            .remove(0)
+            .container;
         assert!(c.matches("web") && c.matches("/web") && c.matches("153bf840") && c.matches(CID));
         assert!(!c.matches("153") && !c.matches("db"));
     }

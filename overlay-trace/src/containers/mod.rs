@@ -36,7 +36,9 @@ impl Container {
     /// prefix of at least 4 characters.
     pub fn matches(&self, wanted: &str) -> bool {
         let wanted = wanted.trim_start_matches('/');
-        self.name == wanted || self.id == wanted || (wanted.len() >= 4 && self.id.starts_with(wanted))
+        self.name == wanted
+            || self.id == wanted
+            || (wanted.len() >= 4 && self.id.starts_with(wanted))
     }
 }
 
@@ -51,7 +53,11 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new() -> Self {
-        Self { docker: docker::Docker::new(), podman: podman::Podman::new(), known: BTreeMap::new() }
+        Self {
+            docker: docker::Docker::new(),
+            podman: podman::Podman::new(),
+            known: BTreeMap::new(),
+        }
     }
 
     pub async fn resolve(&mut self, m: &OverlayMount) -> Option<Container> {
@@ -81,6 +87,11 @@ impl Resolver {
             }
         }
         out
+    }
+
+    /// The last naming pass of a run: no more waiting on an API that failed to answer.
+    pub fn final_pass(&mut self) {
+        self.docker.final_pass();
     }
 
     /// Why Docker could not be asked, if it could not (shown once as a warning).

@@ -32,8 +32,22 @@ pub fn parse_containers_json(text: &str) -> Vec<(String, Container)> {
     entries
         .into_iter()
         .map(|e| {
-            let name = e.names.first().cloned().unwrap_or_else(|| e.id.chars().take(12).collect());
-            (e.layer, Container { runtime: "podman".into(), id: e.id, name, image: e.image, namespace: None, role: None })
+            let name = e
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| e.id.chars().take(12).collect());
+            (
+                e.layer,
+                Container {
+                    runtime: "podman".into(),
+                    id: e.id,
+                    name,
+                    image: e.image,
+                    namespace: None,
+                    role: None,
+                },
+            )
         })
         .collect()
 }
@@ -45,19 +59,27 @@ pub fn layer_of(m: &OverlayMount) -> Option<String> {
         let (parent, id) = dir.rsplit_once('/')?;
         parent.ends_with("/overlay").then(|| id.to_string())
     };
-    m.upperdir.as_deref().and_then(|u| from(u, "/diff")).or_else(|| from(&m.mount_point, "/merged"))
+    m.upperdir
+        .as_deref()
+        .and_then(|u| from(u, "/diff"))
+        .or_else(|| from(&m.mount_point, "/merged"))
 }
 
 impl Podman {
     pub fn new() -> Self {
-        Self { roots: ROOTS.iter().map(PathBuf::from).collect() }
+        Self {
+            roots: ROOTS.iter().map(PathBuf::from).collect(),
+        }
     }
 
     pub fn resolve(&self, m: &OverlayMount) -> Option<Container> {
         let layer = layer_of(m)?;
         self.roots.iter().find_map(|r| {
             let text = fs::read_to_string(r.join("overlay-containers/containers.json")).ok()?;
-            parse_containers_json(&text).into_iter().find(|(l, _)| *l == layer).map(|(_, c)| c)
+            parse_containers_json(&text)
+                .into_iter()
+                .find(|(l, _)| *l == layer)
+                .map(|(_, c)| c)
         })
     }
 }
@@ -82,7 +104,10 @@ mod tests {
     fn layer_maps_to_container() {
         let layer = "8e8d8c8b8a898887868584838281807f7e7d7c7b7a797877767574737271706f";
         let m = OverlayMount {
-            dev: Dev { major: 0, minor: 70 },
+            dev: Dev {
+                major: 0,
+                minor: 70,
+            },
             mount_point: format!("/var/lib/containers/storage/overlay/{layer}/merged"),
             lowerdirs: vec![],
             upperdir: Some(format!("/var/lib/containers/storage/overlay/{layer}/diff")),

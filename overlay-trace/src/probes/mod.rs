@@ -14,7 +14,8 @@ use overlay_trace_common::Config;
 
 /// The eBPF object built by build.rs.
 #[cfg(not(ebpf_skipped))]
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay-trace"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay-trace"));
 #[cfg(ebpf_skipped)]
 pub static EBPF_OBJECT: &[u8] = &[];
 
@@ -59,7 +60,13 @@ pub const PROBES: &[ProbeSpec] = &[
         required: false,
         purpose: "telling copy-ups from waits for another thread's copy-up",
     },
-    ProbeSpec { entry: "lookup_entry", ret: Some("lookup_return"), targets: &["ovl_lookup"], required: true, purpose: "lookups" },
+    ProbeSpec {
+        entry: "lookup_entry",
+        ret: Some("lookup_return"),
+        targets: &["ovl_lookup"],
+        required: true,
+        purpose: "lookups",
+    },
     // 6.1: ovl_fill_super(sb, data, silent); 6.5+: ovl_fill_super(sb, fc). sb is first in both.
     ProbeSpec {
         entry: "mount_entry",
@@ -90,7 +97,11 @@ pub fn target_for(p: &ProbeSpec, symbols: &HashSet<String>) -> Option<&'static s
 
 /// Turns aya's load error into one line; the verifier log goes to stderr only when asked for.
 fn load_error(program: &str, e: ProgramError) -> anyhow::Error {
-    if let ProgramError::LoadError { io_error, verifier_log } = &e {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &e
+    {
         if std::env::var_os("OVERLAY_TRACE_VERBOSE").is_some() {
             eprintln!("verifier log for {program}:\n{verifier_log}");
         }
@@ -105,7 +116,9 @@ fn load_error(program: &str, e: ProgramError) -> anyhow::Error {
 /// aya-log diagnostics.
 pub fn open(config: Config) -> Result<Ebpf> {
     if EBPF_OBJECT.is_empty() {
-        return Err(anyhow!("this overlay-trace was built with AYA_BUILD_SKIP: it carries no eBPF programs"));
+        return Err(anyhow!(
+            "this overlay-trace was built with AYA_BUILD_SKIP: it carries no eBPF programs"
+        ));
     }
     // aya-log's level: 0 compiles every log statement down to one load and a branch not taken.
     let log_level: u8 = if config.verbose != 0 { 0xff } else { 0 };
@@ -127,7 +140,9 @@ fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut KProbe> {
 pub fn load_all(ebpf: &mut Ebpf) -> Result<usize> {
     let mut n = 0;
     for program in PROBES.iter().flat_map(ProbeSpec::programs) {
-        kprobe(ebpf, program)?.load().map_err(|e| load_error(program, e))?;
+        kprobe(ebpf, program)?
+            .load()
+            .map_err(|e| load_error(program, e))?;
         n += 1;
     }
     Ok(n)
@@ -207,7 +222,10 @@ impl Attached {
                     program: p.program.to_string(),
                     function: p.function.to_string(),
                     kind: if p.is_return { "kretprobe" } else { "kprobe" }.to_string(),
-                    maxactive: p.is_return.then(|| self.ceiling.as_ref().map(ReturnCeiling::maxactive)).flatten(),
+                    maxactive: p
+                        .is_return
+                        .then(|| self.ceiling.as_ref().map(ReturnCeiling::maxactive))
+                        .flatten(),
                     hits: profile.map(|(h, _)| h),
                     missed: profile.map(|(_, m)| m),
                 }
@@ -234,7 +252,11 @@ pub fn attach(ebpf: &mut Ebpf, symbols: &HashSet<String>, maxactive: u32) -> Res
     if let Some(t) = &tracefs {
         tracefs::remove_leftovers(t);
     }
-    let mut out = Attached { probes: Vec::new(), warnings: Vec::new(), ceiling: Some(ceiling.clone()) };
+    let mut out = Attached {
+        probes: Vec::new(),
+        warnings: Vec::new(),
+        ceiling: Some(ceiling.clone()),
+    };
     if let ReturnCeiling::KernelDefault(n) = ceiling {
         out.warnings.push(format!(
             "tracefs is not mounted: return probes get the kernel's default maxactive ({n}); beyond {n} \
@@ -246,12 +268,22 @@ pub fn attach(ebpf: &mut Ebpf, symbols: &HashSet<String>, maxactive: u32) -> Res
         match target_for(p, symbols) {
             Some(t) => targets.push((p, t)),
             None if p.required => {
-                return Err(anyhow!("kernel has no {}: cannot trace {}", p.targets.join(" or "), p.purpose));
+                return Err(anyhow!(
+                    "kernel has no {}: cannot trace {}",
+                    p.targets.join(" or "),
+                    p.purpose
+                ));
             }
-            None => out.warnings.push(format!("{} not in this kernel: {} not measured", p.targets.join(" or "), p.purpose)),
+            None => out.warnings.push(format!(
+                "{} not in this kernel: {} not measured",
+                p.targets.join(" or "),
+                p.purpose
+            )),
         }
     }
-    let returns = targets.iter().filter_map(|(p, t)| p.ret.map(|r| (*p, r, *t, true)));
+    let returns = targets
+        .iter()
+        .filter_map(|(p, t)| p.ret.map(|r| (*p, r, *t, true)));
     let entries = targets.iter().map(|(p, t)| (*p, p.entry, *t, false));
     let mut failed_rows: HashSet<&'static str> = HashSet::new();
     for (spec, program, target, is_return) in returns.chain(entries).collect::<Vec<_>>() {
@@ -263,23 +295,36 @@ pub fn attach(ebpf: &mut Ebpf, symbols: &HashSet<String>, maxactive: u32) -> Res
         let attached = match &tracefs {
             Some(t) => {
                 let kind = if is_return {
-                    tracefs::Kind::Return { maxactive: ceiling.maxactive() }
+                    tracefs::Kind::Return {
+                        maxactive: ceiling.maxactive(),
+                    }
                 } else {
                     tracefs::Kind::Entry
                 };
                 let fd = prog.fd().map_err(|e| anyhow!("{program}: {e}"))?;
                 tracefs::ProbeEvent::attach(t, fd.as_fd(), program, target, kind).map(Some)
             }
-            None => prog.attach(target, 0).map(|_| None).map_err(|e| anyhow!("{e}")),
+            None => prog
+                .attach(target, 0)
+                .map(|_| None)
+                .map_err(|e| anyhow!("{e}")),
         };
         match attached {
-            Ok(event) => out.probes.push(AttachedProbe { program, function: target, is_return, event }),
+            Ok(event) => out.probes.push(AttachedProbe {
+                program,
+                function: target,
+                is_return,
+                event,
+            }),
             // Config::copy_up_end_probed was set from kallsyms: a missing attach would turn
             // every copy-up into a wait.
             Err(e) if !spec.required && spec.entry != "copy_up_end_entry" => {
                 // Without its return, an entry would only leave garbage: skip the whole row.
                 failed_rows.insert(spec.entry);
-                out.warnings.push(format!("cannot attach to {target} ({e:#}): {} not measured", spec.purpose));
+                out.warnings.push(format!(
+                    "cannot attach to {target} ({e:#}): {} not measured",
+                    spec.purpose
+                ));
             }
             Err(e) => return Err(anyhow!("cannot attach a probe to {target}: {e:#}")),
         }
@@ -294,7 +339,8 @@ pub fn fentry_works(ebpf: &mut Ebpf) -> Result<()> {
         .context("eBPF object has no fentry_check")?
         .try_into()
         .map_err(|e: ProgramError| anyhow!("{e}"))?;
-    prog.load("vfs_fsync", &btf).map_err(|e| load_error("fentry_check", e))?;
+    prog.load("vfs_fsync", &btf)
+        .map_err(|e| load_error("fentry_check", e))?;
     prog.attach().map_err(|e| anyhow!("attach refused: {e}"))?;
     Ok(())
 }

@@ -77,19 +77,34 @@ const PERF_EVENT_IOC_DISABLE: libc::c_ulong = 0x2401;
 const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 
 fn append(file: &Path, line: &str) -> std::io::Result<()> {
-    OpenOptions::new().append(true).open(file)?.write_all(line.as_bytes())
+    OpenOptions::new()
+        .append(true)
+        .open(file)?
+        .write_all(line.as_bytes())
 }
 
 /// Removes `overlay_trace` events whose tracer process is gone (killed before it could clean up).
 pub fn remove_leftovers(tracefs: &Path) {
-    let Ok(text) = fs::read_to_string(tracefs.join("kprobe_events")) else { return };
+    let Ok(text) = fs::read_to_string(tracefs.join("kprobe_events")) else {
+        return;
+    };
     for line in text.lines() {
         // "r4096:overlay_trace/ot123_lookup_return ovl_lookup"
-        let Some(event) = line.split_whitespace().next().and_then(|e| e.split_once(':')).map(|(_, e)| e) else {
+        let Some(event) = line
+            .split_whitespace()
+            .next()
+            .and_then(|e| e.split_once(':'))
+            .map(|(_, e)| e)
+        else {
             continue;
         };
-        let Some(name) = event.strip_prefix(&format!("{GROUP}/")) else { continue };
-        let pid = name.strip_prefix("ot").and_then(|r| r.split('_').next()).and_then(|p| p.parse::<u32>().ok());
+        let Some(name) = event.strip_prefix(&format!("{GROUP}/")) else {
+            continue;
+        };
+        let pid = name
+            .strip_prefix("ot")
+            .and_then(|r| r.split('_').next())
+            .and_then(|p| p.parse::<u32>().ok());
         if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
             let _ = append(&tracefs.join("kprobe_events"), &format!("-:{event}\n"));
         }
@@ -98,14 +113,25 @@ pub fn remove_leftovers(tracefs: &Path) {
 
 impl ProbeEvent {
     /// Creates the probe event on `function` and attaches the loaded program `prog` to it.
-    pub fn attach(tracefs: &Path, prog: BorrowedFd<'_>, program: &str, function: &str, kind: Kind) -> Result<Self> {
+    pub fn attach(
+        tracefs: &Path,
+        prog: BorrowedFd<'_>,
+        program: &str,
+        function: &str,
+        kind: Kind,
+    ) -> Result<Self> {
         let name = format!("ot{}_{program}", std::process::id());
         let spec = match kind {
             Kind::Entry => format!("p:{GROUP}/{name} {function}\n"),
             Kind::Return { maxactive } => format!("r{maxactive}:{GROUP}/{name} {function}\n"),
         };
         let events = tracefs.join("kprobe_events");
-        append(&events, &spec).with_context(|| format!("cannot create a probe on {function} in {}", events.display()))?;
+        append(&events, &spec).with_context(|| {
+            format!(
+                "cannot create a probe on {function} in {}",
+                events.display()
+            )
+        })?;
         // From here on, the event exists: a failure below must remove it.
         let remove = |e: anyhow::Error| {
             let _ = append(&events, &format!("-:{GROUP}/{name}\n"));
@@ -128,23 +154,43 @@ impl ProbeEvent {
         // SAFETY: perf_event_open with a valid attr; pid -1 + cpu 0: the probe fires on every CPU,
         // the event only anchors the program.
         let fd = unsafe {
-            libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const PerfEventAttr,
+                -1,
+                0,
+                -1,
+                PERF_FLAG_FD_CLOEXEC,
+            )
         };
         if fd < 0 {
-            return Err(remove(anyhow!("perf_event_open on {function}: {}", std::io::Error::last_os_error())));
+            return Err(remove(anyhow!(
+                "perf_event_open on {function}: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         // SAFETY: a fresh fd we own.
         let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         let raw = perf.as_raw_fd();
         // Dropped on error: closes the fd, then removes the event.
-        let ev = ProbeEvent { tracefs: tracefs.to_path_buf(), name, perf: Some(perf) };
+        let ev = ProbeEvent {
+            tracefs: tracefs.to_path_buf(),
+            name,
+            perf: Some(perf),
+        };
         // SAFETY: ioctls on our own perf fd with the documented arguments.
         unsafe {
             if libc::ioctl(raw, PERF_EVENT_IOC_SET_BPF as _, prog.as_raw_fd()) != 0 {
-                return Err(anyhow!("cannot attach {program} to {function}: {}", std::io::Error::last_os_error()));
+                return Err(anyhow!(
+                    "cannot attach {program} to {function}: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
             if libc::ioctl(raw, PERF_EVENT_IOC_ENABLE as _, 0) != 0 {
-                return Err(anyhow!("cannot enable the probe on {function}: {}", std::io::Error::last_os_error()));
+                return Err(anyhow!(
+                    "cannot enable the probe on {function}: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
         }
         Ok(ev)
@@ -176,7 +222,10 @@ impl Drop for ProbeEvent {
             // SAFETY: our own fd. Disabled first so nothing runs while the event is torn down.
             unsafe { libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_DISABLE as _, 0) };
         }
-        let _ = append(&self.tracefs.join("kprobe_events"), &format!("-:{GROUP}/{}\n", self.name));
+        let _ = append(
+            &self.tracefs.join("kprobe_events"),
+            &format!("-:{GROUP}/{}\n", self.name),
+        );
     }
 }
 
@@ -188,7 +237,10 @@ mod tests {
     fn profile_lines_are_found_by_event_name() {
         let text = "  ot12_copy_up_one_return                      97               3\n  \
                     ot12_lookup_entry                           5000               0\n";
-        assert_eq!(parse_profile(text, "ot12_copy_up_one_return"), Some((97, 3)));
+        assert_eq!(
+            parse_profile(text, "ot12_copy_up_one_return"),
+            Some((97, 3))
+        );
         assert_eq!(parse_profile(text, "ot12_lookup_entry"), Some((5000, 0)));
         assert_eq!(parse_profile(text, "ot13_lookup_entry"), None);
     }

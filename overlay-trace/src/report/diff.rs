@@ -28,10 +28,17 @@ pub fn metrics(r: &Report) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     // Totals: the mounts in detail plus the per-container rows of the mounts folded out of it.
     let sum = |f: &dyn Fn(&super::CopyUpReport, &super::LookupReport) -> u64| {
-        (r.mounts.iter().map(|x| f(&x.copy_up, &x.lookup)).sum::<u64>()
-            + r.retired.iter().map(|g| f(&g.copy_up, &g.lookup)).sum::<u64>()) as f64
+        (r.mounts
+            .iter()
+            .map(|x| f(&x.copy_up, &x.lookup))
+            .sum::<u64>()
+            + r.retired
+                .iter()
+                .map(|g| f(&g.copy_up, &g.lookup))
+                .sum::<u64>()) as f64
     };
-    let worst = |f: &dyn Fn(&super::MountReport) -> u64| r.mounts.iter().map(f).max().unwrap_or(0) as f64;
+    let worst =
+        |f: &dyn Fn(&super::MountReport) -> u64| r.mounts.iter().map(f).max().unwrap_or(0) as f64;
     m.insert("copy_ups".into(), sum(&|c, _| c.count));
     m.insert("bytes".into(), sum(&|c, _| c.data_bytes));
     m.insert("total".into(), sum(&|c, _| c.total_ns));
@@ -48,10 +55,15 @@ pub fn metrics(r: &Report) -> BTreeMap<String, f64> {
 pub fn parse_limits(spec: &str) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, pct) = part.split_once('=').ok_or_else(|| anyhow!("bad limit {part:?}: expected METRIC=N%"))?;
+        let (name, pct) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow!("bad limit {part:?}: expected METRIC=N%"))?;
         if !METRICS.iter().any(|(n, _, _)| *n == name) {
             let known: Vec<&str> = METRICS.iter().map(|(n, _, _)| *n).collect();
-            bail!("unknown metric {name:?} in --max-regression (known: {})", known.join(", "));
+            bail!(
+                "unknown metric {name:?} in --max-regression (known: {})",
+                known.join(", ")
+            );
         }
         let v: f64 = pct
             .strip_suffix('%')
@@ -73,7 +85,9 @@ pub struct Row {
 }
 
 fn spread(r: &Report, metric: &str) -> Option<Spread> {
-    r.bench.as_ref().and_then(|b| b.metrics.get(metric).copied())
+    r.bench
+        .as_ref()
+        .and_then(|b| b.metrics.get(metric).copied())
 }
 
 /// Compares every metric. `limits` overrides the defaults of `METRICS`.
@@ -89,17 +103,31 @@ pub fn compare(base: &Report, new: &Report, limits: &BTreeMap<String, f64>) -> V
                 _ => (mb[*name], mn[*name], true),
             };
             let grew_too_much = n > b * (1.0 + allowed) + f64::EPSILON;
-            Row { metric: name.to_string(), base: b, new: n, allowed, regressed: grew_too_much && outside_noise }
+            Row {
+                metric: name.to_string(),
+                base: b,
+                new: n,
+                allowed,
+                regressed: grew_too_much && outside_noise,
+            }
         })
         .collect()
 }
 
 pub fn render(rows: &[Row]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<12} {:>16} {:>16} {:>9} {:>8}  verdict", "metric", "base", "new", "change", "allowed");
+    let _ = writeln!(
+        out,
+        "{:<12} {:>16} {:>16} {:>9} {:>8}  verdict",
+        "metric", "base", "new", "change", "allowed"
+    );
     for r in rows {
         let change = if r.base == 0.0 {
-            if r.new == 0.0 { "0.0%".to_string() } else { "new".to_string() }
+            if r.new == 0.0 {
+                "0.0%".to_string()
+            } else {
+                "new".to_string()
+            }
         } else {
             format!("{:+.1}%", (r.new / r.base - 1.0) * 100.0)
         };
@@ -114,7 +142,11 @@ pub fn render(rows: &[Row]) -> String {
             if r.regressed { "REGRESSED" } else { "ok" }
         );
     }
-    let bad: Vec<&str> = rows.iter().filter(|r| r.regressed).map(|r| r.metric.as_str()).collect();
+    let bad: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.regressed)
+        .map(|r| r.metric.as_str())
+        .collect();
     if bad.is_empty() {
         let _ = writeln!(out, "no regression");
     } else {
@@ -126,7 +158,9 @@ pub fn render(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{CopyUpReport, EventCounts, Latency, LookupReport, MountReport, SCHEMA_VERSION};
+    use crate::report::{
+        CopyUpReport, EventCounts, Latency, LookupReport, MountReport, SCHEMA_VERSION,
+    };
 
     fn report(count: u64, bytes: u64, p99: u64) -> Report {
         Report {
@@ -150,7 +184,16 @@ mod tests {
                     count,
                     data_bytes: bytes,
                     total_ns: count * p99,
-                    latency: Latency { p50_ns: p99 / 2, p90_ns: p99, p99_ns: p99, p99_9_ns: p99, max_ns: p99, mean_ns: p99, count, curve: vec![] },
+                    latency: Latency {
+                        p50_ns: p99 / 2,
+                        p90_ns: p99,
+                        p99_ns: p99,
+                        p99_9_ns: p99,
+                        max_ns: p99,
+                        mean_ns: p99,
+                        count,
+                        curve: vec![],
+                    },
                     ..Default::default()
                 },
                 lookup: LookupReport::default(),
@@ -162,9 +205,17 @@ mod tests {
     #[test]
     fn same_report_passes_and_growth_fails_naming_the_metric() {
         let base = report(10, 1000, 5000);
-        assert!(compare(&base, &base, &BTreeMap::new()).iter().all(|r| !r.regressed));
+        assert!(
+            compare(&base, &base, &BTreeMap::new())
+                .iter()
+                .all(|r| !r.regressed)
+        );
         let rows = compare(&base, &report(10, 2000, 5000), &BTreeMap::new());
-        let bad: Vec<&str> = rows.iter().filter(|r| r.regressed).map(|r| r.metric.as_str()).collect();
+        let bad: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.regressed)
+            .map(|r| r.metric.as_str())
+            .collect();
         assert_eq!(bad, vec!["bytes"]);
         assert!(render(&rows).contains("regressed: bytes"));
     }
@@ -173,7 +224,11 @@ mod tests {
     fn limits_loosen_and_tighten() {
         let base = report(10, 1000, 5000);
         let slower = report(10, 1000, 5400); // +8%
-        assert!(compare(&base, &slower, &BTreeMap::new()).iter().all(|r| !r.regressed));
+        assert!(
+            compare(&base, &slower, &BTreeMap::new())
+                .iter()
+                .all(|r| !r.regressed)
+        );
         let strict = parse_limits("p99=5%,bytes=0%").unwrap();
         let rows = compare(&base, &slower, &strict);
         assert!(rows.iter().find(|r| r.metric == "p99").unwrap().regressed);
@@ -184,7 +239,10 @@ mod tests {
         let mut base = report(10, 1000, 5000);
         let mut new = report(10, 1000, 9000);
         let s = |median, min, max| Spread { median, min, max };
-        for (r, sp) in [(&mut base, s(5000.0, 3000.0, 9500.0)), (&mut new, s(9000.0, 4000.0, 12000.0))] {
+        for (r, sp) in [
+            (&mut base, s(5000.0, 3000.0, 9500.0)),
+            (&mut new, s(9000.0, 4000.0, 12000.0)),
+        ] {
             r.bench = Some(crate::report::BenchInfo {
                 scenario: "x".into(),
                 scenario_source: String::new(),
@@ -195,14 +253,32 @@ mod tests {
             });
         }
         let rows = compare(&base, &new, &BTreeMap::new());
-        assert!(!rows.iter().find(|r| r.metric == "p99").unwrap().regressed, "new's best run is within base's spread");
+        assert!(
+            !rows.iter().find(|r| r.metric == "p99").unwrap().regressed,
+            "new's best run is within base's spread"
+        );
     }
 
     #[test]
     fn bad_limits_are_clear_errors() {
-        assert!(parse_limits("p99").unwrap_err().to_string().contains("expected METRIC=N%"));
-        assert!(parse_limits("p98=1%").unwrap_err().to_string().contains(r#"unknown metric "p98""#));
-        assert!(parse_limits("p99=ten").unwrap_err().to_string().contains("percentage"));
+        assert!(
+            parse_limits("p99")
+                .unwrap_err()
+                .to_string()
+                .contains("expected METRIC=N%")
+        );
+        assert!(
+            parse_limits("p98=1%")
+                .unwrap_err()
+                .to_string()
+                .contains(r#"unknown metric "p98""#)
+        );
+        assert!(
+            parse_limits("p99=ten")
+                .unwrap_err()
+                .to_string()
+                .contains("percentage")
+        );
         assert_eq!(parse_limits("p99=10%, bytes=0%").unwrap()["p99"], 0.10);
     }
 }

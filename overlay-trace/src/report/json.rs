@@ -13,7 +13,9 @@ pub fn from_str(text: &str) -> Result<Report> {
     let v: serde_json::Value = serde_json::from_str(text).context("not valid JSON")?;
     match v.get("schema_version").and_then(|s| s.as_u64()) {
         Some(n) if n == SCHEMA_VERSION as u64 => {}
-        Some(n) => bail!("report schema_version {n} is not supported (this overlay-trace reads version {SCHEMA_VERSION})"),
+        Some(n) => bail!(
+            "report schema_version {n} is not supported (this overlay-trace reads version {SCHEMA_VERSION})"
+        ),
         None => bail!("not an overlay-trace report: no schema_version"),
     }
     serde_json::from_value(v).context("malformed overlay-trace report")
@@ -27,7 +29,9 @@ mod tests {
     /// cut, duplicated) must each give a report or an error, never a panic.
     #[test]
     fn mutated_reports_never_panic() {
-        let base = include_str!("../../tests/fixtures/bench-report.json").as_bytes().to_vec();
+        let base = include_str!("../../tests/fixtures/bench-report.json")
+            .as_bytes()
+            .to_vec();
         assert!(from_str(std::str::from_utf8(&base).unwrap()).is_ok());
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {

@@ -2,8 +2,8 @@
 //! `schema_version` changes whenever a field changes meaning or disappears.
 
 pub mod diff;
-pub mod plot;
 pub mod json;
+pub mod plot;
 pub mod text;
 
 use std::collections::BTreeMap;
@@ -12,7 +12,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    aggregate::{Aggregate, CopyUpStats, Group, Latencies, LookupStats, MountStats, outcome_of_key},
+    aggregate::{
+        Aggregate, CopyUpStats, Group, Latencies, LookupStats, MountStats, outcome_of_key,
+    },
     containers::Container,
     events::LookupOutcome,
     mounts::OverlayMount,
@@ -153,8 +155,9 @@ pub struct Latency {
 }
 
 /// Percentiles at which the latency curve is sampled.
-pub const CURVE_PERCENTILES: &[f64] =
-    &[1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
+pub const CURVE_PERCENTILES: &[f64] = &[
+    1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0,
+];
 
 impl Latency {
     fn of(l: &Latencies) -> Self {
@@ -166,7 +169,11 @@ impl Latency {
             return Self::default();
         }
         let fixed = [0.5, 0.9, 0.99, 0.999];
-        let mut wanted: Vec<f64> = fixed.iter().copied().chain(CURVE_PERCENTILES.iter().map(|p| p / 100.0)).collect();
+        let mut wanted: Vec<f64> = fixed
+            .iter()
+            .copied()
+            .chain(CURVE_PERCENTILES.iter().map(|p| p / 100.0))
+            .collect();
         wanted.sort_by(f64::total_cmp);
         let values = quantiles(h, &wanted);
         let at = |q: f64| values[wanted.iter().position(|w| *w == q).expect("asked for")];
@@ -178,7 +185,10 @@ impl Latency {
             max_ns: h.max(),
             mean_ns: h.mean().round() as u64,
             count: h.len(),
-            curve: CURVE_PERCENTILES.iter().map(|p| (*p, at(p / 100.0))).collect(),
+            curve: CURVE_PERCENTILES
+                .iter()
+                .map(|p| (*p, at(p / 100.0)))
+                .collect(),
         }
     }
 }
@@ -202,7 +212,10 @@ impl Latency {
             max_ns: v[n - 1],
             mean_ns: (v.iter().map(|x| *x as u128).sum::<u128>() as f64 / n as f64).round() as u64,
             count: n as u64,
-            curve: CURVE_PERCENTILES.iter().map(|p| (*p, at(p / 100.0))).collect(),
+            curve: CURVE_PERCENTILES
+                .iter()
+                .map(|p| (*p, at(p / 100.0)))
+                .collect(),
         }
     }
 }
@@ -212,7 +225,10 @@ impl Latency {
 pub fn quantiles(h: &Histogram<u64>, sorted: &[f64]) -> Vec<u64> {
     let total = h.len();
     // The count each quantile needs, as hdrhistogram computes it.
-    let need: Vec<u64> = sorted.iter().map(|q| ((q.min(1.0) * total as f64).ceil() as u64).max(1)).collect();
+    let need: Vec<u64> = sorted
+        .iter()
+        .map(|q| ((q.min(1.0) * total as f64).ceil() as u64).max(1))
+        .collect();
     let mut out = vec![0; sorted.len()];
     let mut next = 0;
     let mut seen = 0u64;
@@ -238,7 +254,9 @@ mod tests {
         let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 2).unwrap();
         let mut x: u64 = 12345;
         for _ in 0..5000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             h.record(1 + (x >> 40) % 50_000_000).unwrap();
         }
         let qs = [0.01, 0.05, 0.1, 0.5, 0.9, 0.99, 0.995, 0.999, 1.0];
@@ -340,8 +358,16 @@ fn lookup_report(l: &LookupStats) -> LookupReport {
         count: l.count,
         latency: Latency::of(&l.latency),
         negative,
-        negative_share: if l.count == 0 { 0.0 } else { negative as f64 / l.count as f64 },
-        outcomes: l.outcomes.iter().map(|(k, v)| (outcome_name(outcome_of_key(*k)).to_string(), *v)).collect(),
+        negative_share: if l.count == 0 {
+            0.0
+        } else {
+            negative as f64 / l.count as f64
+        },
+        outcomes: l
+            .outcomes
+            .iter()
+            .map(|(k, v)| (outcome_name(outcome_of_key(*k)).to_string(), *v))
+            .collect(),
         layers_consulted: l.layers.clone(),
     }
 }
@@ -389,14 +415,28 @@ fn group_report(label: &str, g: &Group) -> GroupReport {
 
 impl Report {
     /// Mounts with copy-ups come first, by total copy-up time, then by lookups; summaries too.
-    pub fn build(agg: &Aggregate, kernel: String, traced_seconds: f64, mut events: EventCounts) -> Self {
+    pub fn build(
+        agg: &Aggregate,
+        kernel: String,
+        traced_seconds: f64,
+        mut events: EventCounts,
+    ) -> Self {
         events.copy_up = agg.copy_up_events;
         events.lookup = agg.lookup_events;
         events.mount = agg.mount_events;
-        let mut mounts: Vec<MountReport> = agg.mounts.iter().map(|(k, m)| mount_report(k, m)).collect();
-        mounts.sort_by(|a, b| (b.copy_up.total_ns, b.lookup.count).cmp(&(a.copy_up.total_ns, a.lookup.count)));
-        let mut retired: Vec<GroupReport> = agg.retired.iter().map(|(l, g)| group_report(l, g)).collect();
-        retired.sort_by(|a, b| (b.copy_up.total_ns, b.lookup.count).cmp(&(a.copy_up.total_ns, a.lookup.count)));
+        let mut mounts: Vec<MountReport> =
+            agg.mounts.iter().map(|(k, m)| mount_report(k, m)).collect();
+        mounts.sort_by(|a, b| {
+            (b.copy_up.total_ns, b.lookup.count).cmp(&(a.copy_up.total_ns, a.lookup.count))
+        });
+        let mut retired: Vec<GroupReport> = agg
+            .retired
+            .iter()
+            .map(|(l, g)| group_report(l, g))
+            .collect();
+        retired.sort_by(|a, b| {
+            (b.copy_up.total_ns, b.lookup.count).cmp(&(a.copy_up.total_ns, a.lookup.count))
+        });
         Report {
             schema_version: SCHEMA_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -6,18 +6,46 @@ use plotters::prelude::*;
 
 use super::Report;
 
-const COLORS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+const COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
 
 /// The curve of the report's busiest mount for one operation. Reports written before the
 /// curve was recorded still have their percentiles.
 fn curve(r: &Report, copy_up: bool) -> Vec<(f64, u64)> {
-    let count = |m: &super::MountReport| if copy_up { m.copy_up.count } else { m.lookup.count };
-    let Some(m) = r.mounts.iter().filter(|m| count(m) > 0).max_by_key(|m| count(m)) else { return Vec::new() };
-    let l = if copy_up { &m.copy_up.latency } else { &m.lookup.latency };
+    let count = |m: &super::MountReport| {
+        if copy_up {
+            m.copy_up.count
+        } else {
+            m.lookup.count
+        }
+    };
+    let Some(m) = r
+        .mounts
+        .iter()
+        .filter(|m| count(m) > 0)
+        .max_by_key(|m| count(m))
+    else {
+        return Vec::new();
+    };
+    let l = if copy_up {
+        &m.copy_up.latency
+    } else {
+        &m.lookup.latency
+    };
     if !l.curve.is_empty() {
         return l.curve.clone();
     }
-    vec![(50.0, l.p50_ns), (90.0, l.p90_ns), (99.0, l.p99_ns), (99.9, l.p99_9_ns), (100.0, l.max_ns)]
+    vec![
+        (50.0, l.p50_ns),
+        (90.0, l.p90_ns),
+        (99.0, l.p99_ns),
+        (99.9, l.p99_9_ns),
+        (100.0, l.max_ns),
+    ]
 }
 
 fn label(r: &Report, i: usize) -> String {
@@ -27,19 +55,43 @@ fn label(r: &Report, i: usize) -> String {
     }
 }
 
-fn panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, reports: &[(String, &Report)], copy_up: bool) -> Result<()> {
-    let curves: Vec<(String, Vec<(f64, u64)>)> =
-        reports.iter().map(|(l, r)| (l.clone(), curve(r, copy_up))).filter(|(_, c)| !c.is_empty()).collect();
-    let title = if copy_up { "copy-up latency" } else { "lookup latency" };
-    let max = curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)).max().unwrap_or(1).max(2);
-    let min = curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)).min().unwrap_or(1).max(1);
+fn panel(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    reports: &[(String, &Report)],
+    copy_up: bool,
+) -> Result<()> {
+    let curves: Vec<(String, Vec<(f64, u64)>)> = reports
+        .iter()
+        .map(|(l, r)| (l.clone(), curve(r, copy_up)))
+        .filter(|(_, c)| !c.is_empty())
+        .collect();
+    let title = if copy_up {
+        "copy-up latency"
+    } else {
+        "lookup latency"
+    };
+    let max = curves
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|p| p.1))
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let min = curves
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|p| p.1))
+        .min()
+        .unwrap_or(1)
+        .max(1);
     let err = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {title}: {e:?}");
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..100f64, ((min as f64) * 0.8..(max as f64) * 1.25).log_scale())
+        .build_cartesian_2d(
+            0f64..100f64,
+            ((min as f64) * 0.8..(max as f64) * 1.25).log_scale(),
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -58,8 +110,12 @@ fn panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, reports: &[(Str
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(err)?
             .label(l.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -73,7 +129,11 @@ fn panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, reports: &[(Str
 
 /// An SVG document with both panels; `reports` are overlaid.
 pub fn svg(reports: &[Report]) -> Result<String> {
-    let labelled: Vec<(String, &Report)> = reports.iter().enumerate().map(|(i, r)| (label(r, i), r)).collect();
+    let labelled: Vec<(String, &Report)> = reports
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (label(r, i), r))
+        .collect();
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (1100, 420)).into_drawing_area();
@@ -88,8 +148,14 @@ pub fn svg(reports: &[Report]) -> Result<String> {
 
 /// A standalone HTML page: the picture and the text reports.
 pub fn html(reports: &[Report]) -> Result<String> {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let mut page = String::from("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>overlay-trace</title></head><body>\n");
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut page = String::from(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>overlay-trace</title></head><body>\n",
+    );
     page.push_str(&svg(reports)?);
     for r in reports {
         page.push_str("\n<pre>");
@@ -115,10 +181,19 @@ mod tests {
             bi.scenario = "second".into();
         }
         let s = svg(&[a, b]).unwrap();
-        assert!(s.starts_with("<svg") && s.contains("copy-up latency") && s.contains("lookup latency"));
-        assert!(s.contains("log-append-8388608") && s.contains("second"), "legend names both reports");
+        assert!(
+            s.starts_with("<svg") && s.contains("copy-up latency") && s.contains("lookup latency")
+        );
+        assert!(
+            s.contains("log-append-8388608") && s.contains("second"),
+            "legend names both reports"
+        );
         // Five percentile points per curve, two reports, two panels.
-        assert!(s.matches("<circle").count() >= 20, "points drawn: {}", s.matches("<circle").count());
+        assert!(
+            s.matches("<circle").count() >= 20,
+            "points drawn: {}",
+            s.matches("<circle").count()
+        );
     }
 
     #[test]

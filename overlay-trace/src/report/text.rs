@@ -50,7 +50,11 @@ pub fn bytes(v: u64) -> String {
         f /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{v} B") } else { format!("{f:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{v} B")
+    } else {
+        format!("{f:.1} {}", UNITS[u])
+    }
 }
 
 fn latency_line(l: &Latency) -> String {
@@ -73,15 +77,32 @@ fn mount(out: &mut String, m: &MountReport) {
             out,
             "container {}{} ({}, {}{}) image {}",
             escape(&c.name),
-            c.role.as_deref().map(|r| format!(" [{r}]")).unwrap_or_default(),
+            c.role
+                .as_deref()
+                .map(|r| format!(" [{r}]"))
+                .unwrap_or_default(),
             c.short_id(),
             c.runtime,
-            c.namespace.as_deref().map(|n| format!(" namespace {n}")).unwrap_or_default(),
-            if c.image.is_empty() { "-".to_string() } else { escape(&c.image) }
+            c.namespace
+                .as_deref()
+                .map(|n| format!(" namespace {n}"))
+                .unwrap_or_default(),
+            if c.image.is_empty() {
+                "-".to_string()
+            } else {
+                escape(&c.image)
+            }
         );
     }
     if let Some(t) = m.mount_ns {
-        let _ = writeln!(out, "  mounted in {}{}", ns(t), m.layers.map(|l| format!(" ({l} lower layers)")).unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "  mounted in {}{}",
+            ns(t),
+            m.layers
+                .map(|l| format!(" ({l} lower layers)"))
+                .unwrap_or_default()
+        );
     }
     match &m.mount {
         Some(mi) => {
@@ -89,12 +110,19 @@ fn mount(out: &mut String, m: &MountReport) {
             let _ = writeln!(
                 out,
                 "  upperdir {}  lower layers {}",
-                mi.upperdir.as_deref().map(escape).unwrap_or_else(|| "(none, read-only)".into()),
+                mi.upperdir
+                    .as_deref()
+                    .map(escape)
+                    .unwrap_or_else(|| "(none, read-only)".into()),
                 mi.lowerdirs.len()
             );
         }
         None => {
-            let _ = writeln!(out, "overlay dev {} (not named: gone from mountinfo before it was read)", m.dev);
+            let _ = writeln!(
+                out,
+                "overlay dev {} (not named: gone from mountinfo before it was read)",
+                m.dev
+            );
         }
     }
     copy_ups(out, &m.copy_up);
@@ -118,26 +146,46 @@ fn copy_ups(out: &mut String, c: &CopyUpReport) {
             out,
             "  copy-ups: {}{}  data {}  total {}  (data copy {})",
             c.count,
-            if c.failed > 0 { format!(" ({} failed)", c.failed) } else { String::new() },
+            if c.failed > 0 {
+                format!(" ({} failed)", c.failed)
+            } else {
+                String::new()
+            },
             bytes(c.data_bytes),
             ns(c.total_ns),
             ns(c.data_ns)
         );
         let _ = writeln!(out, "    latency {}", latency_line(&c.latency));
         let _ = writeln!(out, "    slowest:");
-        let _ = writeln!(out, "    {:>10} {:>10} {:>10} {:>10}  {:<16} path", "total", "data", "size", "copied", "process");
+        let _ = writeln!(
+            out,
+            "    {:>10} {:>10} {:>10} {:>10}  {:<16} path",
+            "total", "data", "size", "copied", "process"
+        );
         for s in &c.slowest {
             let _ = writeln!(
                 out,
                 "    {:>10} {:>10} {:>10} {:>10}  {:<16} {}{}",
                 ns(s.total_ns),
                 s.data_ns.map(ns).unwrap_or_else(|| "-".into()),
-                if s.mode & 0o170000 == 0o040000 { "dir".to_string() } else { bytes(s.size.max(0) as u64) },
+                if s.mode & 0o170000 == 0o040000 {
+                    "dir".to_string()
+                } else {
+                    bytes(s.size.max(0) as u64)
+                },
                 s.data_bytes.map(bytes).unwrap_or_else(|| "-".into()),
                 format!("{}[{}]", escape(&s.comm), s.pid),
                 // A path cut short keeps its leaf end: mark the missing start.
-                if s.path_truncated { format!("...{}", escape(&s.path)) } else { escape(&s.path) },
-                if s.path_truncated { " (path cut short)" } else { "" },
+                if s.path_truncated {
+                    format!("...{}", escape(&s.path))
+                } else {
+                    escape(&s.path)
+                },
+                if s.path_truncated {
+                    " (path cut short)"
+                } else {
+                    ""
+                },
             );
         }
     }
@@ -147,18 +195,31 @@ fn lookups(out: &mut String, l: &LookupReport) {
     if l.count == 0 {
         let _ = writeln!(out, "  lookups: none");
     } else {
-        let _ = writeln!(out, "  lookups: {}  negative {:.1}%", l.count, l.negative_share * 100.0);
+        let _ = writeln!(
+            out,
+            "  lookups: {}  negative {:.1}%",
+            l.count,
+            l.negative_share * 100.0
+        );
         let _ = writeln!(out, "    latency {}", latency_line(&l.latency));
         let outcomes: Vec<String> = l.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(out, "    outcomes: {}", outcomes.join(", "));
-        let layers: Vec<String> = l.layers_consulted.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let layers: Vec<String> = l
+            .layers_consulted
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
         let _ = writeln!(out, "    layers consulted: {}", layers.join(", "));
     }
 }
 
 /// "12 copy-ups 3.0 MiB 45.00 ms, 800 lookups": the one-line form of a group of mounts.
 fn totals_line(copy_ups: u64, data: u64, total_ns: u64, lookups: u64) -> String {
-    format!("{copy_ups} copy-ups  {}  {},  {lookups} lookups", bytes(data), ns(total_ns))
+    format!(
+        "{copy_ups} copy-ups  {}  {},  {lookups} lookups",
+        bytes(data),
+        ns(total_ns)
+    )
 }
 
 fn group(out: &mut String, g: &GroupReport) {
@@ -166,14 +227,30 @@ fn group(out: &mut String, g: &GroupReport) {
         out,
         "  {}{}: {} mount{}{}  {}",
         escape(&g.group),
-        g.container.as_ref().filter(|c| !c.image.is_empty()).map(|c| format!(" image {}", escape(&c.image))).unwrap_or_default(),
+        g.container
+            .as_ref()
+            .filter(|c| !c.image.is_empty())
+            .map(|c| format!(" image {}", escape(&c.image)))
+            .unwrap_or_default(),
         g.mounts,
         if g.mounts == 1 { "" } else { "s" },
-        if g.mounts_timed > 0 { format!(" (mounting {} on average)", ns(g.mount_ns_total / g.mounts_timed)) } else { String::new() },
-        totals_line(g.copy_up.count, g.copy_up.data_bytes, g.copy_up.total_ns, g.lookup.count),
+        g.mount_ns_total
+            .checked_div(g.mounts_timed)
+            .map(|avg| format!(" (mounting {} on average)", ns(avg)))
+            .unwrap_or_default(),
+        totals_line(
+            g.copy_up.count,
+            g.copy_up.data_bytes,
+            g.copy_up.total_ns,
+            g.lookup.count
+        ),
     );
     if g.copy_up.count > 0 {
-        let _ = writeln!(out, "    copy-up latency {}", latency_line(&g.copy_up.latency));
+        let _ = writeln!(
+            out,
+            "    copy-up latency {}",
+            latency_line(&g.copy_up.latency)
+        );
     }
 }
 
@@ -204,7 +281,11 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "no events lost");
     }
     if e.missed_return_data > 0 {
-        let _ = writeln!(out, "note: {} data copies returned unseen: their copy-ups lack that data time", e.missed_return_data);
+        let _ = writeln!(
+            out,
+            "note: {} data copies returned unseen: their copy-ups lack that data time",
+            e.missed_return_data
+        );
     }
     if let Some(err) = &r.events_file_error {
         let _ = writeln!(out, "EVENTS FILE INCOMPLETE: {}", escape(err));
@@ -223,12 +304,20 @@ pub fn render(r: &Report) -> String {
             out,
             "\n... and {} more mounts: {} (all of them in --json)",
             rest.len(),
-            totals_line(sum(|m| m.copy_up.count), sum(|m| m.copy_up.data_bytes), sum(|m| m.copy_up.total_ns), sum(|m| m.lookup.count))
+            totals_line(
+                sum(|m| m.copy_up.count),
+                sum(|m| m.copy_up.data_bytes),
+                sum(|m| m.copy_up.total_ns),
+                sum(|m| m.lookup.count)
+            )
         );
     }
     if !r.retired.is_empty() {
         let n: u64 = r.retired.iter().map(|g| g.mounts).sum();
-        let _ = writeln!(out, "\n{n} more mounts (gone long before the end), by container:");
+        let _ = writeln!(
+            out,
+            "\n{n} more mounts (gone long before the end), by container:"
+        );
         for g in r.retired.iter().take(DETAIL_GROUPS) {
             group(&mut out, g);
         }
@@ -240,7 +329,12 @@ pub fn render(r: &Report) -> String {
                 "  ... and {} more containers, {} mounts: {}",
                 rest.len(),
                 sum(|g| g.mounts),
-                totals_line(sum(|g| g.copy_up.count), sum(|g| g.copy_up.data_bytes), sum(|g| g.copy_up.total_ns), sum(|g| g.lookup.count))
+                totals_line(
+                    sum(|g| g.copy_up.count),
+                    sum(|g| g.copy_up.data_bytes),
+                    sum(|g| g.copy_up.total_ns),
+                    sum(|g| g.lookup.count)
+                )
             );
         }
     }
@@ -264,9 +358,16 @@ mod tests {
         for (p, d) in [("etc/passwd", 3_000u64), ("var/log/big.log", 9_000_000)] {
             a.add(&Event::try_from(raw::copy_up(52, p, 1 << 20, 1 << 20, d).as_slice()).unwrap());
         }
-        a.add(&Event::try_from(raw::lookup(52, "nope", LOOKUP_NEGATIVE, 3, 800).as_slice()).unwrap());
-        a.add(&Event::try_from(raw::lookup(52, "passwd", LOOKUP_UPPER, 1, 400).as_slice()).unwrap());
-        let key = crate::aggregate::MountKey { dev: Dev::from_kernel(52), generation: 1 };
+        a.add(
+            &Event::try_from(raw::lookup(52, "nope", LOOKUP_NEGATIVE, 3, 800).as_slice()).unwrap(),
+        );
+        a.add(
+            &Event::try_from(raw::lookup(52, "passwd", LOOKUP_UPPER, 1, 400).as_slice()).unwrap(),
+        );
+        let key = crate::aggregate::MountKey {
+            dev: Dev::from_kernel(52),
+            generation: 1,
+        };
         a.set_mount(
             key,
             OverlayMount {
@@ -288,7 +389,15 @@ mod tests {
                 role: None,
             },
         );
-        Report::build(&a, "6.1.0".into(), 2.0, EventCounts { dropped_lookup: 3, ..Default::default() })
+        Report::build(
+            &a,
+            "6.1.0".into(),
+            2.0,
+            EventCounts {
+                dropped_lookup: 3,
+                ..Default::default()
+            },
+        )
     }
 
     #[test]
@@ -300,8 +409,14 @@ mod tests {
         let big = t.find("/var/log/big.log").unwrap();
         let small = t.find("/etc/passwd").unwrap();
         assert!(big < small, "slowest first:\n{t}");
-        assert!(t.contains("LOST: 0 copy-up and 3 lookup events dropped"), "{t}");
-        assert!(t.contains("0 missed returns (copy-up 0, lookup 0, mount 0)"), "{t}");
+        assert!(
+            t.contains("LOST: 0 copy-up and 3 lookup events dropped"),
+            "{t}"
+        );
+        assert!(
+            t.contains("0 missed returns (copy-up 0, lookup 0, mount 0)"),
+            "{t}"
+        );
         assert!(t.contains("negative 50.0%"), "{t}");
         assert!(t.contains("layers consulted: 1: 1, 3: 1"), "{t}");
     }
@@ -316,37 +431,79 @@ mod tests {
 
     #[test]
     fn json_rejects_bad_input_clearly() {
-        assert_eq!(json::from_str("{").unwrap_err().to_string(), "not valid JSON");
-        assert!(json::from_str("{\"schema_version\": 99}").unwrap_err().to_string().contains("schema_version 99 is not supported"));
-        assert!(json::from_str("{}").unwrap_err().to_string().contains("no schema_version"));
-        assert_eq!(json::from_str("{\"schema_version\": 1}").unwrap_err().to_string(), "malformed overlay-trace report");
+        assert_eq!(
+            json::from_str("{").unwrap_err().to_string(),
+            "not valid JSON"
+        );
+        assert!(
+            json::from_str("{\"schema_version\": 99}")
+                .unwrap_err()
+                .to_string()
+                .contains("schema_version 99 is not supported")
+        );
+        assert!(
+            json::from_str("{}")
+                .unwrap_err()
+                .to_string()
+                .contains("no schema_version")
+        );
+        assert_eq!(
+            json::from_str("{\"schema_version\": 1}")
+                .unwrap_err()
+                .to_string(),
+            "malformed overlay-trace report"
+        );
     }
 
     #[test]
     fn control_characters_never_reach_the_terminal() {
         assert_eq!(escape("a\x1b[2Jb\nc\\d\u{7f}"), "a\\033[2Jb\\nc\\\\d\\177");
         let mut a = Aggregate::default();
-        a.add(&Event::try_from(raw::copy_up(52, "evil\x1b]0;owned\x07\nLOST: none", 1, 1, 5).as_slice()).unwrap());
-        let t = render(&Report::build(&a, "6.1.0".into(), 1.0, EventCounts::default()));
+        a.add(
+            &Event::try_from(
+                raw::copy_up(52, "evil\x1b]0;owned\x07\nLOST: none", 1, 1, 5).as_slice(),
+            )
+            .unwrap(),
+        );
+        let t = render(&Report::build(
+            &a,
+            "6.1.0".into(),
+            1.0,
+            EventCounts::default(),
+        ));
         assert!(!t.bytes().any(|b| b == 0x1b || b == 0x07), "{t:?}");
         assert!(t.contains("/evil\\033]0;owned\\007\\nLOST: none"), "{t}");
-        assert!(!t.lines().any(|l| l.starts_with("LOST")), "no forged line: {t}");
+        assert!(
+            !t.lines().any(|l| l.starts_with("LOST")),
+            "no forged line: {t}"
+        );
     }
 
     #[test]
     fn a_long_run_stays_readable() {
         let mut a = Aggregate::default();
         for dev in 0..40u32 {
-            a.add(&Event::try_from(raw::copy_up(100 + dev, "f", 1, 1, 5 + dev as u64).as_slice()).unwrap());
+            a.add(
+                &Event::try_from(raw::copy_up(100 + dev, "f", 1, 1, 5 + dev as u64).as_slice())
+                    .unwrap(),
+            );
         }
         for _ in 0..30 {
             a.add(&Event::try_from(raw::copy_up(7, "g", 1, 1, 5).as_slice()).unwrap());
             a.add(&Event::try_from(raw::mount(7, 9).as_slice()).unwrap());
         }
-        let t = render(&Report::build(&a, "6.1.0".into(), 1.0, EventCounts::default()));
+        let t = render(&Report::build(
+            &a,
+            "6.1.0".into(),
+            1.0,
+            EventCounts::default(),
+        ));
         assert!(t.lines().count() < 250, "{} lines", t.lines().count());
         assert!(t.contains("... and 61 more mounts: 60 copy-ups"), "{t}");
-        assert!(!t.contains("more mounts (gone"), "30 gone mounts are still in detail: {t}");
+        assert!(
+            !t.contains("more mounts (gone"),
+            "30 gone mounts are still in detail: {t}"
+        );
     }
 
     #[test]

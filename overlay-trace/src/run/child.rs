@@ -15,7 +15,9 @@ pub struct TracedCommand {
 
 /// The exit code a shell would report: the code, or 128 + the signal that killed it.
 pub fn shell_code(status: ExitStatus) -> i32 {
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 impl TracedCommand {
@@ -27,7 +29,10 @@ impl TracedCommand {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot run {prog}"))?;
-        Ok(Self { child, status: None })
+        Ok(Self {
+            child,
+            status: None,
+        })
     }
 
     /// Waits for CMD to exit by itself. Cancel-safe: call it again after a cancelled wait.

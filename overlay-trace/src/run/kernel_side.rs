@@ -10,9 +10,10 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use overlay_trace_common::{
-    Config, CopyUpInflight, LookupInflight, MAX_NESTING, MountFrame, NUM_STATS, STAT_DROPPED_COPY_UP,
-    STAT_DROPPED_LOOKUP, STAT_DROPPED_MOUNT, STAT_INFLIGHT_FULL, STAT_MISSED_RETURN_COPY_UP, STAT_MISSED_RETURN_DATA,
-    STAT_MISSED_RETURN_LOOKUP, STAT_MISSED_RETURN_MOUNT, STAT_ORPHAN_RETURNS, STAT_READ_ERRORS,
+    Config, CopyUpInflight, LookupInflight, MAX_NESTING, MountFrame, NUM_STATS,
+    STAT_DROPPED_COPY_UP, STAT_DROPPED_LOOKUP, STAT_DROPPED_MOUNT, STAT_INFLIGHT_FULL,
+    STAT_MISSED_RETURN_COPY_UP, STAT_MISSED_RETURN_DATA, STAT_MISSED_RETURN_LOOKUP,
+    STAT_MISSED_RETURN_MOUNT, STAT_ORPHAN_RETURNS, STAT_READ_ERRORS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -26,7 +27,9 @@ pub type Stats = [u64; NUM_STATS as usize];
 
 /// Missed returns the kernel side has found so far (stale entries).
 pub fn missed_returns(s: &Stats) -> u64 {
-    s[STAT_MISSED_RETURN_COPY_UP as usize] + s[STAT_MISSED_RETURN_LOOKUP as usize] + s[STAT_MISSED_RETURN_MOUNT as usize]
+    s[STAT_MISSED_RETURN_COPY_UP as usize]
+        + s[STAT_MISSED_RETURN_LOOKUP as usize]
+        + s[STAT_MISSED_RETURN_MOUNT as usize]
 }
 
 /// Gives memory that was freed back to the system (glibc keeps it otherwise): parsing the
@@ -74,30 +77,46 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("eBPF object has no {name} map"))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("eBPF object has no {name} map"))?;
     T::try_from(map).map_err(|e| anyhow!("{name}: {e}"))
 }
 
 impl KernelSide {
     /// Loads the programs with `config`, restricts them to `devs` when given, and attaches them.
-    pub fn start(config: Config, symbols: &HashSet<String>, devs: &[Dev], maxactive: u32) -> Result<Self> {
+    pub fn start(
+        config: Config,
+        symbols: &HashSet<String>,
+        devs: &[Dev],
+        maxactive: u32,
+    ) -> Result<Self> {
         let mut ebpf = probes::open(config)?;
         if !devs.is_empty() {
-            let map = ebpf.map_mut("DEV_FILTER").ok_or_else(|| anyhow!("eBPF object has no DEV_FILTER map"))?;
-            let mut filter: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(map).map_err(|e| anyhow!("DEV_FILTER: {e}"))?;
+            let map = ebpf
+                .map_mut("DEV_FILTER")
+                .ok_or_else(|| anyhow!("eBPF object has no DEV_FILTER map"))?;
+            let mut filter: BpfHashMap<_, u32, u8> =
+                BpfHashMap::try_from(map).map_err(|e| anyhow!("DEV_FILTER: {e}"))?;
             for dev in devs {
-                filter.insert(dev.to_kernel(), 1, 0).map_err(|e| anyhow!("DEV_FILTER: {e}"))?;
+                filter
+                    .insert(dev.to_kernel(), 1, 0)
+                    .map_err(|e| anyhow!("DEV_FILTER: {e}"))?;
             }
         }
         let logger = if config.verbose != 0 {
-            Some(aya_log::EbpfLogger::init_with_logger(&mut ebpf, StderrLog).map_err(|e| anyhow!("aya-log: {e}"))?)
+            Some(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, StderrLog)
+                    .map_err(|e| anyhow!("aya-log: {e}"))?,
+            )
         } else {
             None
         };
         let ring: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged while the AsyncFd
         // owns the RingBuf.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("cannot poll the ring buffer: {e}"))?;
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow!("cannot poll the ring buffer: {e}"))?;
         let stats = take_map(&mut ebpf, "STATS")?;
         let copy_ups_in_flight = take_map(&mut ebpf, "COPY_UP_INFLIGHT")?;
         let lookups_in_flight = take_map(&mut ebpf, "LOOKUP_INFLIGHT")?;
@@ -173,10 +192,18 @@ impl KernelSide {
             }
             out
         };
-        let left_copy_ups: u64 =
-            self.copy_ups_in_flight.iter().filter_map(Result::ok).map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64).sum();
-        let left_lookups: u64 =
-            self.lookups_in_flight.iter().filter_map(Result::ok).map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64).sum();
+        let left_copy_ups: u64 = self
+            .copy_ups_in_flight
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64)
+            .sum();
+        let left_lookups: u64 = self
+            .lookups_in_flight
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64)
+            .sum();
         let left_mounts = self.mounts_in_flight.keys().filter_map(Result::ok).count() as u64;
         Stopped {
             counts: EventCounts {

@@ -40,7 +40,7 @@ use outputs::{EventsFile, PendingFile};
 /// How often the ring buffer is drained when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// The final naming pass gets this long; the report follows at most this late.
-const NAMING_FINISH: Duration = Duration::from_millis(4500);
+const NAMING_FINISH: Duration = Duration::from_millis(3000);
 
 /// Why tracing ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +76,11 @@ pub fn exit_code(ending: Ending, had_command: bool, events_failed: bool) -> i32 
 pub async fn run(args: RunArgs) -> Result<i32> {
     let traced = trace(&args, &[]).await?;
     print!("{}", text::render(&traced.report));
-    Ok(exit_code(traced.ending, !args.command.is_empty(), traced.report.events_file_error.is_some()))
+    Ok(exit_code(
+        traced.ending,
+        !args.command.is_empty(),
+        traced.report.events_file_error.is_some(),
+    ))
 }
 
 /// Resolves `--container` arguments to the superblocks of running containers. An argument that
@@ -92,15 +96,24 @@ async fn select_containers(
     let running = resolver.running(mounts).await;
     let mut out = Vec::new();
     for w in wanted {
-        let hits: Vec<(Dev, Option<Container>)> =
-            running.iter().filter(|(_, c)| c.matches(w)).map(|(d, c)| (*d, Some(c.clone()))).collect();
+        let hits: Vec<(Dev, Option<Container>)> = running
+            .iter()
+            .filter(|(_, c)| c.matches(w))
+            .map(|(d, c)| (*d, Some(c.clone())))
+            .collect();
         if hits.is_empty() {
-            let list: Vec<String> =
-                running.iter().map(|(_, c)| format!("{} ({})", text::escape(&c.name), c.short_id())).collect();
+            let list: Vec<String> = running
+                .iter()
+                .map(|(_, c)| format!("{} ({})", text::escape(&c.name), c.short_id()))
+                .collect();
             return Err(anyhow!(
                 "no running container matches {:?}; running containers: {}",
                 text::escape(w),
-                if list.is_empty() { "none found".to_string() } else { list.join(", ") }
+                if list.is_empty() {
+                    "none found".to_string()
+                } else {
+                    list.join(", ")
+                }
             ));
         }
         out.extend(hits);
@@ -111,7 +124,9 @@ async fn select_containers(
 /// The live status line: what was seen and what was lost so far.
 fn status_line(started: Instant, c: &Collector, kernel: &KernelSide) -> String {
     let s = kernel.stats();
-    let dropped = s[STAT_DROPPED_COPY_UP as usize] + s[STAT_DROPPED_LOOKUP as usize] + s[STAT_DROPPED_MOUNT as usize];
+    let dropped = s[STAT_DROPPED_COPY_UP as usize]
+        + s[STAT_DROPPED_LOOKUP as usize]
+        + s[STAT_DROPPED_MOUNT as usize];
     format!(
         "\r[overlay-trace] {:>5.0}s  copy-ups {}  lookups {}  dropped {}  missed returns {}   ",
         started.elapsed().as_secs_f64(),
@@ -130,7 +145,11 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
     preflight::require_for_run(&caps)?;
 
     // Outputs exist only once preflight passed; until the end they are temporary files.
-    let json_out = args.json.as_deref().map(|p| PendingFile::create(p, "the JSON report")).transpose()?;
+    let json_out = args
+        .json
+        .as_deref()
+        .map(|p| PendingFile::create(p, "the JSON report"))
+        .transpose()?;
     let events_out = args.events.as_deref().map(EventsFile::create).transpose()?;
 
     let mut resolver = Resolver::new();
@@ -138,7 +157,8 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
     let mut only_devs = select_containers(&args.containers, &mounts_now, &mut resolver).await?;
     only_devs.extend(only.iter().map(|d| (*d, None)));
 
-    let verbose = std::env::var_os("OVERLAY_TRACE_VERBOSE").is_some_and(|v| v != "0" && !v.is_empty());
+    let verbose =
+        std::env::var_os("OVERLAY_TRACE_VERBOSE").is_some_and(|v| v != "0" && !v.is_empty());
     let mut config = KernelBtf::load()?.config(args.pid.unwrap_or(0))?;
     config.filter_devs = u32::from(!only_devs.is_empty());
     config.verbose = u32::from(verbose);
@@ -151,22 +171,33 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
         eprintln!("warning: {w}");
     }
 
-    let mut collector = Collector { events: events_out, ..Default::default() };
+    let mut collector = Collector {
+        events: events_out,
+        ..Default::default()
+    };
     // Containers chosen with --container are known already.
     for (dev, c) in only_devs {
         if let Some(c) = c {
             let key = collector.agg.current(dev);
-            collector.agg.add_known(key, mounts_now.get(&dev).cloned(), c);
+            collector
+                .agg
+                .add_known(key, mounts_now.get(&dev).cloned(), c);
         }
     }
     let mut naming = Naming::start(resolver);
     let started = Instant::now();
     let live = !args.quiet && std::io::stderr().is_terminal();
 
-    let mut child = if args.command.is_empty() { None } else { Some(TracedCommand::spawn(&args.command)?) };
+    let mut child = if args.command.is_empty() {
+        None
+    } else {
+        Some(TracedCommand::spawn(&args.command)?)
+    };
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sigterm =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint =
+        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
     // The kernel side wakes us only when 256 KiB are waiting; this timer drains the rest.
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -238,7 +269,9 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
 
     // Names still being looked up get a bounded last chance: a hung runtime delays the report
     // by NAMING_FINISH at most.
-    let _ = naming.requests.send(Request::Finish { deadline: tokio::time::Instant::now() + NAMING_FINISH });
+    let _ = naming.requests.send(Request::Finish {
+        deadline: tokio::time::Instant::now() + NAMING_FINISH,
+    });
     let give_up = tokio::time::Instant::now() + NAMING_FINISH + Duration::from_millis(400);
     loop {
         match tokio::time::timeout_at(give_up, naming.answers.recv()).await {
@@ -265,7 +298,9 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
     report.events_file_error = collector.events.take().and_then(EventsFile::finish);
     if let Some(mut out) = json_out {
         use std::io::Write as _;
-        out.writer().write_all(json::to_string(&report).as_bytes()).context("writing the JSON report")?;
+        out.writer()
+            .write_all(json::to_string(&report).as_bytes())
+            .context("writing the JSON report")?;
         out.commit()?;
     }
     Ok(Traced { report, ending })

@@ -44,10 +44,18 @@ pub enum Request {
 }
 
 pub enum Named {
-    Mount { key: MountKey, mount: OverlayMount },
-    Container { key: MountKey, container: Container },
+    Mount {
+        key: MountKey,
+        mount: OverlayMount,
+    },
+    Container {
+        key: MountKey,
+        container: Container,
+    },
     /// No longer mounted (or its device number now belongs to another mount).
-    Gone { key: MountKey },
+    Gone {
+        key: MountKey,
+    },
     Warning(String),
     Done,
 }
@@ -65,15 +73,23 @@ impl Naming {
         std::thread::Builder::new()
             .name("naming".into())
             .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                    let _ = ans_tx.send(Named::Warning("cannot start the naming thread: mounts are not named".into()));
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    let _ = ans_tx.send(Named::Warning(
+                        "cannot start the naming thread: mounts are not named".into(),
+                    ));
                     let _ = ans_tx.send(Named::Done);
                     return;
                 };
                 rt.block_on(Namer::new(resolver, ans_tx).run(req_rx));
             })
             .expect("spawning a thread");
-        Self { requests: req_tx, answers: ans_rx }
+        Self {
+            requests: req_tx,
+            answers: ans_rx,
+        }
     }
 
     pub fn name(&self, key: MountKey, tgid: u32) {
@@ -150,7 +166,12 @@ impl Namer {
         // A newer mount of the same device number: the older one can no longer be named.
         self.pending.retain(|p| p.key.dev != key.dev);
         self.watched.remove(&key.dev);
-        self.pending.push(Pending { key, tgid, tries: 0, due: Instant::now() });
+        self.pending.push(Pending {
+            key,
+            tgid,
+            tries: 0,
+            due: Instant::now(),
+        });
     }
 
     /// Looks for the due pending mounts in mountinfo (ours, then the triggering process's).
@@ -169,14 +190,18 @@ impl Namer {
             }
             let found = match ours.get(&p.key.dev) {
                 Some(m) => {
-                    self.watched.insert(p.key.dev, (p.key, m.mount_point.clone()));
+                    self.watched
+                        .insert(p.key.dev, (p.key, m.mount_point.clone()));
                     Some(m.clone())
                 }
                 None => foreign_mount(p.tgid, p.key.dev),
             };
             match found {
                 Some(m) => {
-                    self.send(Named::Mount { key: p.key, mount: m.clone() });
+                    self.send(Named::Mount {
+                        key: p.key,
+                        mount: m.clone(),
+                    });
                     self.to_resolve.push_back((p.key, m));
                 }
                 None if !all && p.tries + 1 < TRIES_MAX => {
@@ -229,6 +254,7 @@ impl Namer {
     /// The last pass: mounts still pending, containers still to find (a runtime may have been
     /// slow while the container started), all before `deadline`.
     async fn finish(&mut self, deadline: Instant) {
+        self.resolver.final_pass();
         self.name_pending(true);
         let mut work: Vec<(MountKey, OverlayMount)> = self.to_resolve.drain(..).collect();
         work.extend(std::mem::take(&mut self.unclaimed));

@@ -23,12 +23,18 @@ pub struct PendingFile {
 
 impl PendingFile {
     pub fn create(path: &Path, what: &str) -> Result<Self> {
-        let name = path.file_name().ok_or_else(|| anyhow!("cannot write {what} to {}: not a file name", path.display()))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow!("cannot write {what} to {}: not a file name", path.display()))?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -36,11 +42,17 @@ impl PendingFile {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .with_context(|| format!("cannot write {what} to {}", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), tmp, out: Some(BufWriter::new(file)) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(BufWriter::new(file)),
+        })
     }
 
     pub fn writer(&mut self) -> &mut BufWriter<File> {
-        self.out.as_mut().expect("a pending file has a writer until committed")
+        self.out
+            .as_mut()
+            .expect("a pending file has a writer until committed")
     }
 
     /// Flushes and renames the file into place (replacing a symlink there, not its target).
@@ -49,8 +61,14 @@ impl PendingFile {
         let r = out
             .into_inner()
             .map_err(|e| anyhow!("cannot write {}: {}", self.path.display(), e.error()))
-            .and_then(|f| f.sync_all().with_context(|| format!("cannot write {}", self.path.display())))
-            .and_then(|()| fs::rename(&self.tmp, &self.path).with_context(|| format!("cannot write {}", self.path.display())));
+            .and_then(|f| {
+                f.sync_all()
+                    .with_context(|| format!("cannot write {}", self.path.display()))
+            })
+            .and_then(|()| {
+                fs::rename(&self.tmp, &self.path)
+                    .with_context(|| format!("cannot write {}", self.path.display()))
+            });
         if r.is_err() {
             let _ = fs::remove_file(&self.tmp);
         }
@@ -60,7 +78,8 @@ impl PendingFile {
     /// Puts in place whatever reached the file, after a write failed.
     pub fn commit_partial(mut self) -> Result<()> {
         drop(self.out.take());
-        let r = fs::rename(&self.tmp, &self.path).with_context(|| format!("cannot write {}", self.path.display()));
+        let r = fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()));
         if r.is_err() {
             let _ = fs::remove_file(&self.tmp);
         }
@@ -79,7 +98,9 @@ impl Drop for PendingFile {
 /// Writes `bytes` to `path` through a pending file.
 pub fn write_file(path: &Path, what: &str, bytes: &[u8]) -> Result<()> {
     let mut f = PendingFile::create(path, what)?;
-    f.writer().write_all(bytes).with_context(|| format!("cannot write {what} to {}", path.display()))?;
+    f.writer()
+        .write_all(bytes)
+        .with_context(|| format!("cannot write {what} to {}", path.display()))?;
     f.commit()
 }
 
@@ -101,7 +122,11 @@ pub struct EventsFile {
 
 impl EventsFile {
     pub fn create(path: &Path) -> Result<Self> {
-        Ok(Self { file: Some(PendingFile::create(path, "events")?), path: path.to_path_buf(), error: None })
+        Ok(Self {
+            file: Some(PendingFile::create(path, "events")?),
+            path: path.to_path_buf(),
+            error: None,
+        })
     }
 
     pub fn write(&mut self, event: &Event, mount_gen: u32) {
@@ -111,7 +136,10 @@ impl EventsFile {
             .map_err(std::io::Error::from)
             .and_then(|()| w.write_all(b"\n"));
         if let Err(e) = r {
-            self.stop(format!("writing {} failed: {e}; events after that point are missing", self.path.display()));
+            self.stop(format!(
+                "writing {} failed: {e}; events after that point are missing",
+                self.path.display()
+            ));
         }
     }
 
@@ -147,7 +175,11 @@ mod tests {
         fs::write(&target, "old").unwrap();
         drop(PendingFile::create(&target, "x").unwrap());
         assert_eq!(fs::read_to_string(&target).unwrap(), "old");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
 
         let victim = dir.path().join("victim");
         fs::write(&victim, "precious").unwrap();
@@ -155,10 +187,18 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         write_file(&link, "x", b"new").unwrap();
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
-        assert!(!fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(
+            !fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(fs::read_to_string(&link).unwrap(), "new");
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(fs::metadata(&link).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&link).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
     }
 
     #[test]
