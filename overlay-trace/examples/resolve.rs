@@ -1,7 +1,7 @@
 //! Prints each overlay mount and the container it belongs to: `cargo run --example resolve`.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let mut r = overlay_trace::containers::Resolver::new();
+    let mut r = overlay_trace::containers::Resolver::new()?;
     for m in overlay_trace::mounts::read_overlay_mounts()?.values() {
         println!("{} {} -> {:?}", m.dev, m.mount_point, r.resolve(m).await);
     }

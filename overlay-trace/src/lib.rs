@@ -16,3 +16,4 @@ pub mod preflight;
 pub mod probes;
 pub mod report;
 pub mod run;
+pub mod safe_fs;

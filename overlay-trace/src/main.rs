@@ -52,7 +52,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("overlay-trace: error: {e:#}");
-            ExitCode::from(1)
+            // Bad input (a scenario, an option) is a usage error, as clap's own.
+            if e.chain().any(|c| c.is::<overlay_trace::cli::BadInput>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

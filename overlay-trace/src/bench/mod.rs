@@ -9,45 +9,123 @@ use std::{
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::Command,
+    sync::{Arc, atomic::AtomicBool},
 };
 
 use anyhow::{Context as _, Result, bail};
+use nix::mount::{MntFlags, MsFlags};
 
 use crate::{
-    cli::{BenchArgs, RunArgs},
+    cli::{BadInput, BenchArgs, RunArgs},
     events::Dev,
     report::{BenchInfo, Report, Spread, diff, json, text},
     run,
 };
 use scenario::Scenario;
 
-/// A private tmpfs with the layers and the overlay on top; unmounted on drop.
+/// Overlay mount options a scenario or `--mount-options` may set; the layers are ours to set.
+pub const OVERLAY_OPTIONS: &[&str] = &[
+    "redirect_dir",
+    "metacopy",
+    "index",
+    "xino",
+    "nfs_export",
+    "volatile",
+    "userxattr",
+    "uuid",
+    "verity",
+];
+/// tmpfs options `--upper-options` may set.
+pub const TMPFS_OPTIONS: &[&str] = &[
+    "size",
+    "nr_blocks",
+    "nr_inodes",
+    "mode",
+    "huge",
+    "inode64",
+    "inode32",
+    "noswap",
+];
+
+/// Checks `key[=value],...` against the supported keys. Options go to mount(2) as they are (no
+/// shell anywhere), so a value is limited to letters, digits and `._-`.
+pub fn check_mount_options(what: &str, opts: &str, allowed: &[&str]) -> Result<()> {
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        let (key, value) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
+        if !allowed.contains(&key) {
+            bail!(BadInput(format!(
+                "{what}: mount option {:?} is not supported (supported: {})",
+                text::escape(key),
+                allowed.join(", ")
+            )));
+        }
+        if let Some(v) = value {
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                bail!(BadInput(format!(
+                    "{what}: mount option {key} has a bad value {:?}",
+                    text::escape(v)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves this process into a mount namespace of its own, with nothing propagating back: every
+/// mount the bench makes disappears with the process, however it ends. Must run before any
+/// other thread exists.
+fn private_mount_namespace() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("cannot make a private mount namespace")?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("cannot make the mount namespace private")?;
+    Ok(())
+}
+
+/// A tmpfs with the layers and the overlay on top, in the bench's private mount namespace;
+/// unmounted (and its directory removed) on drop.
 struct BenchOverlay {
     root: PathBuf,
     options: String,
+    mounted: Vec<PathBuf>,
 }
 
 impl BenchOverlay {
-    fn create(s: &Scenario, upper_options: &str, extra: &str) -> Result<Self> {
+    async fn create(s: &Scenario, upper_options: &str, extra: &str) -> Result<Self> {
         let root = PathBuf::from(format!("/run/overlay-trace-bench-{}", std::process::id()));
-        fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-        let mut opts = String::new();
-        if !upper_options.is_empty() {
-            opts = format!("-o {upper_options}");
-        }
-        sh(&format!("mount -t tmpfs {opts} tmpfs {}", root.display()))?;
+        fs::create_dir(&root).with_context(|| format!("cannot create {}", root.display()))?;
         let mut o = BenchOverlay {
             root,
             options: String::new(),
+            mounted: Vec::new(),
         };
+        let tmpfs_opts = (!upper_options.is_empty()).then_some(upper_options);
+        nix::mount::mount(
+            Some("tmpfs"),
+            &o.root,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            tmpfs_opts,
+        )
+        .with_context(|| format!("cannot mount a tmpfs on {}", o.root.display()))?;
+        o.mounted.push(o.root.clone());
         for i in 0..s.layers {
-            fs::create_dir_all(o.lower(i))?;
+            fs::create_dir(o.lower(i))?;
         }
         for d in ["upper", "work", "merged"] {
-            fs::create_dir_all(o.root.join(d))?;
+            fs::create_dir(o.root.join(d))?;
         }
-        scenario::populate(s, |i| o.lower(i))?;
+        populate_interruptibly(s, (0..s.layers).map(|i| o.lower(i)).collect()).await?;
         let lower: Vec<String> = (0..s.layers)
             .map(|i| o.lower(i).display().to_string())
             .collect();
@@ -63,10 +141,15 @@ impl BenchOverlay {
                 options.push_str(extra);
             }
         }
-        sh(&format!(
-            "mount -t overlay overlay -o {options} {}",
-            o.merged().display()
-        ))?;
+        nix::mount::mount(
+            Some("overlay"),
+            &o.merged(),
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .with_context(|| format!("cannot mount the overlay ({options})"))?;
+        o.mounted.push(o.merged());
         o.options = options;
         Ok(o)
     }
@@ -90,22 +173,34 @@ impl BenchOverlay {
 
 impl Drop for BenchOverlay {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.merged()).status();
-        let _ = Command::new("umount").arg(&self.root).status();
-        let _ = fs::remove_dir_all(&self.root);
+        for m in self.mounted.iter().rev() {
+            let _ = nix::mount::umount2(m, MntFlags::MNT_DETACH);
+        }
+        // Only the (now empty) mount point: never anything it might still hold.
+        let _ = fs::remove_dir(&self.root);
     }
 }
 
-fn sh(cmd: &str) -> Result<()> {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .context("sh")?;
-    if !out.status.success() {
-        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+/// Fills the lower layers, giving up cleanly on SIGINT or SIGTERM (the caller's guards then
+/// unmount everything).
+async fn populate_interruptibly(s: &Scenario, lowers: Vec<PathBuf>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let work = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || scenario::populate(&s, |i| lowers[i].clone(), &stop))
+    };
+    tokio::pin!(work);
+    let interrupted = tokio::select! {
+        r = &mut work => return r.context("populating")?,
+        _ = int.recv() => true,
+        _ = term.recv() => true,
+    };
+    stop.store(interrupted, std::sync::atomic::Ordering::SeqCst);
+    let _ = work.await;
+    bail!("interrupted while populating the lower layers")
 }
 
 fn spread(values: &mut [f64]) -> Spread {
@@ -125,6 +220,13 @@ pub fn workload(scenario: &str, merged: &Path) -> Result<()> {
 
 pub async fn bench(args: BenchArgs) -> Result<()> {
     let (s, source) = Scenario::load(&args.scenario)?;
+    check_mount_options("--mount-options", &args.mount_options, OVERLAY_OPTIONS)?;
+    check_mount_options("--upper-options", &args.upper_options, TMPFS_OPTIONS)?;
+    // Output files are written at the end, beside their target; check the place now.
+    if let Some(p) = &args.json {
+        drop(run::outputs::PendingFile::create(p, "the JSON report")?);
+    }
+    private_mount_namespace()?;
     let me = std::env::current_exe().context("cannot find my own executable")?;
     let mut runs: Vec<Report> = Vec::new();
     let mut options = String::new();
@@ -136,7 +238,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
             args.repeat,
             s.layers
         );
-        let ov = BenchOverlay::create(&s, &args.upper_options, &args.mount_options)?;
+        let ov = BenchOverlay::create(&s, &args.upper_options, &args.mount_options).await?;
         options = ov.options.clone();
         let run_args = RunArgs {
             quiet: true,

@@ -4,7 +4,7 @@
 //! (`io.kubernetes.cri.sandbox-name`, `...sandbox-namespace`, `...container-name`,
 //! `...image-name`): the Kubernetes pod, its namespace, the container and its image.
 
-use std::{fs, path::Path};
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -32,8 +32,8 @@ pub fn from_mount_point(mount_point: &str) -> Option<Container> {
         ..Default::default()
     };
     let bundle = Path::new(mount_point).parent()?;
-    if let Some(spec) = fs::read_to_string(bundle.join("config.json"))
-        .ok()
+    // The mount point may come from another mount namespace: read it as untrusted.
+    if let Some(spec) = crate::safe_fs::read_metadata(bundle, Path::new("config.json"))
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
     {
         apply_cri_annotations(&mut c, &spec);
@@ -85,8 +85,8 @@ mod tests {
         let bundle = dir
             .path()
             .join("io.containerd.runtime.v2.task/k8s.io/abcdef0123456789");
-        fs::create_dir_all(bundle.join("rootfs")).unwrap();
-        fs::write(
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        std::fs::write(
             bundle.join("config.json"),
             r#"{"ociVersion":"1.1.0","annotations":{"io.kubernetes.cri.container-type":"container",
                "io.kubernetes.cri.container-name":"web","io.kubernetes.cri.sandbox-name":"shop-7d9f",

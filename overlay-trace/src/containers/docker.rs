@@ -16,7 +16,7 @@ use bollard::query_parameters::ListContainersOptions;
 use serde_json::Value;
 
 use super::Container;
-use crate::mounts::OverlayMount;
+use crate::{mounts::OverlayMount, safe_fs};
 
 const API_TIMEOUT: Duration = Duration::from_secs(3);
 /// After the API failed to answer, it is left alone this long (on-disk metadata meanwhile): a
@@ -42,6 +42,8 @@ pub struct Docker {
     api_failed: bool,
     /// Set for the last naming pass: an API that failed before is not waited for again.
     final_pass: bool,
+    /// The data root, once known (from the API, or from a trusted dockerd).
+    root: Option<PathBuf>,
 }
 
 /// The `<id>` of an overlay2 upperdir `<root>/overlay2/<id>/diff` (also when relative: `<id>/diff`).
@@ -50,32 +52,56 @@ pub fn overlay2_id(upperdir: &str) -> Option<&str> {
     Some(p.rsplit('/').next().unwrap_or(p)).filter(|s| !s.is_empty())
 }
 
-fn socket_path() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
-        .unwrap_or_else(|| "/var/run/docker.sock".to_string())
+/// The Docker socket: `$DOCKER_HOST` when it is a `unix://` socket, the default one when it is
+/// unset. Any other scheme is refused rather than silently replaced.
+pub fn socket_path() -> anyhow::Result<String> {
+    match std::env::var("DOCKER_HOST") {
+        Err(_) => Ok("/var/run/docker.sock".to_string()),
+        Ok(h) if h.is_empty() => Ok("/var/run/docker.sock".to_string()),
+        Ok(h) => match h.strip_prefix("unix://") {
+            Some(p) if !p.is_empty() => Ok(p.to_string()),
+            _ => anyhow::bail!(
+                "DOCKER_HOST={:?} is not supported: overlay-trace reads container names from a local unix:// \
+                 socket only (unset DOCKER_HOST or set it to unix:///path/to/docker.sock)",
+                crate::report::text::escape(&h)
+            ),
+        },
+    }
 }
 
-/// Data root from the running dockerd's command line, /etc/docker/daemon.json, or the default.
+/// Is process `pid` a dockerd we can trust with our data root: running as root, from an
+/// executable owned by root that nobody else may write? Any local user can start a program named
+/// `dockerd` with `--data-root` pointing at files of their choosing.
+fn trusted_dockerd(pid: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let runs_as_root = safe_fs::read_small_file(&pid.join("status")).is_some_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|u| u.split_whitespace().all(|id| id == "0"))
+    });
+    let exe_owned_by_root =
+        fs::metadata(pid.join("exe")).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    runs_as_root && exe_owned_by_root
+}
+
+/// Data root from a trusted running dockerd's command line, /etc/docker/daemon.json, or the
+/// default. (The Engine API's `DockerRootDir` comes first when the API answers: see `Docker`.)
 pub fn data_root() -> PathBuf {
     if let Ok(procs) = fs::read_dir("/proc") {
         for p in procs.flatten() {
-            let Ok(cmd) = fs::read(p.path().join("cmdline")) else {
+            let Some(cmd) = safe_fs::read_small_file(&p.path().join("cmdline")) else {
                 continue;
             };
-            let args: Vec<String> = cmd
-                .split(|&b| b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if !args.first().is_some_and(|a| a.ends_with("dockerd")) {
+            let args: Vec<&str> = cmd.split('\0').collect();
+            if !args.first().is_some_and(|a| a.ends_with("dockerd")) || !trusted_dockerd(&p.path())
+            {
                 continue;
             }
             for (i, a) in args.iter().enumerate() {
                 if let Some(v) = a.strip_prefix("--data-root=") {
                     return PathBuf::from(v);
                 }
-                if a == "--data-root" {
+                if *a == "--data-root" {
                     if let Some(v) = args.get(i + 1) {
                         return PathBuf::from(v);
                     }
@@ -83,8 +109,7 @@ pub fn data_root() -> PathBuf {
             }
         }
     }
-    fs::read_to_string("/etc/docker/daemon.json")
-        .ok()
+    safe_fs::read_small_file(Path::new("/etc/docker/daemon.json"))
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .and_then(|v| v["data-root"].as_str().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
@@ -98,19 +123,28 @@ pub fn from_disk(root: &Path) -> Vec<DockerContainer> {
     };
     for d in dirs.flatten() {
         let id = d.file_name().to_string_lossy().into_owned();
-        let Ok(text) = fs::read_to_string(d.path().join("config.v2.json")) else {
+        // Container ids are hex; anything else is not Docker's.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        // Regular files beneath the data root only, size-capped, never blocking.
+        let Some(text) = safe_fs::read_metadata(
+            root,
+            &Path::new("containers").join(&id).join("config.v2.json"),
+        ) else {
             continue;
         };
         let Ok(cfg) = serde_json::from_str::<Value>(&text) else {
             continue;
         };
-        let mount_id = fs::read_to_string(
-            root.join("image/overlay2/layerdb/mounts")
+        let mount_id = safe_fs::read_metadata(
+            root,
+            &Path::new("image/overlay2/layerdb/mounts")
                 .join(&id)
                 .join("mount-id"),
         )
-        .ok()
-        .map(|s| s.trim().to_string());
+        .map(|s| s.trim().to_string())
+        .filter(|m| !m.is_empty() && !m.contains('/'));
         out.push(DockerContainer {
             container: Container {
                 runtime: "docker".into(),
@@ -203,8 +237,9 @@ pub fn owns_init_layer(c: &DockerContainer, m: &OverlayMount) -> bool {
 }
 
 impl Docker {
-    pub fn new() -> Self {
-        let path = socket_path();
+    /// Fails only on a `DOCKER_HOST` we cannot honour.
+    pub fn new() -> anyhow::Result<Self> {
+        let path = socket_path()?;
         let (api, warning) = if Path::new(&path).exists() {
             match bollard::Docker::connect_with_unix(
                 &path,
@@ -220,14 +255,20 @@ impl Docker {
         } else {
             (None, None)
         };
-        Self {
+        Ok(Self {
             api,
             inspected: HashMap::new(),
             warning,
             api_down_until: None,
             api_failed: false,
             final_pass: false,
-        }
+            root: None,
+        })
+    }
+
+    /// Docker's data root: the API's `DockerRootDir` once it answered, otherwise `data_root()`.
+    fn root(&mut self) -> PathBuf {
+        self.root.get_or_insert_with(data_root).clone()
     }
 
     /// The last naming pass of a run: an API that failed to answer before is not asked again.
@@ -275,6 +316,11 @@ impl Docker {
                 return None;
             }
         };
+        if self.root.is_none() {
+            if let Ok(Ok(info)) = tokio::time::timeout(API_TIMEOUT, api.info()).await {
+                self.root = info.docker_root_dir.map(PathBuf::from);
+            }
+        }
         for s in list {
             let Some(id) = s.id else { continue };
             if self.inspected.contains_key(&id) {
@@ -308,13 +354,8 @@ impl Docker {
                 return Some(c);
             }
         }
-        find(from_disk(&data_root()).iter(), m)
-    }
-}
-
-impl Default for Docker {
-    fn default() -> Self {
-        Self::new()
+        let root = self.root();
+        find(from_disk(&root).iter(), m)
     }
 }
 

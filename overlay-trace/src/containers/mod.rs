@@ -52,12 +52,13 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new() -> Self {
-        Self {
-            docker: docker::Docker::new(),
+    /// Fails only on a `DOCKER_HOST` that cannot be honoured.
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            docker: docker::Docker::new()?,
             podman: podman::Podman::new(),
             known: BTreeMap::new(),
-        }
+        })
     }
 
     pub async fn resolve(&mut self, m: &OverlayMount) -> Option<Container> {
@@ -97,11 +98,5 @@ impl Resolver {
     /// Why Docker could not be asked, if it could not (shown once as a warning).
     pub fn docker_warning(&self) -> Option<&str> {
         self.docker.warning()
-    }
-}
-
-impl Default for Resolver {
-    fn default() -> Self {
-        Self::new()
     }
 }

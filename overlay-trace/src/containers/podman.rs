@@ -2,7 +2,7 @@
 //! (upperdir `<storage>/overlay/<layer-id>/diff`), and
 //! `<storage>/overlay-containers/containers.json` maps layer ids to container ids and names.
 
-use std::{fs, path::PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -75,7 +75,8 @@ impl Podman {
     pub fn resolve(&self, m: &OverlayMount) -> Option<Container> {
         let layer = layer_of(m)?;
         self.roots.iter().find_map(|r| {
-            let text = fs::read_to_string(r.join("overlay-containers/containers.json")).ok()?;
+            let text =
+                crate::safe_fs::read_metadata(r, Path::new("overlay-containers/containers.json"))?;
             parse_containers_json(&text)
                 .into_iter()
                 .find(|(l, _)| *l == layer)

@@ -152,7 +152,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
         .transpose()?;
     let events_out = args.events.as_deref().map(EventsFile::create).transpose()?;
 
-    let mut resolver = Resolver::new();
+    let mut resolver = Resolver::new()?;
     let mounts_now = read_overlay_mounts()?;
     let mut only_devs = select_containers(&args.containers, &mounts_now, &mut resolver).await?;
     only_devs.extend(only.iter().map(|d| (*d, None)));
