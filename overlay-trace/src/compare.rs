@@ -36,9 +36,8 @@ pub fn report(files: &[PathBuf], svg: Option<&Path>, html: Option<&Path>) -> Exi
     ];
     for (path, render) in pictures {
         let Some(path) = path else { continue };
-        let written = render(&reports).and_then(|doc| {
-            fs::write(path, doc).with_context(|| format!("cannot write {}", path.display()))
-        });
+        let written = render(&reports)
+            .and_then(|doc| crate::run::outputs::write_file(path, "the picture", doc.as_bytes()));
         if let Err(e) = written {
             eprintln!("overlay-trace: error: {e:#}");
             return ExitCode::from(1);

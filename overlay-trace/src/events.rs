@@ -96,6 +96,9 @@ pub struct CopyUp {
     pub ret: i32,
     /// Path inside the overlay, starting with '/'.
     pub path: String,
+    /// The path's exact bytes in hex, when it is not valid UTF-8 (`path` then shows U+FFFD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
     /// The path is cut short: its start is missing (too deep, too long, or a failed read).
     pub path_truncated: bool,
     /// This call copied nothing: it waited for another thread's copy-up of the same object.
@@ -128,6 +131,9 @@ pub struct Lookup {
     pub outcome: LookupOutcome,
     pub layers: u32,
     pub name: String,
+    /// The name's exact bytes in hex, when it is not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_hex: Option<String>,
 }
 
 /// An overlay mounted (`ovl_fill_super`).
@@ -194,6 +200,18 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// The bytes of a name that is not valid UTF-8, as lowercase hex: JSON strings are UTF-8, so such
+/// a name is shown with U+FFFD in its string field and carried exactly in a `*_hex` field beside.
+pub fn hex_if_not_utf8(bytes: &[u8]) -> Option<String> {
+    std::str::from_utf8(bytes)
+        .is_err()
+        .then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn c_bytes(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())]
+}
+
 fn origin(h: &EventHeader) -> Origin {
     Origin {
         pid: h.pid,
@@ -205,19 +223,24 @@ fn origin(h: &EventHeader) -> Origin {
     }
 }
 
-/// Turns the leaf-first, NUL-separated components into "/a/b/c".
-fn path_from_components(buf: &[u8]) -> String {
+/// Turns the leaf-first, NUL-separated components into "/a/b/c" (as bytes).
+fn path_bytes(buf: &[u8]) -> Vec<u8> {
     let mut parts: Vec<&[u8]> = buf.split(|&b| b == 0).filter(|p| !p.is_empty()).collect();
     parts.reverse();
-    let mut path = String::new();
+    let mut path = Vec::new();
     for p in parts {
-        path.push('/');
-        path.push_str(&String::from_utf8_lossy(p));
+        path.push(b'/');
+        path.extend_from_slice(p);
     }
     if path.is_empty() {
-        path.push('/');
+        path.push(b'/');
     }
     path
+}
+
+#[cfg(test)]
+fn path_from_components(buf: &[u8]) -> String {
+    String::from_utf8_lossy(&path_bytes(buf)).into_owned()
 }
 
 impl TryFrom<&[u8]> for Event {
@@ -240,7 +263,8 @@ impl TryFrom<&[u8]> for Event {
                     open_flags: e.flags,
                     mode: e.mode,
                     ret: e.ret,
-                    path: path_from_components(&e.path[..used]),
+                    path: String::from_utf8_lossy(&path_bytes(&e.path[..used])).into_owned(),
+                    path_hex: hex_if_not_utf8(&path_bytes(&e.path[..used])),
                     path_truncated: e.path_flags & (PATH_TRUNCATED | PATH_INCOMPLETE) != 0,
                     waited: e.outcome == COPY_UP_WAITED,
                 }))
@@ -262,6 +286,7 @@ impl TryFrom<&[u8]> for Event {
                     outcome,
                     layers: e.layers,
                     name: c_string(&e.name[..used]),
+                    name_hex: hex_if_not_utf8(c_bytes(&e.name[..used])),
                 }))
             }
             EVENT_MOUNT => {
@@ -455,6 +480,26 @@ mod tests {
         assert_eq!(v["data"]["bytes"], 3);
         assert_eq!("0:52".parse::<Dev>().unwrap(), Dev::from_kernel(52));
         assert!("052".parse::<Dev>().is_err());
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_carried_exactly() {
+        let mut raw = raw::copy_up(52, "a/b", 3, 3, 9);
+        // Turn "a" into the byte 0xff (the leaf "b" comes first in the buffer, then "a").
+        let at = size_of::<CopyUpEvent>() - PATH_BUF_LEN + 2;
+        raw[at] = 0xff;
+        let Event::CopyUp(c) = Event::try_from(raw.as_slice()).unwrap() else {
+            panic!("kind")
+        };
+        assert_eq!(c.path, "/\u{fffd}/b");
+        assert_eq!(c.path_hex.as_deref(), Some("2fff2f62"));
+        let v = serde_json::to_value(Event::CopyUp(c)).unwrap();
+        assert_eq!(v["path_hex"], "2fff2f62");
+        let ok = serde_json::to_value(
+            Event::try_from(raw::copy_up(52, "a/b", 3, 3, 9).as_slice()).unwrap(),
+        )
+        .unwrap();
+        assert!(ok.get("path_hex").is_none());
     }
 
     #[test]

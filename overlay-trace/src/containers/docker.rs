@@ -60,11 +60,12 @@ pub fn socket_path() -> anyhow::Result<String> {
         Ok(h) if h.is_empty() => Ok("/var/run/docker.sock".to_string()),
         Ok(h) => match h.strip_prefix("unix://") {
             Some(p) if !p.is_empty() => Ok(p.to_string()),
-            _ => anyhow::bail!(
+            _ => Err(crate::cli::BadInput(format!(
                 "DOCKER_HOST={:?} is not supported: overlay-trace reads container names from a local unix:// \
                  socket only (unset DOCKER_HOST or set it to unix:///path/to/docker.sock)",
                 crate::report::text::escape(&h)
-            ),
+            ))
+            .into()),
         },
     }
 }

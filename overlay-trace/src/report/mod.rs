@@ -286,6 +286,9 @@ pub struct CopyUpReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlowCopyUpReport {
     pub path: String,
+    /// The path's exact bytes in hex, when it is not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
     pub path_truncated: bool,
     pub size: i64,
     pub mode: u32,
@@ -337,6 +340,7 @@ fn copy_up_report(c: &CopyUpStats) -> CopyUpReport {
             .into_iter()
             .map(|s| SlowCopyUpReport {
                 path: s.event.path.clone(),
+                path_hex: s.event.path_hex.clone(),
                 path_truncated: s.event.path_truncated,
                 size: s.event.size,
                 mode: s.event.mode,

@@ -140,6 +140,8 @@ fn status_line(started: Instant, c: &Collector, kernel: &KernelSide) -> String {
 /// Attaches, traces until the end condition, detaches; returns the report and why it ended.
 /// `only` adds superblocks to trace exclusively (as `--container` does).
 pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
+    // Bad input first, before anything is looked at.
+    crate::containers::docker::socket_path()?;
     let mut caps = preflight::inspect();
     preflight::ensure_overlay_loaded(&mut caps);
     preflight::require_for_run(&caps)?;
