@@ -137,10 +137,4 @@ mod tests {
         assert_eq!(unescape("/mnt/bind\\040here"), "/mnt/bind here");
         assert_eq!(unescape("trailing\\04"), "trailing\\04");
     }
-
-    #[test]
-    fn this_hosts_mountinfo_parses() {
-        // Whatever this machine has mounted, reading it must not fail.
-        read_overlay_mounts().expect("mountinfo");
-    }
 }

@@ -214,15 +214,71 @@ fn copy_ups_and_lookups_match_the_kernel() {
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn pid_filter_is_applied_in_the_kernel() {
-    let ov = Overlay::build(1, "", |o| o.put(0, "f", 10));
+    let ov = Overlay::build(1, "", |o| {
+        o.put(0, "f", 10);
+        o.put(0, "g", 10);
+    });
+    let dev = ov.dev();
     let events = out_dir().join("pid_filter.ndjson");
+    let run = |pid: &str, file: &str| {
+        let o = Command::new(bin())
+            .args([
+                "run",
+                "-q",
+                "--pid",
+                pid,
+                "--events",
+                events.to_str().unwrap(),
+                "--",
+            ])
+            .args([
+                "sh",
+                "-c",
+                &format!("echo x >> {}/{file}", ov.merged().display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        read_events(&events)
+            .into_iter()
+            .filter(|e| e["dev"] == dev.as_str() && e["type"] == "copy_up")
+            .count()
+    };
     // Trace only pid 1 (init): the shell's copy-up must not be reported.
+    assert_eq!(run("1", "f"), 0);
+    assert!(ov.upper().join("f").exists(), "the copy-up did happen");
+    // Positive control: the same workload traced by the pid that does it. The traced command is
+    // started after the probes attach, so its pid is not known before: trace a shell that waits
+    // for its own pid to be traced, then writes.
+    let ready = ov.root.join("pid");
+    let go = ov.root.join("go");
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {r}; while [ ! -e {g} ]; do sleep 0.1; done; echo x >> {m}/g",
+            r = ready.display(),
+            g = go.display(),
+            m = ov.merged().display()
+        ))
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let pid = loop {
+        if let Some(p) = fs::read_to_string(&ready)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+        {
+            break p.trim().to_string();
+        }
+        assert!(started.elapsed().as_secs() < 30);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let o = Command::new(bin())
         .args([
             "run",
             "-q",
             "--pid",
-            "1",
+            &pid,
             "--events",
             events.to_str().unwrap(),
             "--",
@@ -230,18 +286,80 @@ fn pid_filter_is_applied_in_the_kernel() {
         .args([
             "sh",
             "-c",
-            &format!("echo x >> {}/f", ov.merged().display()),
+            &format!(
+                "touch {}; while [ ! -e {}/g ]; do sleep 0.1; done; sleep 0.5",
+                go.display(),
+                ov.upper().display()
+            ),
         ])
         .output()
         .unwrap();
+    writer.wait().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(ov.upper().join("f").exists(), "the copy-up did happen");
-    let dev = ov.dev();
-    let mine = read_events(&events)
+    let mine: Vec<String> = read_events(&events)
         .into_iter()
-        .filter(|e| e["dev"] == dev.as_str())
-        .count();
-    assert_eq!(mine, 0);
+        .filter(|e| e["dev"] == dev.as_str() && e["type"] == "copy_up")
+        .map(|e| format!("{} {}", e["path"], e["tgid"]))
+        .collect();
+    assert_eq!(
+        mine,
+        vec![format!("\"/g\" {pid}")],
+        "the traced pid's copy-up, and only it"
+    );
+}
+
+#[test]
+#[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
+fn mountinfo_names_an_overlay_mounted_for_the_test() {
+    // The parser against the kernel's own mountinfo, with an overlay whose layers we know
+    // (including a space in a path, which mountinfo escapes).
+    let ov = Overlay::build(2, "", |_| {});
+    let spaced = ov.root.join("with space");
+    fs::create_dir_all(spaced.join("l")).unwrap();
+    fs::create_dir_all(spaced.join("u")).unwrap();
+    fs::create_dir_all(spaced.join("w")).unwrap();
+    fs::create_dir_all(spaced.join("m")).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={s}/l:{l0},upperdir={s}/u,workdir={s}/w",
+            s = spaced.display(),
+            l0 = ov.lower(0).display()
+        ))
+        .arg(spaced.join("m"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mounts = overlay_trace::mounts::read_overlay_mounts().unwrap();
+    let _ = Command::new("umount").arg(spaced.join("m")).status();
+    let find = |dir: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt as _;
+        let d = fs::metadata(dir).ok().map(|m| m.dev());
+        mounts
+            .values()
+            .find(|m| m.mount_point == dir.to_str().unwrap())
+            .cloned()
+            .map(|m| (m, d))
+    };
+    let (m, _) = find(&ov.merged()).expect("the test overlay is in mountinfo");
+    assert_eq!(m.dev.to_string(), ov.dev());
+    assert_eq!(
+        m.lowerdirs,
+        vec![
+            ov.lower(0).display().to_string(),
+            ov.lower(1).display().to_string()
+        ]
+    );
+    assert_eq!(m.upperdir.as_deref(), Some(ov.upper().to_str().unwrap()));
+    let spaced_mount = mounts
+        .values()
+        .find(|m| m.mount_point.ends_with("with space/m"))
+        .expect("escaped mount point decoded");
+    assert_eq!(
+        spaced_mount.upperdir.as_deref(),
+        Some(spaced.join("u").to_str().unwrap())
+    );
+    assert_eq!(spaced_mount.lowerdirs.len(), 2);
 }
 
 #[test]

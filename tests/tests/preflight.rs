@@ -30,6 +30,15 @@ fn check_tells_the_truth_about_kprobes() {
         assert!(out.contains("kprobes:         yes"), "{out}");
         assert!(out.contains("run:             will work"), "{out}");
         assert_eq!(o.status.code(), Some(0), "{out}");
+        // The oracle for "will work": attaching for real.
+        let run = overlay_trace(&["run", "-q", "--duration", "1s"]);
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "check said run will work, but: {}",
+            stderr(&run)
+        );
+        assert!(stdout(&run).contains("overlay-trace"), "{}", stdout(&run));
     } else {
         assert!(
             out.contains("kprobes:         no: this kernel has no kprobes"),

@@ -116,17 +116,26 @@ fn in_vm(script: &str) -> Result<i32> {
         ),
     )?;
     let kernel = vm_kernel()?;
+    let kvm = kvm_works(&kernel);
     println!(
-        "xtask: booting {} in qemu (no KVM; about 30 s)",
-        kernel.display()
+        "xtask: booting {} in qemu ({})",
+        kernel.display(),
+        if kvm {
+            "with KVM"
+        } else {
+            "no KVM: software emulation, about 30 s to boot"
+        }
     );
     let booted = std::time::Instant::now();
     // vng re-opens the terminal it was given, writing from offset 0 when that is a file: pass
     // its output through a pipe so a log file keeps everything before it.
-    let mut child = Command::new("vng")
-        .args(["--run"])
-        .arg(&kernel)
-        .args(["--disable-kvm", "--memory", "2G", "--cpus", "2", "--rw"])
+    let mut vng = Command::new("vng");
+    vng.args(["--run"]).arg(&kernel);
+    if !kvm {
+        vng.arg("--disable-kvm");
+    }
+    let mut child = vng
+        .args(["--memory", "2G", "--cpus", "2", "--rw"])
         // Debian's kernel enables AppArmor, and dockerd then wants apparmor_parser for every
         // container; the tests do not need it.
         .args(["--append", "apparmor=0", "--exec"])
@@ -166,6 +175,93 @@ fn in_vm(script: &str) -> Result<i32> {
         booted.elapsed().as_secs_f64()
     );
     code.ok_or_else(|| anyhow!("the VM ended without running the script to the end (vng: {st})"))
+}
+
+/// Whether the VM can use KVM here: `/dev/kvm` usable and a quick probe boot that reaches its
+/// command within a minute (on some hosts qemu aborts on an MSR, or nested virtualisation hangs
+/// the guest at boot). `OVERLAY_TRACE_KVM=0|1` decides instead. The answer is kept in
+/// target/vm/kvm-probe for this kernel.
+fn kvm_works(kernel: &Path) -> bool {
+    match std::env::var("OVERLAY_TRACE_KVM").as_deref() {
+        Ok("0") => return false,
+        Ok("1") => return true,
+        _ => {}
+    }
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return false;
+    }
+    let cache = workspace().join("target/vm/kvm-probe");
+    let key = kernel.display().to_string();
+    if let Some(answer) = fs::read_to_string(&cache)
+        .ok()
+        .and_then(|t| t.strip_prefix(&format!("{key} ")).map(str::to_string))
+    {
+        return answer.trim() == "yes";
+    }
+    println!(
+        "xtask: probing KVM with a short boot (once; the answer is kept in {})",
+        cache.display()
+    );
+    let marker = "OVERLAY_TRACE_KVM_OK";
+    let child = Command::new("vng")
+        .args(["--run"])
+        .arg(kernel)
+        .args([
+            "--memory",
+            "512M",
+            "--cpus",
+            "1",
+            "--exec",
+            &format!("echo {marker}"),
+        ])
+        .current_dir(workspace())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let ok = match child {
+        Err(_) => false,
+        Ok(mut c) => {
+            let start = std::time::Instant::now();
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if start.elapsed() < std::time::Duration::from_secs(60) => {
+                        std::thread::sleep(std::time::Duration::from_millis(250))
+                    }
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+            let mut out = String::new();
+            use std::io::Read as _;
+            if let Some(mut o) = c.stdout.take() {
+                let _ = o.read_to_string(&mut out);
+            }
+            out.contains(marker)
+        }
+    };
+    let _ = fs::create_dir_all(workspace().join("target/vm"));
+    let _ = fs::write(&cache, format!("{key} {}\n", if ok { "yes" } else { "no" }));
+    ok
+}
+
+/// Whether this process runs as root (from /proc: no extra dependency).
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|u| u.split_whitespace().nth(1))
+            .is_some_and(|e| e == "0")
+    })
 }
 
 fn build_tracer(release: bool) -> Result<PathBuf> {
@@ -216,26 +312,52 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
 }
 
 fn test(native_only: bool) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the tests need root: natively they load eBPF programs into this kernel and mount tmpfs \
+             and overlays, and the VM they boot runs as root (try: sudo -E env PATH=$PATH cargo xtask test)"
+        );
+    }
+    let started = std::time::Instant::now();
     // The integration tests run the overlay-trace binary, which `cargo test` does not build.
     let tracer = build_tracer(false)?;
     println!("xtask: native tests (unit tests, preflight on this kernel, this kernel's verifier)");
     let mut c = cargo();
     c.args(["test"]);
     run(c)?;
+    println!(
+        "xtask: native tests took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     if native_only {
         return Ok(());
     }
     let bins = integration_test_binaries()?;
-    println!("xtask: kernel tests in the VM");
-    let mut script = String::from("set -e\n");
+    println!(
+        "xtask: kernel tests in the VM (one boot, every test binary; each one's time is printed)"
+    );
+    // Every binary runs even when one fails, so one run shows every failure.
+    let mut script = String::from("failed=''\n");
     for b in &bins {
+        let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("tests");
+        let name = name.rsplit_once('-').map_or(name, |(n, _)| n);
         script.push_str(&format!(
-            "OVERLAY_TRACE_BIN={} {} --include-ignored --test-threads=1\n",
-            tracer.display(),
-            b.display()
+            "t=$(date +%s); OVERLAY_TRACE_BIN={tracer} {bin} --include-ignored --test-threads=1 || failed=\"$failed {name}\"\n\
+             echo \"xtask: {name} took $(( $(date +%s) - t )) s\"\n",
+            tracer = tracer.display(),
+            bin = b.display(),
         ));
     }
+    script.push_str(
+        "if [ -n \"$failed\" ]; then echo \"xtask: failed in the VM:$failed\"; exit 1; fi\n",
+    );
+    let vm_started = std::time::Instant::now();
     let code = in_vm(&script)?;
+    println!(
+        "xtask: the VM part took {:.0} s; all tests {:.0} s",
+        vm_started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     if code != 0 {
         bail!("kernel tests in the VM failed (exit {code})");
     }
