@@ -169,6 +169,8 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
     kernel_side::release_freed_memory();
     let devs: Vec<Dev> = only_devs.iter().map(|(d, _)| *d).collect();
     let mut kernel = KernelSide::start(config, &caps.symbols, &devs, args.maxactive)?;
+    // aya parsed the kernel's BTF again to load the programs: give that back too.
+    kernel_side::release_freed_memory();
     for w in &kernel.warnings {
         eprintln!("warning: {w}");
     }
