@@ -356,7 +356,7 @@ fn a_storm_running_while_the_tracer_attaches_loses_no_later_lookup() {
     let done = ov.root.join("done");
     let storm = format!(
         "for t in $(seq 1 {THREADS}); do (
-           n=0; while [ ! -e {marker} ]; do n=$((n+1)); [ -e {m}/pre_${{t}}_$n ] || true; done
+           n=0; while [ ! -e {marker} ]; do n=$((n+1)); [ -e {m}/pre_${{t}}_$n ] || true; sleep 0.005; done
            for i in $(seq 1 {PER}); do [ -e {m}/b_${{t}}_$i ] || true; done
            touch {done}.$t ) & done; wait",
         marker = marker.display(),
