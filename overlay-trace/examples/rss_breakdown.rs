@@ -1,7 +1,15 @@
 //! Where the tracer's memory goes before any event: `cargo run --example rss_breakdown` (as root).
 fn rss() -> String {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let get = |k: &str| s.lines().find(|l| l.starts_with(k)).unwrap_or("").split_whitespace().nth(1).unwrap_or("?").to_string();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or("")
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("?")
+            .to_string()
+    };
     format!("RSS {} KiB (peak {} KiB)", get("VmRSS:"), get("VmHWM:"))
 }
 

@@ -6,95 +6,13 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Output},
-    time::{Duration, Instant},
+    process::Command,
 };
 
 use overlay_trace_tests::{bin, out_dir, read_events, stderr, stdout};
 use serde_json::Value;
 
-const ROOT: &str = "/run/overlay-trace-docker";
-
-struct Dockerd {
-    child: Child,
-}
-
-impl Dockerd {
-    fn start() -> Self {
-        fs::create_dir_all(ROOT).unwrap();
-        sh(&format!(
-            "mountpoint -q {ROOT} || mount -t tmpfs tmpfs {ROOT}"
-        ));
-        let log = fs::File::create(out_dir().join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
-            .args([
-                "--data-root",
-                &format!("{ROOT}/data"),
-                "--exec-root",
-                &format!("{ROOT}/exec"),
-            ])
-            .args([
-                "--pidfile",
-                &format!("{ROOT}/docker.pid"),
-                "--host",
-                &format!("unix://{ROOT}/docker.sock"),
-            ])
-            .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd");
-        let started = Instant::now();
-        while !docker(&["info"]).status.success() {
-            assert!(
-                started.elapsed() < Duration::from_secs(240),
-                "dockerd did not start"
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        Dockerd { child }
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg("docker rm -f $(docker ps -aq) >/dev/null 2>&1")
-            .env("DOCKER_HOST", host())
-            .status();
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-fn host() -> String {
-    format!("unix://{ROOT}/docker.sock")
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("DOCKER_HOST", host())
-        .status()
-        .unwrap();
-    assert!(st.success(), "failed: {cmd}");
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .env("DOCKER_HOST", host())
-        .output()
-        .unwrap()
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let o = docker(args);
-    assert!(o.status.success(), "docker {args:?}: {}", stderr(&o));
-    stdout(&o)
-}
+use overlay_trace_tests::runtimes::{Dockerd, ROOT, docker_ok, host, sh};
 
 fn tracer() -> Command {
     let mut c = Command::new(bin());

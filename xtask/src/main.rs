@@ -208,45 +208,44 @@ fn kvm_works(kernel: &Path) -> bool {
         cache.display()
     );
     let marker = "OVERLAY_TRACE_KVM_OK";
-    let child = Command::new("vng")
-        .args(["--run"])
-        .arg(kernel)
-        .args([
-            "--memory",
-            "512M",
-            "--cpus",
-            "1",
-            "--exec",
-            &format!("echo {marker}"),
-        ])
-        .current_dir(workspace())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    let ok = match child {
+    let _ = fs::create_dir_all(workspace().join("target/vm"));
+    let out_file = workspace().join("target/vm/kvm-probe.out");
+    let ok = match fs::File::create(&out_file).and_then(|out| {
+        use std::os::unix::process::CommandExt as _;
+        Command::new("vng")
+            .args(["--run"])
+            .arg(kernel)
+            .args([
+                "--memory",
+                "512M",
+                "--cpus",
+                "1",
+                "--exec",
+                &format!("echo {marker}"),
+            ])
+            .current_dir(workspace())
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            // Its own process group: a hung guest is killed with qemu and all.
+            .process_group(0)
+            .spawn()
+    }) {
         Err(_) => false,
         Ok(mut c) => {
             let start = std::time::Instant::now();
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if start.elapsed() < std::time::Duration::from_secs(60) => {
-                        std::thread::sleep(std::time::Duration::from_millis(250))
-                    }
-                    _ => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                }
+            while matches!(c.try_wait(), Ok(None))
+                && start.elapsed() < std::time::Duration::from_secs(60)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(250));
             }
-            let mut out = String::new();
-            use std::io::Read as _;
-            if let Some(mut o) = c.stdout.take() {
-                let _ = o.read_to_string(&mut out);
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", c.id())])
+                    .status();
+                let _ = c.wait();
             }
-            out.contains(marker)
+            fs::read_to_string(&out_file).is_ok_and(|o| o.contains(marker))
         }
     };
     let _ = fs::create_dir_all(workspace().join("target/vm"));

@@ -20,6 +20,9 @@ struct Entry {
     image: String,
     #[serde(default)]
     layer: String,
+    /// A JSON document in a string; podman puts the image's name there (`image-name`).
+    #[serde(default)]
+    metadata: String,
 }
 
 pub struct Podman {
@@ -43,7 +46,16 @@ pub fn parse_containers_json(text: &str) -> Vec<(String, Container)> {
                     runtime: "podman".into(),
                     id: e.id,
                     name,
-                    image: e.image,
+                    // The name the image was run by; the id when podman recorded none.
+                    image: serde_json::from_str::<serde_json::Value>(&e.metadata)
+                        .ok()
+                        .and_then(|m| {
+                            m["image-name"]
+                                .as_str()
+                                .filter(|n| !n.is_empty())
+                                .map(str::to_string)
+                        })
+                        .unwrap_or(e.image),
                     namespace: None,
                     role: None,
                 },
@@ -119,5 +131,14 @@ mod tests {
         assert_eq!(all[0].0, layer);
         assert_eq!(all[0].1.name, "api");
         assert!(parse_containers_json("not json").is_empty());
+    }
+
+    #[test]
+    fn image_name_from_the_metadata_podman_writes() {
+        // An entry as podman 4.3 wrote it in the VM test.
+        let text = r#"[{"id":"09dd2e60041f44e09ba7b30a5f9658289e9e2ec01d5848aba73f0fe8cd9a6b52","names":["pa"],"image":"0e51f40a91f1bc86830a7d4c55f159d95e7c2ec6e66a27bfaa8cb193ab371b32","layer":"686fb38efba06954b8bc92eb2858b87e16a943add2ad4e92ce82bd94340b027f","metadata":"{\"image-name\":\"localhost/bb:1\",\"image-id\":\"0e51f40a91f1bc86830a7d4c55f159d95e7c2ec6e66a27bfaa8cb193ab371b32\",\"name\":\"pa\",\"created-at\":1795822148}","created":"2026-11-27T23:29:08.8537549Z","flags":{"MountLabel":"","ProcessLabel":""}}]"#;
+        let all = parse_containers_json(text);
+        assert_eq!(all[0].1.image, "localhost/bb:1");
+        assert_eq!(all[0].1.name, "pa");
     }
 }

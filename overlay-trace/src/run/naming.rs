@@ -269,11 +269,38 @@ impl Namer {
     }
 }
 
-/// The mount of `dev` as process `tgid` sees it (a mount namespace other than ours).
+/// The mount of `dev` as process `tgid` sees it, or as one of its ancestors does (a mount
+/// namespace other than ours). Inside a container the root is mounted at "/", which names
+/// nothing; the process that made the mount (containerd's shim, for instance) sees it where it
+/// made it, e.g. `.../io.containerd.runtime.v2.task/<namespace>/<id>/rootfs`.
 fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
-    if tgid == 0 {
-        return None;
+    let mut pid = tgid;
+    let mut at_root = None;
+    for _ in 0..8 {
+        if pid <= 1 {
+            break;
+        }
+        if let Some(m) =
+            crate::safe_fs::read_small_file(std::path::Path::new(&format!("/proc/{pid}/mountinfo")))
+                .and_then(|t| parse_mountinfo(&t).remove(&dev))
+        {
+            if m.mount_point != "/" {
+                return Some(m);
+            }
+            at_root.get_or_insert(m);
+        }
+        pid = parent_of(pid)?;
     }
-    let text = std::fs::read_to_string(format!("/proc/{tgid}/mountinfo")).ok()?;
-    parse_mountinfo(&text).remove(&dev)
+    at_root
+}
+
+/// The parent of process `pid` (field 4 of /proc/PID/stat, after the command in parentheses).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = crate::safe_fs::read_small_file(std::path::Path::new(&format!("/proc/{pid}/stat")))?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }

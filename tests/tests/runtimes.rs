@@ -1,0 +1,168 @@
+//! podman and containerd run for real in the VM, as Docker does in docker.rs: each container is
+//! named (runtime, name, id, image) and its copy-ups equal what its runtime says it changed.
+//! And two runtimes at once: each mount attributed to the right one.
+
+use std::{collections::BTreeSet, fs, path::Path, process::Command};
+
+use overlay_trace_tests::{
+    bin, out_dir, read_events,
+    runtimes::{CTRD, Containerd, Dockerd, Podman, docker_ok, host},
+    stderr, stdout,
+};
+use serde_json::Value;
+
+fn report(path: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The mount of the container named `name` (its root, not an init layer) and its copy-up paths.
+fn mount_of(r: &Value, events: &[Value], name: &str) -> (Value, BTreeSet<String>) {
+    let m = r["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["container"]["name"] == name && m["container"]["role"].is_null())
+        .unwrap_or_else(|| panic!("{name} is not named in the report: {r}"))
+        .clone();
+    let paths = events
+        .iter()
+        .filter(|e| {
+            e["type"] == "copy_up" && e["dev"] == m["dev"] && e["mount_gen"] == m["mount_gen"]
+        })
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    (m, paths)
+}
+
+fn trace(name: &str, script: &str) -> (Value, Vec<Value>, String) {
+    let (json, events) = (
+        out_dir().join(format!("{name}.json")),
+        out_dir().join(format!("{name}.ndjson")),
+    );
+    let o = Command::new(bin())
+        .env("DOCKER_HOST", host())
+        .args([
+            "run",
+            "-q",
+            "--json",
+            json.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--",
+        ])
+        .args(["sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    (report(&json), read_events(&events), stdout(&o))
+}
+
+#[test]
+#[ignore = "needs kprobes on overlayfs and podman: runs in the VM via `cargo xtask test`"]
+fn a_podman_container_is_named_and_its_copy_ups_match_podman_diff() {
+    let _p = Podman::start();
+    let (r, events, out) = trace(
+        "podman",
+        "podman run --network none --name pa localhost/ot-bb:1 sh -c \
+         'echo x >> /etc/greeting; chmod 600 /etc/app.conf; sleep 2'",
+    );
+    println!("{out}");
+    let (m, traced) = mount_of(&r, &events, "pa");
+    assert_eq!(m["container"]["runtime"], "podman");
+    assert_eq!(m["container"]["image"], "localhost/ot-bb:1");
+    let id = String::from_utf8(Podman::run(&["inspect", "-f", "{{.Id}}", "pa"]).stdout).unwrap();
+    assert_eq!(m["container"]["id"], id.trim(), "the full container id");
+    let expected = Podman::changed("pa");
+    assert!(
+        expected.contains("/etc/greeting") && expected.contains("/etc/app.conf"),
+        "{expected:?}"
+    );
+    assert_eq!(traced, expected, "copy-ups vs podman diff");
+    assert!(
+        out.contains(&format!("container pa ({}, podman)", &id.trim()[..12])),
+        "{out}"
+    );
+}
+
+#[test]
+#[ignore = "needs kprobes on overlayfs and containerd: runs in the VM via `cargo xtask test`"]
+fn a_containerd_task_is_named_from_its_cri_annotations() {
+    let _c = Containerd::start();
+    // ctr sets OCI annotations in the task's spec: the ones the CRI plugin would set for a pod.
+    let script = format!(
+        "ctr --address {CTRD}/containerd.sock --namespace k8s.io run --snapshotter overlayfs \
+         --annotation io.kubernetes.cri.sandbox-name=web-pod \
+         --annotation io.kubernetes.cri.sandbox-namespace=shop \
+         --annotation io.kubernetes.cri.container-name=app \
+         --annotation io.kubernetes.cri.image-name=docker.io/library/ot-bb:1 \
+         docker.io/library/ot-bb:1 task1 sh -c 'echo x >> /etc/greeting; echo y >> /etc/app.conf; sleep 3'"
+    );
+    let (r, events, out) = trace("containerd", &script);
+    println!("{out}");
+    let (m, traced) = mount_of(&r, &events, "web-pod/app");
+    assert_eq!(m["container"]["runtime"], "containerd");
+    assert_eq!(m["container"]["id"], "task1");
+    assert_eq!(m["container"]["namespace"], "shop");
+    assert_eq!(m["container"]["image"], "docker.io/library/ot-bb:1");
+    // The oracle: what the task's snapshot upper dir holds that existed in the image.
+    let upper = m["mount"]["upperdir"]
+        .as_str()
+        .expect("upperdir")
+        .to_string();
+    let rootfs = Path::new(CTRD).join("rootfs");
+    let mut from_below = BTreeSet::new();
+    collect(Path::new(&upper), Path::new(&upper), &mut from_below);
+    from_below.retain(|p| rootfs.join(&p[1..]).symlink_metadata().is_ok());
+    assert!(from_below.contains("/etc/greeting"), "{from_below:?}");
+    assert_eq!(traced, from_below, "copy-ups vs the snapshot's upper dir");
+}
+
+fn collect(base: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        out.insert(format!("/{}", p.strip_prefix(base).unwrap().display()));
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect(base, &p, out);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs kprobes on overlayfs, dockerd and podman: runs in the VM via `cargo xtask test`"]
+fn docker_and_podman_started_together_are_each_attributed() {
+    let _d = Dockerd::start();
+    let _p = Podman::start();
+    let rootfs = Path::new("/run/ot-podman-rootfs");
+    overlay_trace_tests::runtimes::sh(&format!(
+        "tar -C {} -c . | docker import - ot-bb:1 >/dev/null",
+        rootfs.display()
+    ));
+    let (r, events, out) = trace(
+        "two_runtimes",
+        "docker run -d --network none --name dk ot-bb:1 sh -c 'echo d >> /etc/greeting; sleep 4' >/dev/null & \
+         podman run --network none --name pd localhost/ot-bb:1 sh -c 'echo p >> /etc/app.conf; sleep 4' & \
+         wait; docker wait dk >/dev/null",
+    );
+    println!("{out}");
+    let (dk, dk_paths) = mount_of(&r, &events, "dk");
+    let (pd, pd_paths) = mount_of(&r, &events, "pd");
+    assert_eq!(dk["container"]["runtime"], "docker");
+    assert_eq!(pd["container"]["runtime"], "podman");
+    assert_ne!(
+        (dk["dev"].clone(), dk["mount_gen"].clone()),
+        (pd["dev"].clone(), pd["mount_gen"].clone())
+    );
+    let docker_changed: BTreeSet<String> = docker_ok(&["diff", "dk"])
+        .lines()
+        .filter_map(|l| l.strip_prefix("C ").map(str::to_string))
+        .collect();
+    assert_eq!(dk_paths, docker_changed, "docker: copy-ups vs docker diff");
+    assert_eq!(
+        pd_paths,
+        Podman::changed("pd"),
+        "podman: copy-ups vs podman diff"
+    );
+    assert!(dk_paths.contains("/etc/greeting") && !dk_paths.contains("/etc/app.conf"));
+    assert!(pd_paths.contains("/etc/app.conf") && !pd_paths.contains("/etc/greeting"));
+}
