@@ -21,7 +21,7 @@ use crate::{
     EVENTS,
     kernel::{
         cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
-        filtered_out, is_stale, now_ns, read_field, read_path, slot, stack_pointer, submit_flags,
+        filtered_out, now_ns, push_frame, read_field, read_path, slot, stack_pointer, submit_flags,
         verbose,
     },
 };
@@ -78,7 +78,14 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: this thread's own entry; only this thread's probes touch it.
-    let stale = unsafe { push(&mut *inflight, frame) };
+    let stale = unsafe {
+        push_frame(
+            &mut (*inflight).frames,
+            &mut (*inflight).depth,
+            frame,
+            STAT_MISSED_RETURN_COPY_UP,
+        )
+    };
     if stale > 0 && verbose() {
         warn!(
             &ctx,
@@ -100,34 +107,6 @@ fn inflight_of(pid: u32) -> Option<*mut CopyUpInflight> {
     // SAFETY: as above; the map copies the value.
     COPY_UP_INFLIGHT.insert(pid, unsafe { &*zero }, 0).ok()?;
     COPY_UP_INFLIGHT.get_ptr_mut(pid)
-}
-
-/// Drops the frames whose call is over unseen (counting each), then pushes `frame`.
-/// Returns how many stale frames were dropped.
-#[inline(always)]
-fn push(s: &mut CopyUpInflight, frame: CopyUpFrame) -> u32 {
-    let mut depth = (s.depth as usize).min(MAX_NESTING);
-    let mut stale = 0;
-    for _ in 0..MAX_NESTING {
-        if depth == 0 {
-            break;
-        }
-        let top = &s.frames[slot(depth - 1)];
-        if !is_stale(top.sp, top.task, frame.sp, frame.task) {
-            break;
-        }
-        depth -= 1;
-        stale += 1;
-        count(STAT_MISSED_RETURN_COPY_UP);
-    }
-    if depth >= MAX_NESTING {
-        s.depth = depth as u32;
-        count(STAT_INFLIGHT_FULL);
-        return stale;
-    }
-    s.frames[slot(depth)] = frame;
-    s.depth = depth as u32 + 1;
-    stale
 }
 
 #[kretprobe]
@@ -251,4 +230,13 @@ pub fn copy_up_end_entry(_ctx: ProbeContext) -> u32 {
         unsafe { (*f).owned = 1 };
     }
     0
+}
+
+impl crate::kernel::InFlight for CopyUpFrame {
+    fn sp(&self) -> u64 {
+        self.sp
+    }
+    fn task(&self) -> u64 {
+        self.task
+    }
 }

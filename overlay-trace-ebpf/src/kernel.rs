@@ -66,6 +66,47 @@ pub fn slot(i: usize) -> usize {
     unsafe { core::ptr::read_volatile(&v) & (overlay_trace_common::MAX_NESTING - 1) }
 }
 
+/// A call in flight, as the stale-entry check sees it.
+pub trait InFlight: Copy {
+    fn sp(&self) -> u64;
+    fn task(&self) -> u64;
+}
+
+/// Pushes `frame` on a thread's stack of calls in flight (`frames[..depth]`), first dropping the
+/// frames whose call is over unseen, each counted as `missed` (a missed return). A stack already
+/// `MAX_NESTING` deep counts the call as untracked. Returns how many stale frames were dropped.
+#[inline(always)]
+pub fn push_frame<F: InFlight>(
+    frames: &mut [F; overlay_trace_common::MAX_NESTING],
+    depth: &mut u32,
+    frame: F,
+    missed: u32,
+) -> u32 {
+    use overlay_trace_common::MAX_NESTING;
+    let mut d = (*depth as usize).min(MAX_NESTING);
+    let mut stale = 0;
+    for _ in 0..MAX_NESTING {
+        if d == 0 {
+            break;
+        }
+        let top = &frames[slot(d - 1)];
+        if !is_stale(top.sp(), top.task(), frame.sp(), frame.task()) {
+            break;
+        }
+        d -= 1;
+        stale += 1;
+        count(missed);
+    }
+    if d >= MAX_NESTING {
+        *depth = d as u32;
+        count(overlay_trace_common::STAT_INFLIGHT_FULL);
+        return stale;
+    }
+    frames[slot(d)] = frame;
+    *depth = d as u32 + 1;
+    stale
+}
+
 /// Where the current thread is on its kernel stack at a kprobe (function entry).
 #[inline(always)]
 pub fn stack_pointer(ctx: &ProbeContext) -> u64 {

@@ -22,7 +22,7 @@ use crate::{
     EVENTS,
     kernel::{
         cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
-        filtered_out, is_stale, now_ns, read_field, read_name, slot, stack_pointer, submit_flags,
+        filtered_out, now_ns, push_frame, read_field, read_name, slot, stack_pointer, submit_flags,
         verbose,
     },
 };
@@ -65,7 +65,14 @@ pub fn lookup_entry(ctx: ProbeContext) -> u32 {
         }
     };
     // SAFETY: this thread's own entry; only this thread's probes touch it.
-    let stale = unsafe { push(&mut *s, frame) };
+    let stale = unsafe {
+        push_frame(
+            &mut (*s).frames,
+            &mut (*s).depth,
+            frame,
+            STAT_MISSED_RETURN_LOOKUP,
+        )
+    };
     if stale > 0 && verbose() {
         warn!(
             &ctx,
@@ -73,33 +80,6 @@ pub fn lookup_entry(ctx: ProbeContext) -> u32 {
         );
     }
     0
-}
-
-/// Drops the frames whose call is over unseen (counting each), then pushes `frame`.
-#[inline(always)]
-fn push(s: &mut LookupInflight, frame: LookupFrame) -> u32 {
-    let mut depth = (s.depth as usize).min(MAX_NESTING);
-    let mut stale = 0;
-    for _ in 0..MAX_NESTING {
-        if depth == 0 {
-            break;
-        }
-        let top = &s.frames[slot(depth - 1)];
-        if !is_stale(top.sp, top.task, frame.sp, frame.task) {
-            break;
-        }
-        depth -= 1;
-        stale += 1;
-        count(STAT_MISSED_RETURN_LOOKUP);
-    }
-    if depth >= MAX_NESTING {
-        s.depth = depth as u32;
-        count(STAT_INFLIGHT_FULL);
-        return stale;
-    }
-    s.frames[slot(depth)] = frame;
-    s.depth = depth as u32 + 1;
-    stale
 }
 
 /// `ovl_lookup_layer(...)`: one call per layer consulted, counted for the innermost lookup.
@@ -182,4 +162,13 @@ pub fn lookup_return(ctx: RetProbeContext) -> u32 {
     }
     entry.submit(submit_flags());
     0
+}
+
+impl crate::kernel::InFlight for LookupFrame {
+    fn sp(&self) -> u64 {
+        self.sp
+    }
+    fn task(&self) -> u64 {
+        self.task
+    }
 }

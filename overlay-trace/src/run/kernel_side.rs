@@ -55,6 +55,17 @@ impl log::Log for StderrLog {
     fn flush(&self) {}
 }
 
+/// The per-CPU counters, summed over CPUs.
+fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Stats {
+    let mut out = [0u64; NUM_STATS as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Ok(per_cpu) = stats.get(&(i as u32), 0) {
+            *slot = per_cpu.iter().sum();
+        }
+    }
+    out
+}
+
 pub struct KernelSide {
     ebpf: Ebpf,
     attached: Attached,
@@ -159,13 +170,7 @@ impl KernelSide {
     }
 
     pub fn stats(&self) -> Stats {
-        let mut out = [0u64; NUM_STATS as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            if let Ok(per_cpu) = self.stats.get(&(i as u32), 0) {
-                *slot = per_cpu.iter().sum();
-            }
-        }
-        out
+        read_stats(&self.stats)
     }
 
     /// Detaches every probe (entries first), hands the records still waiting to `f`, and counts
@@ -183,15 +188,7 @@ impl KernelSide {
         while let Some(item) = ring.next() {
             f(&item);
         }
-        let s = {
-            let mut out = [0u64; NUM_STATS as usize];
-            for (i, slot) in out.iter_mut().enumerate() {
-                if let Ok(per_cpu) = self.stats.get(&(i as u32), 0) {
-                    *slot = per_cpu.iter().sum();
-                }
-            }
-            out
-        };
+        let s = read_stats(&self.stats);
         let left_copy_ups: u64 = self
             .copy_ups_in_flight
             .iter()
