@@ -240,7 +240,8 @@ pub struct Config {
     /// Non-zero when `ovl_copy_up_end` is probed: a copy-up that never reached it only waited
     /// for another thread's copy of the same object.
     pub copy_up_end_probed: u32,
-    pub _pad: u32,
+    /// 1-based position of the data copy's `len` argument (from BTF); 0: not known, the 4th.
+    pub data_len_arg: u32,
 }
 const _: () = assert!(size_of::<Config>() == 56);
 

@@ -181,13 +181,31 @@ fn current_frame(pid: u32) -> Option<*mut CopyUpFrame> {
 }
 
 /// `ovl_copy_up_file(ofs, dentry, new_file, loff_t len)` (6.1+) and
-/// `ovl_copy_up_data(ofs, old, new, loff_t len)` (5.x): `len` is the fourth argument in both.
+/// `ovl_copy_up_data(ofs, old, new, loff_t len)` (5.10 .. 6.0; `(old, new, len)` before 5.10):
+/// the position of `len` comes from BTF (`Config::data_len_arg`).
 /// A copy-up may copy its data in several calls: bytes and time are summed.
 #[kprobe]
 pub fn copy_up_data_entry(ctx: ProbeContext) -> u32 {
     let (_, pid) = current_tgid_pid();
     if let Some(f) = current_frame(pid) {
-        let len: i64 = ctx.arg(3).unwrap_or(0);
+        // Where `len` is differs by kernel version: userspace read it from BTF. All three
+        // candidate registers are read (volatile, each at its fixed offset; x86-64: rdx, rcx, r8
+        // hold arguments 3, 4, 5), then one is picked: a load at a computed offset into the
+        // context is refused by the verifier.
+        let regs = ctx.regs;
+        // SAFETY: a kprobe's context is the probed function's saved registers.
+        let (third, fourth, fifth) = unsafe {
+            (
+                core::ptr::read_volatile(&(*regs).rdx),
+                core::ptr::read_volatile(&(*regs).rcx),
+                core::ptr::read_volatile(&(*regs).r8),
+            )
+        };
+        let len = match cfg(|c| &c.data_len_arg) {
+            3 => third,
+            5 => fifth,
+            _ => fourth,
+        } as i64;
         // SAFETY: the frame belongs to this thread's in-flight copy-up.
         unsafe {
             if (*f).data_start_ns != 0 {

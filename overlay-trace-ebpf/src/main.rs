@@ -33,7 +33,7 @@ static CONFIG: Config = Config {
     filter_devs: 0,
     verbose: 0,
     copy_up_end_probed: 0,
-    _pad: 0,
+    data_len_arg: 0,
 };
 
 /// Superblocks to trace when `CONFIG.filter_devs` is set (`--container`); key: kernel `s_dev`.

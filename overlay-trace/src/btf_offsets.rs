@@ -78,8 +78,33 @@ impl KernelBtf {
             filter_devs: 0,
             verbose: 0,
             copy_up_end_probed: 0,
-            _pad: 0,
+            data_len_arg: 0,
         })
+    }
+
+    /// 1-based position of parameter `param` of kernel function `func` (looked up among
+    /// overlay's types, then vmlinux's), or None when the function or the parameter is unknown.
+    /// Argument positions move between versions (`len` of `ovl_copy_up_data` is the 3rd argument
+    /// before 5.10 and the 4th after); they are read, not assumed.
+    pub fn param_position(&self, func: &str, param: &str) -> Option<u32> {
+        [self.overlay_types(), &self.vmlinux]
+            .into_iter()
+            .find_map(|btf| {
+                let ids = btf.resolve_ids_by_name(func).ok()?;
+                ids.into_iter().find_map(|id| {
+                    let Ok(Type::Func(f)) = btf.resolve_type_by_id(id) else {
+                        return None;
+                    };
+                    let Ok(Type::FuncProto(proto)) = btf.resolve_chained_type(&f) else {
+                        return None;
+                    };
+                    proto
+                        .parameters
+                        .iter()
+                        .position(|p| btf.resolve_name(p).is_ok_and(|n| n == param))
+                        .map(|i| i as u32 + 1)
+                })
+            })
     }
 
     /// True when overlay's `ovl_inode` type is known (module loaded or built in).
@@ -177,6 +202,15 @@ mod tests {
         );
         assert!(cfg.inode_i_size > cfg.inode_i_mode);
         assert!(cfg.super_block_s_dev > 0 && cfg.super_block_s_dev < 64);
+    }
+
+    #[test]
+    fn parameter_positions_come_from_btf() {
+        let btf = KernelBtf::load().expect("load BTF");
+        // vfs_fsync(struct file *file, int datasync) on every kernel with BTF.
+        assert_eq!(btf.param_position("vfs_fsync", "datasync"), Some(2));
+        assert_eq!(btf.param_position("vfs_fsync", "no_such_param"), None);
+        assert_eq!(btf.param_position("no_such_function_here", "x"), None);
     }
 
     #[test]

@@ -27,6 +27,20 @@ pub struct Capabilities {
     pub overlay_loaded: bool,
     /// Names in /proc/kallsyms (without module suffix).
     pub symbols: HashSet<String>,
+    /// The BPF ring buffer map (Linux 5.8+), which carries every event.
+    pub ringbuf: bool,
+}
+
+/// (major, minor) of a kernel release such as "6.1.0-56-amd64".
+pub fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Whether the kernel has the BPF ring buffer: the release is 5.8 or later, or its helper is in
+/// kallsyms (distribution kernels backport it to older releases).
+fn has_ringbuf(release: &str, symbols: &HashSet<String>) -> bool {
+    symbols.contains("bpf_ringbuf_reserve") || release_version(release).is_some_and(|v| v >= (5, 8))
 }
 
 pub fn kernel_release() -> String {
@@ -100,13 +114,16 @@ fn kallsyms() -> HashSet<String> {
 pub fn inspect() -> Capabilities {
     // Only whether BTF exists: parsing it (megabytes) is left to the one caller that needs it.
     let btf = Path::new(btf_offsets::VMLINUX_BTF).exists();
+    let kernel = kernel_release();
+    let symbols = kallsyms();
     Capabilities {
-        kernel: kernel_release(),
+        ringbuf: has_ringbuf(&kernel, &symbols),
+        kernel,
         privileged: privileged(),
         btf,
         kprobes: kprobe_support(),
         overlay_loaded: overlay_in_filesystems(),
-        symbols: kallsyms(),
+        symbols,
     }
 }
 
@@ -143,6 +160,13 @@ pub fn require_for_run(caps: &Capabilities) -> Result<()> {
         bail!(
             "kernel {} cannot attach kprobes (CONFIG_KPROBES is off: no kprobe PMU, no kprobe_events); \
              overlay-trace needs them on the overlayfs functions",
+            caps.kernel
+        );
+    }
+    if !caps.ringbuf {
+        bail!(
+            "kernel {} has no BPF ring buffer (added in Linux 5.8): overlay-trace hands its events to \
+             userspace through one; use a 5.8 or later kernel",
             caps.kernel
         );
     }
@@ -194,7 +218,20 @@ mod tests {
             kprobes: KprobeSupport::Pmu,
             overlay_loaded: true,
             symbols,
+            ringbuf: true,
         }
+    }
+
+    #[test]
+    fn ring_buffer_from_kallsyms_or_the_release() {
+        let with: HashSet<String> = ["bpf_ringbuf_reserve".to_string()].into();
+        let without: HashSet<String> = ["ovl_lookup".to_string()].into();
+        assert!(has_ringbuf("5.4.0", &with));
+        assert!(has_ringbuf("6.1.0", &without));
+        assert!(!has_ringbuf("5.4.0", &without));
+        assert!(has_ringbuf("5.8.0-1-amd64", &HashSet::new()));
+        assert!(!has_ringbuf("5.4.0-150-generic", &HashSet::new()));
+        assert_eq!(release_version("6.12.9+bpo-amd64"), Some((6, 12)));
     }
 
     #[test]
@@ -209,6 +246,7 @@ mod tests {
         assert!(msg(|c| c.btf = false).contains("has no BTF"));
         assert!(msg(|c| c.kprobes = KprobeSupport::None).contains("cannot attach kprobes"));
         assert!(msg(|c| c.overlay_loaded = false).contains("overlayfs is not available"));
+        assert!(msg(|c| c.ringbuf = false).contains("no BPF ring buffer (added in Linux 5.8)"));
         assert!(
             msg(|c| {
                 c.symbols.remove("ovl_copy_up_one");

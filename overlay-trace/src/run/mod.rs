@@ -161,7 +161,15 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
 
     let verbose =
         std::env::var_os("OVERLAY_TRACE_VERBOSE").is_some_and(|v| v != "0" && !v.is_empty());
-    let mut config = KernelBtf::load()?.config(args.pid.unwrap_or(0))?;
+    let btf = KernelBtf::load()?;
+    let mut config = btf.config(args.pid.unwrap_or(0))?;
+    config.data_len_arg = crate::probes::PROBES
+        .iter()
+        .find(|p| p.entry == "copy_up_data_entry")
+        .and_then(|p| crate::probes::target_for(p, &caps.symbols))
+        .and_then(|f| btf.param_position(f, "len"))
+        .unwrap_or(0);
+    drop(btf);
     config.filter_devs = u32::from(!only_devs.is_empty());
     config.verbose = u32::from(verbose);
     config.copy_up_end_probed = u32::from(caps.symbols.contains("ovl_copy_up_end"));
