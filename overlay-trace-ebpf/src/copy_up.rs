@@ -6,9 +6,9 @@
 //! swallow later calls.
 
 use aya_ebpf::{
-    macros::{kprobe, kretprobe, map},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::{LruHashMap, PerCpuArray},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
 use overlay_trace_common::{
@@ -39,15 +39,38 @@ static COPY_UP_SCRATCH: PerCpuArray<CopyUpInflight> = PerCpuArray::with_max_entr
 /// `int ovl_copy_up_one(struct dentry *parent, struct dentry *dentry, int flags)`
 #[kprobe]
 pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
+    let stale = enter(
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+        stack_pointer(&ctx),
+    );
+    if stale > 0 && verbose() {
+        warn!(
+            &ctx,
+            "copy-up: {} call(s) returned unseen (missed kretprobe)", stale
+        );
+    }
+    0
+}
+
+#[fentry(function = "ovl_copy_up_one")]
+pub fn copy_up_one_fentry(ctx: FEntryContext) -> u32 {
+    // fexit never misses a return: no stack position is needed to find stale entries.
+    enter(ctx.arg(1), ctx.arg(2), 0);
+    0
+}
+
+/// A copy-up begins: records its frame. Returns how many earlier calls of this thread were
+/// found to have returned unseen.
+#[inline(always)]
+fn enter(dentry: u64, flags: i32, sp: u64) -> u32 {
     let (tgid, pid) = current_tgid_pid();
     if filtered_out(tgid) {
         return 0;
     }
-    let dentry: u64 = ctx.arg(1).unwrap_or(0);
     if dev_filtered_out(dentry) {
         return 0;
     }
-    let flags: i32 = ctx.arg(2).unwrap_or(0);
     // Size and mode before the copy: what had to be copied from below.
     let inode: u64 = read_field(dentry, cfg(|c| &c.dentry_d_inode));
     let (size, mode) = if inode == 0 {
@@ -61,7 +84,7 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
     };
     let frame = CopyUpFrame {
         start_ns: now_ns(),
-        sp: stack_pointer(&ctx),
+        sp,
         task: current_task(),
         dentry,
         size,
@@ -78,21 +101,14 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: this thread's own entry; only this thread's probes touch it.
-    let stale = unsafe {
+    unsafe {
         push_frame(
             &mut (*inflight).frames,
             &mut (*inflight).depth,
             frame,
             STAT_MISSED_RETURN_COPY_UP,
         )
-    };
-    if stale > 0 && verbose() {
-        warn!(
-            &ctx,
-            "copy-up: {} call(s) of thread {} returned unseen (missed kretprobe)", stale, pid
-        );
     }
-    0
 }
 
 /// This thread's entry, created empty when it has none.
@@ -111,6 +127,18 @@ fn inflight_of(pid: u32) -> Option<*mut CopyUpInflight> {
 
 #[kretprobe]
 pub fn copy_up_one_return(ctx: RetProbeContext) -> u32 {
+    exit(ctx.ret())
+}
+
+/// `int ovl_copy_up_one(parent, dentry, flags)`: the return value follows the 3 arguments.
+#[fexit(function = "ovl_copy_up_one")]
+pub fn copy_up_one_fexit(ctx: FExitContext) -> u32 {
+    exit(ctx.arg::<i32>(3) as i64)
+}
+
+/// A copy-up returns `ret`: emits its event.
+#[inline(always)]
+fn exit(ret: i64) -> u32 {
     let now = now_ns();
     let (_, pid) = current_tgid_pid();
     let Some(s) = COPY_UP_INFLIGHT.get_ptr_mut(pid) else {
@@ -127,7 +155,6 @@ pub fn copy_up_one_return(ctx: RetProbeContext) -> u32 {
         (*s).depth = depth as u32 - 1;
         (*s).frames[slot(depth - 1)]
     };
-    let ret: i64 = ctx.ret();
 
     let Some(mut entry) = EVENTS.reserve::<CopyUpEvent>(0) else {
         count(STAT_DROPPED_COPY_UP);
@@ -186,26 +213,39 @@ fn current_frame(pid: u32) -> Option<*mut CopyUpFrame> {
 /// A copy-up may copy its data in several calls: bytes and time are summed.
 #[kprobe]
 pub fn copy_up_data_entry(ctx: ProbeContext) -> u32 {
+    // Where `len` is differs by kernel version: userspace read it from BTF. All three
+    // candidate registers are read (volatile, each at its fixed offset; x86-64: rdx, rcx, r8
+    // hold arguments 3, 4, 5), then one is picked: a load at a computed offset into the
+    // context is refused by the verifier.
+    let regs = ctx.regs;
+    // SAFETY: a kprobe's context is the probed function's saved registers.
+    let (third, fourth, fifth) = unsafe {
+        (
+            core::ptr::read_volatile(&(*regs).rdx),
+            core::ptr::read_volatile(&(*regs).rcx),
+            core::ptr::read_volatile(&(*regs).r8),
+        )
+    };
+    let len = match cfg(|c| &c.data_len_arg) {
+        3 => third,
+        5 => fifth,
+        _ => fourth,
+    } as i64;
+    data_enter(len);
+    0
+}
+
+/// fentry is only chosen where `len` is the 4th argument (userspace checks BTF).
+#[fentry(function = "ovl_copy_up_file")]
+pub fn copy_up_data_fentry(ctx: FEntryContext) -> u32 {
+    data_enter(ctx.arg(3));
+    0
+}
+
+#[inline(always)]
+fn data_enter(len: i64) {
     let (_, pid) = current_tgid_pid();
     if let Some(f) = current_frame(pid) {
-        // Where `len` is differs by kernel version: userspace read it from BTF. All three
-        // candidate registers are read (volatile, each at its fixed offset; x86-64: rdx, rcx, r8
-        // hold arguments 3, 4, 5), then one is picked: a load at a computed offset into the
-        // context is refused by the verifier.
-        let regs = ctx.regs;
-        // SAFETY: a kprobe's context is the probed function's saved registers.
-        let (third, fourth, fifth) = unsafe {
-            (
-                core::ptr::read_volatile(&(*regs).rdx),
-                core::ptr::read_volatile(&(*regs).rcx),
-                core::ptr::read_volatile(&(*regs).r8),
-            )
-        };
-        let len = match cfg(|c| &c.data_len_arg) {
-            3 => third,
-            5 => fifth,
-            _ => fourth,
-        } as i64;
         // SAFETY: the frame belongs to this thread's in-flight copy-up.
         unsafe {
             if (*f).data_start_ns != 0 {
@@ -220,11 +260,22 @@ pub fn copy_up_data_entry(ctx: ProbeContext) -> u32 {
             };
         }
     }
-    0
 }
 
 #[kretprobe]
 pub fn copy_up_data_return(_ctx: RetProbeContext) -> u32 {
+    data_exit();
+    0
+}
+
+#[fexit(function = "ovl_copy_up_file")]
+pub fn copy_up_data_fexit(_ctx: FExitContext) -> u32 {
+    data_exit();
+    0
+}
+
+#[inline(always)]
+fn data_exit() {
     let (_, pid) = current_tgid_pid();
     if let Some(f) = current_frame(pid) {
         // SAFETY: as above.
@@ -235,19 +286,29 @@ pub fn copy_up_data_return(_ctx: RetProbeContext) -> u32 {
             }
         }
     }
-    0
 }
 
 /// `void ovl_copy_up_end(struct dentry *dentry)`: reached only by the call that owned the copy-up
 /// (`ovl_copy_up_start` returned 0); a call that raced with another one returns without it.
 #[kprobe]
 pub fn copy_up_end_entry(_ctx: ProbeContext) -> u32 {
+    owned();
+    0
+}
+
+#[fentry(function = "ovl_copy_up_end")]
+pub fn copy_up_end_fentry(_ctx: FEntryContext) -> u32 {
+    owned();
+    0
+}
+
+#[inline(always)]
+fn owned() {
     let (_, pid) = current_tgid_pid();
     if let Some(f) = current_frame(pid) {
         // SAFETY: the frame belongs to this thread's in-flight copy-up.
         unsafe { (*f).owned = 1 };
     }
-    0
 }
 
 impl crate::kernel::InFlight for CopyUpFrame {

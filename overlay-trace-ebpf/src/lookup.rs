@@ -6,9 +6,9 @@
 //! stack position of the next call and counted: it can never swallow later lookups.
 
 use aya_ebpf::{
-    macros::{kprobe, kretprobe, map},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
-    programs::{ProbeContext, RetProbeContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
 use overlay_trace_common::{
@@ -34,17 +34,36 @@ static LOOKUP_INFLIGHT: LruHashMap<u32, LookupInflight> = LruHashMap::with_max_e
 /// `struct dentry *ovl_lookup(struct inode *dir, struct dentry *dentry, unsigned int flags)`
 #[kprobe]
 pub fn lookup_entry(ctx: ProbeContext) -> u32 {
+    let stale = enter(ctx.arg(1).unwrap_or(0), stack_pointer(&ctx));
+    if stale > 0 && verbose() {
+        warn!(
+            &ctx,
+            "lookup: {} call(s) returned unseen (missed kretprobe)", stale
+        );
+    }
+    0
+}
+
+#[fentry(function = "ovl_lookup")]
+pub fn lookup_fentry(ctx: FEntryContext) -> u32 {
+    enter(ctx.arg(1), 0);
+    0
+}
+
+/// A lookup begins: records its frame. Returns how many earlier calls of this thread were found
+/// to have returned unseen.
+#[inline(always)]
+fn enter(dentry: u64, sp: u64) -> u32 {
     let (tgid, pid) = current_tgid_pid();
     if filtered_out(tgid) {
         return 0;
     }
-    let dentry: u64 = ctx.arg(1).unwrap_or(0);
     if dev_filtered_out(dentry) {
         return 0;
     }
     let frame = LookupFrame {
         start_ns: now_ns(),
-        sp: stack_pointer(&ctx),
+        sp,
         task: current_task(),
         dentry,
         layers: 0,
@@ -65,26 +84,31 @@ pub fn lookup_entry(ctx: ProbeContext) -> u32 {
         }
     };
     // SAFETY: this thread's own entry; only this thread's probes touch it.
-    let stale = unsafe {
+    unsafe {
         push_frame(
             &mut (*s).frames,
             &mut (*s).depth,
             frame,
             STAT_MISSED_RETURN_LOOKUP,
         )
-    };
-    if stale > 0 && verbose() {
-        warn!(
-            &ctx,
-            "lookup: {} call(s) of thread {} returned unseen (missed kretprobe)", stale, pid
-        );
     }
-    0
 }
 
 /// `ovl_lookup_layer(...)`: one call per layer consulted, counted for the innermost lookup.
 #[kprobe]
 pub fn lookup_layer_entry(_ctx: ProbeContext) -> u32 {
+    layer();
+    0
+}
+
+#[fentry(function = "ovl_lookup_layer")]
+pub fn lookup_layer_fentry(_ctx: FEntryContext) -> u32 {
+    layer();
+    0
+}
+
+#[inline(always)]
+fn layer() {
     let (_, pid) = current_tgid_pid();
     if let Some(s) = LOOKUP_INFLIGHT.get_ptr_mut(pid) {
         // SAFETY: this thread's own entry.
@@ -95,11 +119,22 @@ pub fn lookup_layer_entry(_ctx: ProbeContext) -> u32 {
             }
         }
     }
-    0
 }
 
 #[kretprobe]
 pub fn lookup_return(ctx: RetProbeContext) -> u32 {
+    exit(ctx.ret())
+}
+
+/// `struct dentry *ovl_lookup(dir, dentry, flags)`: the return value follows the 3 arguments.
+#[fexit(function = "ovl_lookup")]
+pub fn lookup_fexit(ctx: FExitContext) -> u32 {
+    exit(ctx.arg::<i64>(3))
+}
+
+/// A lookup returns `ret`: emits its event.
+#[inline(always)]
+fn exit(ret: i64) -> u32 {
     let now = now_ns();
     let (_, pid) = current_tgid_pid();
     let Some(s) = LOOKUP_INFLIGHT.get_ptr_mut(pid) else {
@@ -118,7 +153,6 @@ pub fn lookup_return(ctx: RetProbeContext) -> u32 {
     };
 
     // NULL: the passed dentry was used; an error pointer: the lookup failed; otherwise an alias.
-    let ret: i64 = ctx.ret();
     let outcome = if (-4095..0).contains(&ret) {
         LOOKUP_ERROR
     } else {

@@ -2,9 +2,9 @@
 //! container's root) cost. The superblock's device is assigned before fill_super runs.
 
 use aya_ebpf::{
-    macros::{kprobe, kretprobe, map},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
-    programs::{ProbeContext, RetProbeContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
 use overlay_trace_common::{
@@ -26,35 +26,63 @@ static MOUNT_INFLIGHT: LruHashMap<u32, MountFrame> = LruHashMap::with_max_entrie
 
 #[kprobe]
 pub fn mount_entry(ctx: ProbeContext) -> u32 {
-    let (tgid, pid) = current_tgid_pid();
-    if filtered_out(tgid) {
-        return 0;
-    }
-    // Mounts do not nest: an entry still here is a call whose return never came.
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { MOUNT_INFLIGHT.get(pid) }.is_some() {
-        count(STAT_MISSED_RETURN_MOUNT);
-        if verbose() {
-            warn!(
-                &ctx,
-                "mount: a call of thread {} returned unseen (missed kretprobe)", pid
-            );
-        }
-    }
-    let start = MountFrame {
-        start_ns: now_ns(),
-        sp: stack_pointer(&ctx),
-        task: current_task(),
-        sb: ctx.arg(0).unwrap_or(0),
-    };
-    if MOUNT_INFLIGHT.insert(pid, start, 0).is_err() {
-        count(STAT_INFLIGHT_FULL);
+    if enter(ctx.arg(0).unwrap_or(0), stack_pointer(&ctx)) && verbose() {
+        warn!(&ctx, "mount: a call returned unseen (missed kretprobe)");
     }
     0
 }
 
+#[fentry(function = "ovl_fill_super")]
+pub fn mount_fentry(ctx: FEntryContext) -> u32 {
+    enter(ctx.arg(0), 0);
+    0
+}
+
+/// A mount begins. Returns whether an earlier call of this thread returned unseen.
+#[inline(always)]
+fn enter(sb: u64, sp: u64) -> bool {
+    let (tgid, pid) = current_tgid_pid();
+    if filtered_out(tgid) {
+        return false;
+    }
+    // Mounts do not nest: an entry still here is a call whose return never came.
+    // SAFETY: read-only lookup of a plain value.
+    let stale = unsafe { MOUNT_INFLIGHT.get(pid) }.is_some();
+    if stale {
+        count(STAT_MISSED_RETURN_MOUNT);
+    }
+    let start = MountFrame {
+        start_ns: now_ns(),
+        sp,
+        task: current_task(),
+        sb,
+    };
+    if MOUNT_INFLIGHT.insert(pid, start, 0).is_err() {
+        count(STAT_INFLIGHT_FULL);
+    }
+    stale
+}
+
 #[kretprobe]
 pub fn mount_return(ctx: RetProbeContext) -> u32 {
+    exit(ctx.ret())
+}
+
+/// 6.5+: `int ovl_fill_super(struct super_block *sb, struct fs_context *fc)`: return value 3rd.
+#[fexit(function = "ovl_fill_super")]
+pub fn mount_fexit_2(ctx: FExitContext) -> u32 {
+    exit(ctx.arg::<i32>(2) as i64)
+}
+
+/// Before 6.5: `int ovl_fill_super(struct super_block *sb, void *data, int silent)`: 4th.
+#[fexit(function = "ovl_fill_super")]
+pub fn mount_fexit_3(ctx: FExitContext) -> u32 {
+    exit(ctx.arg::<i32>(3) as i64)
+}
+
+/// A mount returns `ret`: emits its event.
+#[inline(always)]
+fn exit(ret: i64) -> u32 {
     let now = now_ns();
     let (_, pid) = current_tgid_pid();
     // SAFETY: copied out before removal.
@@ -63,7 +91,6 @@ pub fn mount_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = MOUNT_INFLIGHT.remove(pid);
-    let ret: i64 = ctx.ret();
     let dev: u32 = read_field(start.sb, cfg(|c| &c.super_block_s_dev));
     let Some(mut entry) = EVENTS.reserve::<MountEvent>(0) else {
         count(STAT_DROPPED_MOUNT);

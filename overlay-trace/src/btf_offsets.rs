@@ -82,6 +82,30 @@ impl KernelBtf {
         })
     }
 
+    /// Whether overlay's types come from a module's split BTF (overlay is a module) rather than
+    /// vmlinux (built in).
+    pub fn overlay_is_module(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// The BTF type id of kernel function `func` and its number of parameters, looked up among
+    /// overlay's types (a module's ids continue after vmlinux's, as the kernel numbers them).
+    pub fn overlay_func(&self, func: &str) -> Option<(u32, usize)> {
+        let btf = self.overlay_types();
+        btf.resolve_ids_by_name(func)
+            .ok()?
+            .into_iter()
+            .find_map(|id| {
+                let Ok(Type::Func(f)) = btf.resolve_type_by_id(id) else {
+                    return None;
+                };
+                let Ok(Type::FuncProto(proto)) = btf.resolve_chained_type(&f) else {
+                    return None;
+                };
+                Some((id, proto.parameters.len()))
+            })
+    }
+
     /// 1-based position of parameter `param` of kernel function `func` (looked up among
     /// overlay's types, then vmlinux's), or None when the function or the parameter is unknown.
     /// Argument positions move between versions (`len` of `ovl_copy_up_data` is the 3rd argument

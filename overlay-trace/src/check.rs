@@ -97,10 +97,11 @@ pub fn check() -> Result<bool> {
                     Err(e) => println!("verifier:        {e:#}"),
                 }
                 match probes::fentry_works(&mut ebpf) {
-                    Ok(()) => println!(
-                        "fentry:          yes (kprobes are used: aya cannot attach fentry to module functions)"
-                    ),
+                    Ok(()) => println!("fentry:          yes"),
                     Err(e) => println!("fentry:          no ({e:#})"),
+                }
+                if let Some(b) = &btf {
+                    print_plan(b, &caps.symbols);
                 }
             }
             Err(e) => println!("eBPF:            cannot load: {e:#}"),
@@ -115,5 +116,33 @@ pub fn check() -> Result<bool> {
             println!("run:             will not work: {e:#}");
             Ok(false)
         }
+    }
+}
+
+/// What `run --probes auto` would use on each function, and why; the fentry programs of that
+/// plan are loaded (not attached), so the verifier's answer is real.
+fn print_plan(btf: &KernelBtf, symbols: &std::collections::HashSet<String>) {
+    let loaded = btf.config(0).and_then(probes::open);
+    let mut ebpf = match loaded {
+        Ok(e) => e,
+        Err(e) => return println!("probes (auto):   cannot load: {e:#}"),
+    };
+    let support = probes::FentrySupport::probe(&mut ebpf, btf);
+    let plan = match probes::plan(btf, symbols, &support, probes::ProbesArg::Auto) {
+        Ok((plan, _)) => plan,
+        Err(e) => return println!("probes (auto):   {e:#}"),
+    };
+    println!("probes (auto):");
+    for c in &plan {
+        let (kind, why) = match &c.backend {
+            probes::Backend::Fentry { .. } => ("fentry/fexit", c.why.clone()),
+            probes::Backend::Kprobe => ("kprobe", format!("fentry not possible: {}", c.why)),
+        };
+        println!("  {:<22} {kind:<13} {why}", c.target);
+    }
+    match probes::load_plan(&mut ebpf, &plan, &support) {
+        Ok(0) => {}
+        Ok(n) => println!("verifier:        accepts the {n} fentry/fexit programs of this plan"),
+        Err(e) => println!("verifier:        {e:#} (run --probes kprobe avoids it)"),
     }
 }

@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// counted and shown either way.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub maxactive: u32,
+    /// Kind of probe: fentry/fexit where this kernel allows it for that function and kprobes
+    /// elsewhere (auto), or one kind everywhere. `check` shows what auto picks, and why.
+    #[arg(long, value_enum, default_value_t = crate::probes::ProbesArg::Auto)]
+    pub probes: crate::probes::ProbesArg,
     /// Run CMD with the probes attached; trace until it exits and exit with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -100,6 +104,9 @@ pub struct BenchArgs {
     /// Scenario file (TOML), or the name of a built-in one: container-start, package-install,
     /// log-append, chmod-r, rename-dirs.
     pub scenario: String,
+    /// Kind of probe, as for `run`.
+    #[arg(long, value_enum, default_value_t = crate::probes::ProbesArg::Auto)]
+    pub probes: crate::probes::ProbesArg,
     /// Runs; the report keeps medians and the spread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,

@@ -62,7 +62,12 @@ fn storm_overlay() -> Overlay {
 
 /// Runs the copy-up storm under the tracer with `maxactive`, beside bpftrace counting entries.
 /// Returns (report, events, bpftrace's count of ovl_copy_up_one entries on the overlay).
-fn copy_up_storm(ov: &Overlay, name: &str, maxactive: u32) -> (Value, Vec<Value>, u64) {
+fn copy_up_storm(
+    ov: &Overlay,
+    name: &str,
+    probes: &str,
+    maxactive: u32,
+) -> (Value, Vec<Value>, u64) {
     let dir = out_dir();
     let (json, events) = (
         dir.join(format!("{name}.json")),
@@ -79,7 +84,14 @@ fn copy_up_storm(ov: &Overlay, name: &str, maxactive: u32) -> (Value, Vec<Value>
         &format!("echo x >> {}/d/f$i", ov.merged().display()),
     );
     let o = Command::new(bin())
-        .args(["run", "-q", "--maxactive", &maxactive.to_string()])
+        .args([
+            "run",
+            "-q",
+            "--probes",
+            probes,
+            "--maxactive",
+            &maxactive.to_string(),
+        ])
         .args([
             "--json",
             json.to_str().unwrap(),
@@ -105,8 +117,16 @@ fn copy_up_storm(ov: &Overlay, name: &str, maxactive: u32) -> (Value, Vec<Value>
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn copy_up_storm_reports_every_copy_up() {
+    every_copy_up_of_a_storm("kprobe");
+    // fexit has no ceiling at all: where overlay's BTF lets fentry attach, the same storm.
+    if Path::new("/sys/kernel/btf/overlay").exists() {
+        every_copy_up_of_a_storm("fentry");
+    }
+}
+
+fn every_copy_up_of_a_storm(probes: &str) {
     let ov = storm_overlay();
-    let (r, events, entries) = copy_up_storm(&ov, "storm", 4096);
+    let (r, events, entries) = copy_up_storm(&ov, &format!("storm_{probes}"), probes, 4096);
     let dev = ov.dev();
     // The upper dir holds the 96 files and their parent directory, all from below.
     let from_below: BTreeSet<String> = ov
@@ -135,14 +155,23 @@ fn copy_up_storm_reports_every_copy_up() {
         "copies {count} + waits {waited} vs bpftrace entries {entries}"
     );
     assert_eq!(r["events"]["missed_return_copy_up"], 0, "{}", r["events"]);
+    let returns = if probes == "kprobe" {
+        "copy_up_one_return"
+    } else {
+        "copy_up_one_fexit"
+    };
     let ret = r["probes"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["program"] == "copy_up_one_return")
+        .find(|p| p["program"] == returns)
         .unwrap();
-    assert_eq!(ret["maxactive"], 4096);
-    assert_eq!(ret["missed"], 0, "the kernel missed no return: {ret}");
+    if probes == "kprobe" {
+        assert_eq!(ret["maxactive"], 4096);
+        assert_eq!(ret["missed"], 0, "the kernel missed no return: {ret}");
+    } else {
+        assert_eq!(ret["kind"], "fexit");
+    }
 }
 
 #[test]
@@ -151,7 +180,7 @@ fn copy_up_storm_beyond_maxactive_counts_every_miss() {
     // A ceiling far below the storm's concurrency: the kernel drops returns, and every one of
     // them must be counted, exactly.
     let ov = storm_overlay();
-    let (r, _, entries) = copy_up_storm(&ov, "storm_low", 2);
+    let (r, _, entries) = copy_up_storm(&ov, "storm_low", "kprobe", 2);
     let (count, waited) = copy_up_totals(&r, &ov.dev());
     let missed = r["events"]["missed_return_copy_up"].as_u64().unwrap();
     assert!(

@@ -19,9 +19,34 @@ fn metacopy_enabled() -> bool {
     fs::read_to_string("/sys/module/overlay/parameters/metacopy").is_ok_and(|s| s.trim() == "Y")
 }
 
+/// Whether this kernel's BTF describes overlay's own types: the module's BTF, or overlay built in
+/// (not in /proc/modules). Without it, fentry cannot attach to overlay and lookups cannot tell
+/// upper from lower.
+fn overlay_btf() -> bool {
+    let module = fs::read_to_string("/proc/modules")
+        .is_ok_and(|m| m.lines().any(|l| l.starts_with("overlay ")));
+    !module || std::path::Path::new("/sys/kernel/btf/overlay").exists()
+}
+
+/// What one backend saw: path -> (size, data bytes), and the lookups of the overlay.
+type Seen = (BTreeMap<String, (u64, Option<u64>)>, usize);
+
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn copy_ups_and_lookups_match_the_kernel() {
+    // kprobes everywhere, then what `auto` picks (fentry/fexit where overlay has BTF): each
+    // checked against the kernel on its own, and both must see the same.
+    let kprobes = trace_and_check("kprobe");
+    if overlay_btf() {
+        let auto = trace_and_check("auto");
+        assert_eq!(
+            auto, kprobes,
+            "fentry/fexit and kprobes see the same copy-ups and lookups"
+        );
+    }
+}
+
+fn trace_and_check(probes: &str) -> Seen {
     const MISSING: usize = 300;
     const NAMES: usize = 60;
     let ov = Overlay::build(3, "", |o| {
@@ -37,8 +62,8 @@ fn copy_ups_and_lookups_match_the_kernel() {
         }
     });
     let dir = out_dir();
-    let events = dir.join("kernel_trace.ndjson");
-    let report = dir.join("kernel_trace.json");
+    let events = dir.join(format!("kernel_trace_{probes}.ndjson"));
+    let report = dir.join(format!("kernel_trace_{probes}.json"));
     let workload = format!(
         "set -e; cd {m}
          echo x >> empty; echo x >> four_k; echo x >> one_m; echo x >> big/sixteen_m
@@ -54,12 +79,14 @@ fn copy_ups_and_lookups_match_the_kernel() {
     let bt = Bpftrace::start(
         "kprobe:ovl_copy_up_one { @copyups[((struct dentry *)arg1)->d_sb->s_dev] = count(); }
          kprobe:ovl_copy_up_file { @data[((struct dentry *)arg1)->d_sb->s_dev] = sum(arg3); }",
-        dir.join("kernel_trace.bpftrace"),
+        dir.join(format!("kernel_trace_{probes}.bpftrace")),
     );
     let o = Command::new(bin())
         .args([
             "run",
             "-q",
+            "--probes",
+            probes,
             "--events",
             events.to_str().unwrap(),
             "--json",
@@ -175,7 +202,12 @@ fn copy_ups_and_lookups_match_the_kernel() {
         let e = by_name
             .get(format!("file{i}").as_str())
             .unwrap_or_else(|| panic!("no lookup of file{i}"));
-        assert_eq!(e["outcome"], "lower_only", "{e}");
+        let expected = if overlay_btf() {
+            "lower_only"
+        } else {
+            "positive_layer_unknown"
+        };
+        assert_eq!(e["outcome"], expected, "{e}");
         assert_eq!(e["layers"].as_u64().unwrap() as usize, i % 3 + 1, "{e}");
     }
     for e in lookups.iter().filter(|e| {
@@ -209,6 +241,37 @@ fn copy_ups_and_lookups_match_the_kernel() {
     assert_eq!(r["events"]["dropped_copy_up"], 0);
     assert_eq!(r["events"]["dropped_lookup"], 0);
     assert!(stdout(&o).contains(&format!("overlay {} (dev {dev})", ov.merged().display())));
+
+    // 6. The report records the backend: what was asked for, or what `auto` picks.
+    let kinds: BTreeSet<&str> = r["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    let expected: BTreeSet<&str> = if probes == "kprobe" || !overlay_btf() {
+        ["kprobe", "kretprobe"].into()
+    } else {
+        ["fentry", "fexit"].into()
+    };
+    assert_eq!(kinds, expected, "{}", r["probes"]);
+    assert!(stdout(&o).contains(if expected.contains("fentry") {
+        "probes: fentry/fexit on "
+    } else {
+        "probes: kprobes on "
+    }));
+
+    let seen = copy_ups
+        .iter()
+        .map(|e| {
+            let path = e["path"].as_str().unwrap().to_string();
+            (
+                path,
+                (e["size"].as_u64().unwrap(), e["data"]["bytes"].as_u64()),
+            )
+        })
+        .collect();
+    (seen, lookups.len())
 }
 
 #[test]

@@ -254,6 +254,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
             json: None,
             events: None,
             maxactive: 4096,
+            probes: args.probes,
         };
         let run::Traced { report, ending } = run::trace(&run_args, &[ov.dev()?]).await?;
         if ending != run::Ending::CommandExited(0) {

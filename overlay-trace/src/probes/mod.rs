@@ -1,16 +1,22 @@
 //! The probe table and its loading: which program goes on which kernel function, which ones
 //! `run` cannot do without, and what is skipped (with a warning) when a kernel lacks a symbol.
 
+pub mod btf_object;
 pub mod tracefs;
 
-use std::{collections::HashSet, os::fd::AsFd as _};
+use std::{
+    collections::HashSet,
+    os::fd::{AsFd as _, OwnedFd},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{FEntry, KProbe, ProgramError},
+    programs::{FEntry, FExit, KProbe, ProgramError},
 };
 use overlay_trace_common::Config;
+
+use crate::btf_offsets::KernelBtf;
 
 /// The eBPF object built by build.rs.
 #[cfg(not(ebpf_skipped))]
@@ -22,11 +28,19 @@ pub static EBPF_OBJECT: &[u8] = &[];
 /// One row per traced function: its entry program and, where the call's end matters, its return
 /// program. Returns are always attached before entries (a call whose entry is recorded must find
 /// its return probe in place) and detached after them.
+#[derive(Debug)]
 pub struct ProbeSpec {
     /// The kprobe program in the eBPF object.
     pub entry: &'static str,
     /// The kretprobe program, if the call's end is measured.
     pub ret: Option<&'static str>,
+    /// The same two as fentry and fexit programs. The fexit program reads the return value
+    /// after the arguments, so it depends on their number: one per count this row supports.
+    pub fentry: &'static str,
+    pub fexit: &'static [(usize, &'static str)],
+    /// A parameter the fentry program reads at a fixed position: (name, 1-based position).
+    /// Where BTF puts it elsewhere, the row stays on kprobes.
+    pub fentry_param: Option<(&'static str, u32)>,
     /// Kernel functions, preferred first: the first one present is used.
     pub targets: &'static [&'static str],
     pub required: bool,
@@ -37,6 +51,9 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         entry: "copy_up_one_entry",
         ret: Some("copy_up_one_return"),
+        fentry: "copy_up_one_fentry",
+        fexit: &[(3, "copy_up_one_fexit")],
+        fentry_param: None,
         targets: &["ovl_copy_up_one"],
         required: true,
         purpose: "copy-ups",
@@ -46,6 +63,9 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         entry: "copy_up_data_entry",
         ret: Some("copy_up_data_return"),
+        fentry: "copy_up_data_fentry",
+        fexit: &[(4, "copy_up_data_fexit"), (5, "copy_up_data_fexit")],
+        fentry_param: Some(("len", 4)),
         targets: &["ovl_copy_up_file", "ovl_copy_up_data"],
         required: false,
         purpose: "copy-up data time and bytes",
@@ -56,6 +76,9 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         entry: "copy_up_end_entry",
         ret: None,
+        fentry: "copy_up_end_fentry",
+        fexit: &[],
+        fentry_param: None,
         targets: &["ovl_copy_up_end"],
         required: false,
         purpose: "telling copy-ups from waits for another thread's copy-up",
@@ -63,6 +86,9 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         entry: "lookup_entry",
         ret: Some("lookup_return"),
+        fentry: "lookup_fentry",
+        fexit: &[(3, "lookup_fexit")],
+        fentry_param: None,
         targets: &["ovl_lookup"],
         required: true,
         purpose: "lookups",
@@ -71,6 +97,9 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         entry: "mount_entry",
         ret: Some("mount_return"),
+        fentry: "mount_fentry",
+        fexit: &[(2, "mount_fexit_2"), (3, "mount_fexit_3")],
+        fentry_param: None,
         targets: &["ovl_fill_super"],
         required: false,
         purpose: "mount time",
@@ -78,6 +107,9 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         entry: "lookup_layer_entry",
         ret: None,
+        fentry: "lookup_layer_fentry",
+        fexit: &[],
+        fentry_param: None,
         targets: &["ovl_lookup_layer"],
         required: false,
         purpose: "layers consulted per lookup",
@@ -182,6 +214,8 @@ pub fn return_ceiling(wanted: u32) -> ReturnCeiling {
 pub struct AttachedProbe {
     pub program: &'static str,
     pub function: &'static str,
+    /// "kprobe", "kretprobe", "fentry" or "fexit".
+    pub kind: &'static str,
     pub is_return: bool,
     /// None: attached through aya's perf PMU (no kernel miss count).
     event: Option<tracefs::ProbeEvent>,
@@ -193,6 +227,8 @@ pub struct Attached {
     pub probes: Vec<AttachedProbe>,
     pub warnings: Vec<String>,
     pub ceiling: Option<ReturnCeiling>,
+    /// fentry links, detached before anything else.
+    pub fentries: Vec<(&'static str, aya::programs::fentry::FEntryLinkId)>,
 }
 
 /// One probe as the report shows it, with the kernel's own counts where it keeps them.
@@ -221,9 +257,8 @@ impl Attached {
                 ProbeReport {
                     program: p.program.to_string(),
                     function: p.function.to_string(),
-                    kind: if p.is_return { "kretprobe" } else { "kprobe" }.to_string(),
-                    maxactive: p
-                        .is_return
+                    kind: p.kind.to_string(),
+                    maxactive: (p.kind == "kretprobe")
                         .then(|| self.ceiling.as_ref().map(ReturnCeiling::maxactive))
                         .flatten(),
                     hits: profile.map(|(h, _)| h),
@@ -243,10 +278,208 @@ impl Drop for Attached {
     }
 }
 
-/// Loads and attaches every probe whose function exists: all return programs first, then all
-/// entry programs. A missing optional function is a warning; a missing or failing required one is
-/// an error. Kretprobes get `maxactive` (through tracefs) where tracefs is mounted.
-pub fn attach(ebpf: &mut Ebpf, symbols: &HashSet<String>, maxactive: u32) -> Result<Attached> {
+/// `--probes`: which kind of probe to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbesArg {
+    /// fentry/fexit wherever this kernel allows it for that function, kprobes elsewhere.
+    #[default]
+    Auto,
+    /// fentry/fexit everywhere; an error names the function where it cannot be.
+    Fentry,
+    /// kprobes and kretprobes everywhere.
+    Kprobe,
+}
+
+/// How one function is traced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Kprobe,
+    /// `btf_id`: the function's type id; `fexit`: the program matching its argument count.
+    Fentry {
+        btf_id: u32,
+        fexit: Option<&'static str>,
+    },
+}
+
+/// The plan for one row of `PROBES`: its function on this kernel, and how it is traced.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub spec: &'static ProbeSpec,
+    pub target: &'static str,
+    pub backend: Backend,
+    /// Why fentry is not used (kprobe rows), or what fentry rests on (fentry rows).
+    pub why: String,
+}
+
+/// What this kernel offers for fentry, found once: whether it runs fentry programs at all, and
+/// the overlay module's BTF object when overlay is a module.
+pub struct FentrySupport {
+    pub refused: Option<String>,
+    pub module_btf: Option<OwnedFd>,
+}
+
+impl FentrySupport {
+    pub fn probe(ebpf: &mut Ebpf, btf: &KernelBtf) -> Self {
+        let refused = fentry_works(ebpf).err().map(|e| format!("{e:#}"));
+        let module_btf = if btf.overlay_is_module() {
+            btf_object::find("overlay")
+        } else {
+            None
+        };
+        Self {
+            refused,
+            module_btf,
+        }
+    }
+}
+
+/// Picks each function's backend. Functions missing from this kernel: an error for a required
+/// one, a warning otherwise.
+pub fn plan(
+    btf: &KernelBtf,
+    symbols: &HashSet<String>,
+    support: &FentrySupport,
+    wanted: ProbesArg,
+) -> Result<(Vec<Choice>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for spec in PROBES {
+        let Some(target) = target_for(spec, symbols) else {
+            if spec.required {
+                return Err(anyhow!(
+                    "kernel has no {}: cannot trace {}",
+                    spec.targets.join(" or "),
+                    spec.purpose
+                ));
+            }
+            warnings.push(format!(
+                "{} not in this kernel: {} not measured",
+                spec.targets.join(" or "),
+                spec.purpose
+            ));
+            continue;
+        };
+        let fentry = fentry_for(spec, target, btf, support);
+        let (backend, why) = match (wanted, fentry) {
+            (ProbesArg::Kprobe, _) => (
+                Backend::Kprobe,
+                "kprobes asked for (--probes kprobe)".to_string(),
+            ),
+            (_, Ok((backend, why))) => (backend, why),
+            (ProbesArg::Fentry, Err(why)) => {
+                return Err(anyhow!(
+                    "--probes fentry: cannot use fentry on {target}: {why}"
+                ));
+            }
+            (ProbesArg::Auto, Err(why)) => (Backend::Kprobe, why),
+        };
+        out.push(Choice {
+            spec,
+            target,
+            backend,
+            why,
+        });
+    }
+    Ok((out, warnings))
+}
+
+/// fentry/fexit for `target`, or why not.
+fn fentry_for(
+    spec: &ProbeSpec,
+    target: &str,
+    btf: &KernelBtf,
+    support: &FentrySupport,
+) -> std::result::Result<(Backend, String), String> {
+    if let Some(why) = &support.refused {
+        return Err(format!("this kernel refuses fentry programs ({why})"));
+    }
+    if btf.overlay_is_module() && support.module_btf.is_none() {
+        return Err("overlay is a module whose BTF object the kernel does not list".into());
+    }
+    let (btf_id, nargs) = btf.overlay_func(target).ok_or_else(|| {
+        format!("{target} is not in the kernel's BTF (inlined, or no module BTF)")
+    })?;
+    if let Some((param, pos)) = spec.fentry_param {
+        match btf.param_position(target, param) {
+            Some(p) if p == pos => {}
+            Some(p) => {
+                return Err(format!(
+                    "its {param} is argument {p}, the fentry program reads argument {pos}"
+                ));
+            }
+            None => return Err(format!("its BTF has no parameter {param}")),
+        }
+    }
+    let fexit = match spec.ret {
+        None => None,
+        Some(_) => Some(
+            spec.fexit
+                .iter()
+                .find(|(n, _)| *n == nargs)
+                .map(|(_, p)| *p)
+                .ok_or_else(|| format!("no fexit program for its {nargs} arguments"))?,
+        ),
+    };
+    let how = if btf.overlay_is_module() {
+        "in the overlay module's BTF"
+    } else {
+        "in vmlinux's BTF"
+    };
+    Ok((
+        Backend::Fentry { btf_id, fexit },
+        format!("{target} is BTF type {btf_id} {how}"),
+    ))
+}
+
+fn tracing<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .with_context(|| format!("eBPF object has no program {name}"))?
+        .try_into()
+        .map_err(|e: ProgramError| anyhow!("program {name}: {e}"))
+}
+
+/// Loads an fentry or fexit program for `target` (type `btf_id`): against the overlay module's
+/// BTF object when there is one (patched aya, see vendor/README.md), else against vmlinux's.
+fn load_tracing(
+    ebpf: &mut Ebpf,
+    program: &str,
+    target: &str,
+    btf_id: u32,
+    module_btf: Option<&OwnedFd>,
+    exit: bool,
+) -> Result<()> {
+    let module = module_btf
+        .map(|fd| fd.try_clone())
+        .transpose()
+        .context("duplicating the module BTF fd")?;
+    let r = match (exit, module) {
+        (false, Some(fd)) => tracing::<FEntry>(ebpf, program)?.load_in_btf_object(fd, btf_id),
+        (true, Some(fd)) => tracing::<FExit>(ebpf, program)?.load_in_btf_object(fd, btf_id),
+        (false, None) => {
+            let btf = Btf::from_sys_fs().map_err(|e| anyhow!("no kernel BTF: {e}"))?;
+            tracing::<FEntry>(ebpf, program)?.load(target, &btf)
+        }
+        (true, None) => {
+            let btf = Btf::from_sys_fs().map_err(|e| anyhow!("no kernel BTF: {e}"))?;
+            tracing::<FExit>(ebpf, program)?.load(target, &btf)
+        }
+    };
+    r.map_err(|e| load_error(program, e))
+}
+
+/// Loads and attaches the plan: every return program first (kretprobes, fexits), then every
+/// entry program. A failing optional function is a warning (its whole row is skipped); a failing
+/// required one is an error. Kretprobes get `maxactive` (through tracefs) where tracefs is
+/// mounted.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    plan: &[Choice],
+    support: &FentrySupport,
+    maxactive: u32,
+) -> Result<Attached> {
     let ceiling = return_ceiling(maxactive);
     let tracefs = tracefs::root();
     if let Some(t) = &tracefs {
@@ -256,63 +489,90 @@ pub fn attach(ebpf: &mut Ebpf, symbols: &HashSet<String>, maxactive: u32) -> Res
         probes: Vec::new(),
         warnings: Vec::new(),
         ceiling: Some(ceiling.clone()),
+        fentries: Vec::new(),
     };
     if let ReturnCeiling::KernelDefault(n) = ceiling {
-        out.warnings.push(format!(
-            "tracefs is not mounted: return probes get the kernel's default maxactive ({n}); beyond {n} \
-             concurrent calls of one function, returns are missed (counted)"
-        ));
-    }
-    let mut targets = Vec::new();
-    for p in PROBES {
-        match target_for(p, symbols) {
-            Some(t) => targets.push((p, t)),
-            None if p.required => {
-                return Err(anyhow!(
-                    "kernel has no {}: cannot trace {}",
-                    p.targets.join(" or "),
-                    p.purpose
-                ));
-            }
-            None => out.warnings.push(format!(
-                "{} not in this kernel: {} not measured",
-                p.targets.join(" or "),
-                p.purpose
-            )),
+        if plan
+            .iter()
+            .any(|c| c.backend == Backend::Kprobe && c.spec.ret.is_some())
+        {
+            out.warnings.push(format!(
+                "tracefs is not mounted: return probes get the kernel's default maxactive ({n}); beyond {n} \
+                 concurrent calls of one function, returns are missed (counted)"
+            ));
         }
     }
-    let returns = targets
-        .iter()
-        .filter_map(|(p, t)| p.ret.map(|r| (*p, r, *t, true)));
-    let entries = targets.iter().map(|(p, t)| (*p, p.entry, *t, false));
+    // (row, program, is_return)
+    let returns = plan.iter().filter_map(|c| match &c.backend {
+        Backend::Kprobe => c.spec.ret.map(|r| (c, r, true)),
+        Backend::Fentry { fexit, .. } => fexit.map(|f| (c, f, true)),
+    });
+    let entries = plan.iter().map(|c| match &c.backend {
+        Backend::Kprobe => (c, c.spec.entry, false),
+        Backend::Fentry { .. } => (c, c.spec.fentry, false),
+    });
     let mut failed_rows: HashSet<&'static str> = HashSet::new();
-    for (spec, program, target, is_return) in returns.chain(entries).collect::<Vec<_>>() {
+    for (choice, program, is_return) in returns.chain(entries).collect::<Vec<_>>() {
+        let (spec, target) = (choice.spec, choice.target);
         if failed_rows.contains(spec.entry) {
             continue;
         }
-        let prog = kprobe(ebpf, program)?;
-        prog.load().map_err(|e| load_error(program, e))?;
-        let attached = match &tracefs {
-            Some(t) => {
-                let kind = if is_return {
-                    tracefs::Kind::Return {
-                        maxactive: ceiling.maxactive(),
-                    }
+        let attached: Result<Option<tracefs::ProbeEvent>> = match &choice.backend {
+            Backend::Fentry { btf_id, .. } => load_tracing(
+                ebpf,
+                program,
+                target,
+                *btf_id,
+                support.module_btf.as_ref(),
+                is_return,
+            )
+            .and_then(|()| {
+                if is_return {
+                    tracing::<FExit>(ebpf, program)?
+                        .attach()
+                        .map(|_| None)
+                        .map_err(|e| anyhow!("{e}"))
                 } else {
-                    tracefs::Kind::Entry
-                };
-                let fd = prog.fd().map_err(|e| anyhow!("{program}: {e}"))?;
-                tracefs::ProbeEvent::attach(t, fd.as_fd(), program, target, kind).map(Some)
+                    let id = tracing::<FEntry>(ebpf, program)?
+                        .attach()
+                        .map_err(|e| anyhow!("{e}"))?;
+                    out.fentries.push((program, id));
+                    Ok(None)
+                }
+            }),
+            Backend::Kprobe => {
+                let prog = kprobe(ebpf, program)?;
+                prog.load().map_err(|e| load_error(program, e))?;
+                match &tracefs {
+                    Some(t) => {
+                        let kind = if is_return {
+                            tracefs::Kind::Return {
+                                maxactive: ceiling.maxactive(),
+                            }
+                        } else {
+                            tracefs::Kind::Entry
+                        };
+                        let fd = prog.fd().map_err(|e| anyhow!("{program}: {e}"))?;
+                        tracefs::ProbeEvent::attach(t, fd.as_fd(), program, target, kind).map(Some)
+                    }
+                    None => prog
+                        .attach(target, 0)
+                        .map(|_| None)
+                        .map_err(|e| anyhow!("{e}")),
+                }
             }
-            None => prog
-                .attach(target, 0)
-                .map(|_| None)
-                .map_err(|e| anyhow!("{e}")),
+        };
+        let kind = match (&choice.backend, is_return) {
+            (Backend::Kprobe, false) => "kprobe",
+            (Backend::Kprobe, true) => "kretprobe",
+            (Backend::Fentry { .. }, false) => "fentry",
+            (Backend::Fentry { .. }, true) => "fexit",
         };
         match attached {
             Ok(event) => out.probes.push(AttachedProbe {
                 program,
                 function: target,
+                kind,
                 is_return,
                 event,
             }),
@@ -331,6 +591,48 @@ pub fn attach(ebpf: &mut Ebpf, symbols: &HashSet<String>, maxactive: u32) -> Res
     }
     Ok(out)
 }
+
+/// Loads (without attaching) the fentry and fexit programs of a plan: the verifier's answer for
+/// `check`. Returns how many were loaded.
+pub fn load_plan(ebpf: &mut Ebpf, plan: &[Choice], support: &FentrySupport) -> Result<usize> {
+    let mut n = 0;
+    for c in plan {
+        if let Backend::Fentry { btf_id, fexit } = &c.backend {
+            load_tracing(
+                ebpf,
+                c.spec.fentry,
+                c.target,
+                *btf_id,
+                support.module_btf.as_ref(),
+                false,
+            )?;
+            n += 1;
+            if let Some(f) = fexit {
+                load_tracing(
+                    ebpf,
+                    f,
+                    c.target,
+                    *btf_id,
+                    support.module_btf.as_ref(),
+                    true,
+                )?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Detaches the fentry programs (the entries) first, so that no call is recorded once its fexit
+/// may be gone; the rest goes with the programs.
+pub fn detach_fentries(ebpf: &mut Ebpf, attached: &mut Attached) {
+    for (program, id) in attached.fentries.drain(..) {
+        if let Ok(p) = tracing::<FEntry>(ebpf, program) {
+            let _ = p.detach(id);
+        }
+    }
+}
+
 /// Whether this kernel loads and attaches an fentry program (to a vmlinux function).
 pub fn fentry_works(ebpf: &mut Ebpf) -> Result<()> {
     let btf = Btf::from_sys_fs().map_err(|e| anyhow!("no kernel BTF: {e}"))?;
@@ -339,8 +641,12 @@ pub fn fentry_works(ebpf: &mut Ebpf) -> Result<()> {
         .context("eBPF object has no fentry_check")?
         .try_into()
         .map_err(|e: ProgramError| anyhow!("{e}"))?;
-    prog.load("vfs_fsync", &btf)
-        .map_err(|e| load_error("fentry_check", e))?;
-    prog.attach().map_err(|e| anyhow!("attach refused: {e}"))?;
+    prog.load("vfs_fsync", &btf).map_err(|e| match e {
+        ProgramError::LoadError { io_error, .. } => anyhow!("loading refused: {io_error}"),
+        e => anyhow!("{e}"),
+    })?;
+    let link = prog.attach().map_err(|e| anyhow!("attach refused: {e}"))?;
+    // A probe of the question only: nothing stays on vfs_fsync.
+    let _ = prog.detach(link);
     Ok(())
 }

@@ -280,6 +280,25 @@ pub fn render(r: &Report) -> String {
     } else {
         let _ = writeln!(out, "no events lost");
     }
+    if !r.probes.is_empty() {
+        let mut by_kind: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for p in &r.probes {
+            let kind = if p.kind.starts_with('f') {
+                "fentry/fexit"
+            } else {
+                "kprobes"
+            };
+            let fns = by_kind.entry(kind).or_default();
+            if !fns.contains(&p.function.as_str()) {
+                fns.push(&p.function);
+            }
+        }
+        let parts: Vec<String> = by_kind
+            .iter()
+            .map(|(k, f)| format!("{k} on {}", f.join(", ")))
+            .collect();
+        let _ = writeln!(out, "probes: {}", parts.join("; "));
+    }
     if e.missed_return_data > 0 {
         let _ = writeln!(
             out,

@@ -18,8 +18,9 @@ use overlay_trace_common::{
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    btf_offsets::KernelBtf,
     events::Dev,
-    probes::{self, Attached, ProbeReport},
+    probes::{self, Attached, ProbeReport, ProbesArg},
     report::EventCounts,
 };
 
@@ -101,6 +102,8 @@ impl KernelSide {
         symbols: &HashSet<String>,
         devs: &[Dev],
         maxactive: u32,
+        btf: &KernelBtf,
+        wanted: ProbesArg,
     ) -> Result<Self> {
         let mut ebpf = probes::open(config)?;
         if !devs.is_empty() {
@@ -132,8 +135,17 @@ impl KernelSide {
         let copy_ups_in_flight = take_map(&mut ebpf, "COPY_UP_INFLIGHT")?;
         let lookups_in_flight = take_map(&mut ebpf, "LOOKUP_INFLIGHT")?;
         let mounts_in_flight = take_map(&mut ebpf, "MOUNT_INFLIGHT")?;
-        let attached = probes::attach(&mut ebpf, symbols, maxactive)?;
-        let warnings = attached.warnings.clone();
+        let support = if wanted == ProbesArg::Kprobe {
+            probes::FentrySupport {
+                refused: Some("kprobes asked for".into()),
+                module_btf: None,
+            }
+        } else {
+            probes::FentrySupport::probe(&mut ebpf, btf)
+        };
+        let (plan, mut warnings) = probes::plan(btf, symbols, &support, wanted)?;
+        let attached = probes::attach(&mut ebpf, &plan, &support, maxactive)?;
+        warnings.extend(attached.warnings.iter().cloned());
         Ok(Self {
             ebpf,
             attached,
@@ -178,6 +190,7 @@ impl KernelSide {
     /// flight now.
     pub fn stop(mut self, mut f: impl FnMut(&[u8])) -> Stopped {
         let probes = self.attached.report();
+        probes::detach_fentries(&mut self.ebpf, &mut self.attached);
         drop(std::mem::take(&mut self.attached));
         // Unloads the programs (and detaches anything attached through aya itself).
         drop(self.ebpf);

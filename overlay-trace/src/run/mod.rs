@@ -169,14 +169,21 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
         .and_then(|p| crate::probes::target_for(p, &caps.symbols))
         .and_then(|f| btf.param_position(f, "len"))
         .unwrap_or(0);
-    drop(btf);
+
     config.filter_devs = u32::from(!only_devs.is_empty());
     config.verbose = u32::from(verbose);
     config.copy_up_end_probed = u32::from(caps.symbols.contains("ovl_copy_up_end"));
-    // The kernel's BTF, parsed twice (ours and aya's), is gone now: give its memory back.
-    kernel_side::release_freed_memory();
     let devs: Vec<Dev> = only_devs.iter().map(|(d, _)| *d).collect();
-    let mut kernel = KernelSide::start(config, &caps.symbols, &devs, args.maxactive)?;
+    let mut kernel = KernelSide::start(
+        config,
+        &caps.symbols,
+        &devs,
+        args.maxactive,
+        &btf,
+        args.probes,
+    )?;
+    // The kernel's BTF, parsed twice (ours and aya's), is no longer needed: give its memory back.
+    drop(btf);
     // aya parsed the kernel's BTF again to load the programs: give that back too.
     kernel_side::release_freed_memory();
     for w in &kernel.warnings {
