@@ -30,6 +30,9 @@ enum Task {
         /// Skip the VM part.
         #[arg(long)]
         native_only: bool,
+        /// Skip the other kernels of the matrix (6.12, 5.10): only Debian's 6.1 in the VM.
+        #[arg(long)]
+        no_matrix: bool,
     },
     /// Boot the VM and show `overlay-trace run` on a demo overlay workload.
     Demo,
@@ -105,6 +108,11 @@ const EXIT_MARKER: &str = "OVERLAY_TRACE_VM_EXIT=";
 
 /// Runs `script` (bash) as root inside the VM; returns its exit code.
 fn in_vm(script: &str) -> Result<i32> {
+    in_vm_on(&vm_kernel()?, script)
+}
+
+/// Runs `script` (bash) as root inside the VM booted with `kernel`; returns its exit code.
+fn in_vm_on(kernel: &Path, script: &str) -> Result<i32> {
     let out = workspace().join("target/vm");
     fs::create_dir_all(&out)?;
     let body = out.join("script.sh");
@@ -115,8 +123,7 @@ fn in_vm(script: &str) -> Result<i32> {
             ws = workspace().display(),
         ),
     )?;
-    let kernel = vm_kernel()?;
-    let kvm = kvm_works(&kernel);
+    let kvm = kvm_works(kernel);
     println!(
         "xtask: booting {} in qemu ({})",
         kernel.display(),
@@ -130,7 +137,7 @@ fn in_vm(script: &str) -> Result<i32> {
     // vng re-opens the terminal it was given, writing from offset 0 when that is a file: pass
     // its output through a pipe so a log file keeps everything before it.
     let mut vng = Command::new("vng");
-    vng.args(["--run"]).arg(&kernel);
+    vng.args(["--run"]).arg(kernel);
     if !kvm {
         vng.arg("--disable-kvm");
     }
@@ -310,7 +317,67 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
     Ok(bins)
 }
 
-fn test(native_only: bool) -> Result<()> {
+/// The other kernels of the matrix, fetched by scripts/fetch-kernels (cached), and the tests
+/// each runs: the core copy-up and lookup tests (against the upper dir and bpftrace, fentry and
+/// kprobes where both are possible) and the concurrent copy-up storm.
+fn matrix(tracer: &Path, bins: &[PathBuf]) -> Result<()> {
+    let out = Command::new(workspace().join("scripts/fetch-kernels"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("scripts/fetch-kernels")?;
+    if !out.status.success() {
+        bail!("scripts/fetch-kernels failed");
+    }
+    let kernels: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    let find = |name: &str| {
+        bins.iter().find(|b| {
+            b.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(name))
+        })
+    };
+    let (Some(kernel_trace), Some(busy_host), Some(preflight)) = (
+        find("kernel_trace-"),
+        find("busy_host-"),
+        find("preflight-"),
+    ) else {
+        bail!("test binaries not found");
+    };
+    let mut failed = Vec::new();
+    for k in &kernels {
+        let started = std::time::Instant::now();
+        println!("xtask: kernel matrix: {}", k.display());
+        let script = format!(
+            "failed=0\n\
+             OVERLAY_TRACE_BIN={t} {p} --include-ignored --test-threads=1 || failed=1\n\
+             OVERLAY_TRACE_BIN={t} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned || failed=1\n\
+             OVERLAY_TRACE_BIN={t} {bh} --include-ignored --test-threads=1 --exact copy_up_storm_reports_every_copy_up || failed=1\n\
+             exit $failed\n",
+            t = tracer.display(),
+            p = preflight.display(),
+            kt = kernel_trace.display(),
+            bh = busy_host.display(),
+        );
+        let code = in_vm_on(k, &script)?;
+        println!(
+            "xtask: kernel matrix: {} took {:.0} s",
+            k.display(),
+            started.elapsed().as_secs_f64()
+        );
+        if code != 0 {
+            failed.push(k.display().to_string());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("kernel tests failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn test(native_only: bool, no_matrix: bool) -> Result<()> {
     if !is_root() {
         bail!(
             "the tests need root: natively they load eBPF programs into this kernel and mount tmpfs \
@@ -360,7 +427,13 @@ fn test(native_only: bool) -> Result<()> {
     if code != 0 {
         bail!("kernel tests in the VM failed (exit {code})");
     }
-    println!("xtask: all tests passed");
+    if !no_matrix {
+        matrix(&tracer, &bins)?;
+    }
+    println!(
+        "xtask: all tests passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -377,7 +450,10 @@ fn demo() -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.task {
-        Task::Test { native_only } => test(native_only),
+        Task::Test {
+            native_only,
+            no_matrix,
+        } => test(native_only, no_matrix),
         Task::Demo => demo(),
         // Release build: the benchmark measures what users run.
         Task::Bench { rounds } => build_tracer(true).and_then(|t| bench::host(rounds, &t)),
