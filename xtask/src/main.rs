@@ -187,7 +187,7 @@ fn in_vm_on(kernel: &Path, script: &str) -> Result<i32> {
 /// Whether the VM can use KVM here: `/dev/kvm` usable and a quick probe boot that reaches its
 /// command within a minute (on some hosts qemu aborts on an MSR, or nested virtualisation hangs
 /// the guest at boot). `OVERLAY_TRACE_KVM=0|1` decides instead. The answer is kept in
-/// target/vm/kvm-probe for this kernel.
+/// target/vm/kvm-probe.
 fn kvm_works(kernel: &Path) -> bool {
     match std::env::var("OVERLAY_TRACE_KVM").as_deref() {
         Ok("0") => return false,
@@ -203,7 +203,8 @@ fn kvm_works(kernel: &Path) -> bool {
         return false;
     }
     let cache = workspace().join("target/vm/kvm-probe");
-    let key = kernel.display().to_string();
+    // One answer per machine: whether qemu can use KVM here does not depend on the guest kernel.
+    let key = "kvm";
     if let Some(answer) = fs::read_to_string(&cache)
         .ok()
         .and_then(|t| t.strip_prefix(&format!("{key} ")).map(str::to_string))
