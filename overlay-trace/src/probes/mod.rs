@@ -396,9 +396,17 @@ fn fentry_for(
     if btf.overlay_is_module() && support.module_btf.is_none() {
         return Err("overlay is a module whose BTF object the kernel does not list".into());
     }
-    let (btf_id, nargs) = btf.overlay_func(target).ok_or_else(|| {
-        format!("{target} is not in the kernel's BTF (inlined, or no module BTF)")
-    })?;
+    let overlay_module = std::fs::read_to_string("/proc/modules")
+        .is_ok_and(|m| m.lines().any(|l| l.starts_with("overlay ")));
+    if overlay_module && !btf.overlay_is_module() {
+        return Err(
+            "overlay is a module and this kernel has no BTF for it (/sys/kernel/btf/overlay)"
+                .into(),
+        );
+    }
+    let (btf_id, nargs) = btf
+        .overlay_func(target)
+        .ok_or_else(|| format!("{target} is not in the kernel's BTF (inlined or renamed)"))?;
     if let Some((param, pos)) = spec.fentry_param {
         match btf.param_position(target, param) {
             Some(p) if p == pos => {}
