@@ -319,8 +319,9 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
 }
 
 /// The other kernels of the matrix, fetched by scripts/fetch-kernels (cached), and the tests
-/// each runs: the core copy-up and lookup tests (against the upper dir and bpftrace, fentry and
-/// kprobes where both are possible) and the concurrent copy-up storm.
+/// each runs: this kernel's verifier over every program (the preflight tests), and the core
+/// copy-up and lookup tests (against the upper dir and bpftrace, fentry and kprobes where both
+/// are possible, and against each other).
 fn matrix(tracer: &Path, bins: &[PathBuf]) -> Result<()> {
     let out = Command::new(workspace().join("scripts/fetch-kernels"))
         .stderr(std::process::Stdio::inherit())
@@ -355,12 +356,10 @@ fn matrix(tracer: &Path, bins: &[PathBuf]) -> Result<()> {
             "failed=0\n\
              OVERLAY_TRACE_BIN={t} {p} --include-ignored --test-threads=1 || failed=1\n\
              OVERLAY_TRACE_BIN={t} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned || failed=1\n\
-             OVERLAY_TRACE_BIN={t} {bh} --include-ignored --test-threads=1 --exact copy_up_storm_reports_every_copy_up || failed=1\n\
              exit $failed\n",
             t = tracer.display(),
             p = preflight.display(),
             kt = kernel_trace.display(),
-            bh = busy_host.display(),
         );
         let code = in_vm_on(k, &script)?;
         println!(
