@@ -341,11 +341,7 @@ fn matrix(tracer: &Path, bins: &[PathBuf]) -> Result<()> {
                 .is_some_and(|n| n.starts_with(name))
         })
     };
-    let (Some(kernel_trace), Some(busy_host), Some(preflight)) = (
-        find("kernel_trace-"),
-        find("busy_host-"),
-        find("preflight-"),
-    ) else {
+    let (Some(kernel_trace), Some(preflight)) = (find("kernel_trace-"), find("preflight-")) else {
         bail!("test binaries not found");
     };
     let mut failed = Vec::new();
