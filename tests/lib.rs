@@ -182,8 +182,14 @@ pub struct Bpftrace {
 impl Bpftrace {
     /// Starts bpftrace and waits until its BEGIN probe printed "ready" (probes attached).
     pub fn start(program: &str, out: PathBuf) -> Self {
+        Self::try_start(program, out).expect("bpftrace refused the program")
+    }
+
+    /// As `start`, but None when bpftrace refuses the program (e.g. it cannot resolve a kernel
+    /// struct on this kernel) instead of a failed test.
+    pub fn try_start(program: &str, out: PathBuf) -> Option<Self> {
         let file = fs::File::create(&out).unwrap();
-        let child = Command::new("bpftrace")
+        let mut child = Command::new("bpftrace")
             .arg("-e")
             .arg(format!("BEGIN {{ printf(\"ready\\n\"); }} {program}"))
             .stdout(file)
@@ -198,13 +204,16 @@ impl Bpftrace {
             {
                 break;
             }
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(180),
                 "bpftrace did not start"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        Bpftrace { child, out }
+        Some(Bpftrace { child, out })
     }
 
     pub fn stop(mut self) -> String {
