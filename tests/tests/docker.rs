@@ -80,7 +80,9 @@ fn copy_ups_by_container(
 ) -> BTreeMap<String, (Value, BTreeSet<String>)> {
     let r: Value = serde_json::from_str(&fs::read_to_string(report).unwrap()).unwrap();
     let evs = read_events(events);
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, (Value, BTreeSet<String>)> = BTreeMap::new();
+    // Docker mounts a container's root more than once while creating and starting it (each a
+    // mount of its own in the report): a container's copy-ups are those of all its root mounts.
     for m in r["mounts"].as_array().unwrap() {
         // The container's root, not Docker's brief init-layer mount.
         let Some(name) = m["container"]["name"]
@@ -94,9 +96,12 @@ fn copy_ups_by_container(
             .filter(|e| {
                 e["type"] == "copy_up" && e["dev"] == m["dev"] && e["mount_gen"] == m["mount_gen"]
             })
-            .map(|e| e["path"].as_str().unwrap().to_string())
-            .collect();
-        out.insert(name.to_string(), (m.clone(), paths));
+            .map(|e| e["path"].as_str().unwrap().to_string());
+        // Mounts come heaviest first: the first one stands for the container.
+        let entry = out
+            .entry(name.to_string())
+            .or_insert_with(|| (m.clone(), BTreeSet::new()));
+        entry.1.extend(paths);
     }
     out
 }
