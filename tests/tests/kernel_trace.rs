@@ -180,8 +180,15 @@ fn trace_and_check(probes: &str) -> Seen {
                     && e["data"]["ns"].as_u64() <= e["duration_ns"].as_u64()
             );
         }
-        if lower.is_dir() || path == "/empty" {
+        if lower.is_dir() {
             assert_eq!(data, None, "no data copy for {path}");
+        }
+        if path == "/empty" {
+            // 6.1+ skip the data copy of an empty file; 5.10 calls it with len 0.
+            assert!(
+                matches!(data, None | Some(0)),
+                "no data copied for {path}: {e}"
+            );
         }
         assert!(e["duration_ns"].as_u64().unwrap() > 0);
     }
