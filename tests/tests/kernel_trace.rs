@@ -242,7 +242,7 @@ fn trace_and_check(probes: &str) -> Seen {
         let expected = if overlay_btf() {
             "lower_only"
         } else {
-            "positive_layer_unknown"
+            "positive"
         };
         assert_eq!(e["outcome"], expected, "{e}");
         assert_eq!(e["layers"].as_u64().unwrap() as usize, i % 3 + 1, "{e}");
