@@ -127,8 +127,9 @@ fn print_plan(btf: &KernelBtf, symbols: &std::collections::HashSet<String>) {
         Ok(e) => e,
         Err(e) => return println!("probes (auto):   cannot load: {e:#}"),
     };
-    let support = probes::FentrySupport::probe(&mut ebpf, btf);
-    let plan = match probes::plan(btf, symbols, &support, probes::ProbesArg::Auto) {
+    let facts = probes::BtfFacts::of(btf);
+    let support = probes::FentrySupport::probe(&mut ebpf, &facts);
+    let plan = match probes::plan(&facts, symbols, &support, probes::ProbesArg::Auto) {
         Ok((plan, _)) => plan,
         Err(e) => return println!("probes (auto):   {e:#}"),
     };

@@ -311,6 +311,52 @@ pub struct Choice {
     pub why: String,
 }
 
+/// What the plan needs from the kernel's BTF, taken out of it so that the BTF (tens of MiB once
+/// parsed) can be dropped before aya parses it again to load the programs.
+#[derive(Clone, Debug, Default)]
+pub struct BtfFacts {
+    overlay_is_module: bool,
+    funcs: std::collections::HashMap<&'static str, (u32, usize)>,
+    params: std::collections::HashMap<(&'static str, &'static str), u32>,
+}
+
+impl BtfFacts {
+    pub fn of(btf: &KernelBtf) -> Self {
+        let mut facts = Self {
+            overlay_is_module: btf.overlay_is_module(),
+            ..Default::default()
+        };
+        for spec in PROBES {
+            for t in spec.targets {
+                if let Some(f) = btf.overlay_func(t) {
+                    facts.funcs.insert(t, f);
+                }
+                if let Some((param, _)) = spec.fentry_param {
+                    if let Some(pos) = btf.param_position(t, param) {
+                        facts.params.insert((t, param), pos);
+                    }
+                }
+            }
+        }
+        facts
+    }
+
+    pub fn overlay_is_module(&self) -> bool {
+        self.overlay_is_module
+    }
+
+    pub fn overlay_func(&self, func: &str) -> Option<(u32, usize)> {
+        self.funcs.get(func).copied()
+    }
+
+    pub fn param_position(&self, func: &str, param: &str) -> Option<u32> {
+        self.params
+            .iter()
+            .find(|((f, p), _)| *f == func && *p == param)
+            .map(|(_, v)| *v)
+    }
+}
+
 /// What this kernel offers for fentry, found once: whether it runs fentry programs at all, and
 /// the overlay module's BTF object when overlay is a module.
 pub struct FentrySupport {
@@ -319,7 +365,7 @@ pub struct FentrySupport {
 }
 
 impl FentrySupport {
-    pub fn probe(ebpf: &mut Ebpf, btf: &KernelBtf) -> Self {
+    pub fn probe(ebpf: &mut Ebpf, btf: &BtfFacts) -> Self {
         let refused = fentry_works(ebpf).err().map(|e| format!("{e:#}"));
         let module_btf = if btf.overlay_is_module() {
             btf_object::find("overlay")
@@ -336,7 +382,7 @@ impl FentrySupport {
 /// Picks each function's backend. Functions missing from this kernel: an error for a required
 /// one, a warning otherwise.
 pub fn plan(
-    btf: &KernelBtf,
+    btf: &BtfFacts,
     symbols: &HashSet<String>,
     support: &FentrySupport,
     wanted: ProbesArg,
@@ -387,7 +433,7 @@ pub fn plan(
 fn fentry_for(
     spec: &ProbeSpec,
     target: &str,
-    btf: &KernelBtf,
+    btf: &BtfFacts,
     support: &FentrySupport,
 ) -> std::result::Result<(Backend, String), String> {
     if let Some(why) = &support.refused {

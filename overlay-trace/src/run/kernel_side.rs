@@ -18,7 +18,6 @@ use overlay_trace_common::{
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    btf_offsets::KernelBtf,
     events::Dev,
     probes::{self, Attached, ProbeReport, ProbesArg},
     report::EventCounts,
@@ -102,7 +101,7 @@ impl KernelSide {
         symbols: &HashSet<String>,
         devs: &[Dev],
         maxactive: u32,
-        btf: &KernelBtf,
+        btf: &probes::BtfFacts,
         wanted: ProbesArg,
     ) -> Result<Self> {
         let mut ebpf = probes::open(config)?;

@@ -173,18 +173,21 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
     config.filter_devs = u32::from(!only_devs.is_empty());
     config.verbose = u32::from(verbose);
     config.copy_up_end_probed = u32::from(caps.symbols.contains("ovl_copy_up_end"));
+    let facts = crate::probes::BtfFacts::of(&btf);
+    // The parsed BTF (about 40 MiB) goes before aya parses it again to load the programs, so
+    // the two never add up.
+    drop(btf);
+    kernel_side::release_freed_memory();
     let devs: Vec<Dev> = only_devs.iter().map(|(d, _)| *d).collect();
     let mut kernel = KernelSide::start(
         config,
         &caps.symbols,
         &devs,
         args.maxactive,
-        &btf,
+        &facts,
         args.probes,
     )?;
-    // The kernel's BTF, parsed twice (ours and aya's), is no longer needed: give its memory back.
-    drop(btf);
-    // aya parsed the kernel's BTF again to load the programs: give that back too.
+    // aya's own parse of the BTF is gone too: give that memory back.
     kernel_side::release_freed_memory();
     for w in &kernel.warnings {
         eprintln!("warning: {w}");
