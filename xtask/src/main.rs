@@ -333,7 +333,11 @@ fn matrix(tracer: &Path, bins: &[PathBuf]) -> Result<()> {
     let kernels: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(PathBuf::from)
+        .filter(|p| p.is_file())
         .collect();
+    if kernels.is_empty() {
+        bail!("scripts/fetch-kernels printed no kernel image");
+    }
     let find = |name: &str| {
         bins.iter().find(|b| {
             b.file_name()
