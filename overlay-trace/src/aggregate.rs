@@ -342,7 +342,6 @@ pub struct Aggregate {
     live: usize,
     /// Mounts folded out of the detail, by group label (see `group_label`).
     pub retired: BTreeMap<String, Group>,
-    pub retired_mounts: u64,
     /// Recently retired mounts -> their group, for events that arrive after retirement.
     retired_index: HashMap<MountKey, String>,
     retired_order: VecDeque<MountKey>,
@@ -503,7 +502,6 @@ impl Aggregate {
             g.mounts_timed += 1;
             g.mount_ns_total += t;
         }
-        self.retired_mounts += 1;
         self.retired_index.insert(key, label);
         self.retired_order.push_back(key);
         if self.retired_order.len() > RETIRED_INDEX_MAX {

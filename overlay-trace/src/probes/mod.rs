@@ -316,14 +316,19 @@ pub struct Choice {
 #[derive(Clone, Debug, Default)]
 pub struct BtfFacts {
     overlay_is_module: bool,
+    /// overlay is a loaded module, but the kernel has no BTF for it: no fentry on it.
+    overlay_module_without_btf: bool,
     funcs: std::collections::HashMap<&'static str, (u32, usize)>,
     params: std::collections::HashMap<(&'static str, &'static str), u32>,
 }
 
 impl BtfFacts {
     pub fn of(btf: &KernelBtf) -> Self {
+        let overlay_module = std::fs::read_to_string("/proc/modules")
+            .is_ok_and(|m| m.lines().any(|l| l.starts_with("overlay ")));
         let mut facts = Self {
             overlay_is_module: btf.overlay_is_module(),
+            overlay_module_without_btf: overlay_module && !btf.overlay_is_module(),
             ..Default::default()
         };
         for spec in PROBES {
@@ -442,9 +447,7 @@ fn fentry_for(
     if btf.overlay_is_module() && support.module_btf.is_none() {
         return Err("overlay is a module whose BTF object the kernel does not list".into());
     }
-    let overlay_module = std::fs::read_to_string("/proc/modules")
-        .is_ok_and(|m| m.lines().any(|l| l.starts_with("overlay ")));
-    if overlay_module && !btf.overlay_is_module() {
+    if btf.overlay_module_without_btf {
         return Err(
             "overlay is a module and this kernel has no BTF for it (/sys/kernel/btf/overlay)"
                 .into(),
