@@ -173,6 +173,37 @@ pub fn read_events(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Each container's root mounts in a JSON report, by container name: the heaviest mount (they come
+/// heaviest first) stands for the container, and its copy-ups are those of all its root mounts.
+/// Docker mounts a container's root more than once while creating and starting it (each a mount
+/// of its own in the report), and which one a process writes through depends on timing.
+pub fn copy_ups_by_container(
+    report: &Value,
+    events: &[Value],
+) -> BTreeMap<String, (Value, std::collections::BTreeSet<String>)> {
+    let mut out: BTreeMap<String, (Value, std::collections::BTreeSet<String>)> = BTreeMap::new();
+    for m in report["mounts"].as_array().into_iter().flatten() {
+        // The container's root, not Docker's brief init-layer mount.
+        let Some(name) = m["container"]["name"]
+            .as_str()
+            .filter(|_| m["container"]["role"].is_null())
+        else {
+            continue;
+        };
+        let paths = events
+            .iter()
+            .filter(|e| {
+                e["type"] == "copy_up" && e["dev"] == m["dev"] && e["mount_gen"] == m["mount_gen"]
+            })
+            .filter_map(|e| e["path"].as_str().map(str::to_string));
+        let entry = out
+            .entry(name.to_string())
+            .or_insert_with(|| (m.clone(), Default::default()));
+        entry.1.extend(paths);
+    }
+    out
+}
+
 /// bpftrace running a program; `stop` interrupts it and returns what it printed (map dumps).
 pub struct Bpftrace {
     child: Child,

@@ -3,13 +3,13 @@
 //! of a traced `docker run`; `--container` filtering in the kernel and its error for unknown names.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     process::Command,
 };
 
-use overlay_trace_tests::{bin, out_dir, read_events, stderr, stdout};
+use overlay_trace_tests::{bin, copy_ups_by_container, out_dir, read_events, stderr, stdout};
 use serde_json::Value;
 
 use overlay_trace_tests::runtimes::{Dockerd, ROOT, docker_ok, host, sh};
@@ -67,43 +67,15 @@ fn build_image() {
 }
 
 /// What `docker diff` says a container changed that already existed below: its copy-ups.
+fn report_json(path: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn changed_by_docker_diff(name: &str) -> BTreeSet<String> {
     docker_ok(&["diff", name])
         .lines()
         .filter_map(|l| l.strip_prefix("C ").map(str::to_string))
         .collect()
-}
-
-fn copy_ups_by_container(
-    report: &Path,
-    events: &Path,
-) -> BTreeMap<String, (Value, BTreeSet<String>)> {
-    let r: Value = serde_json::from_str(&fs::read_to_string(report).unwrap()).unwrap();
-    let evs = read_events(events);
-    let mut out: BTreeMap<String, (Value, BTreeSet<String>)> = BTreeMap::new();
-    // Docker mounts a container's root more than once while creating and starting it (each a
-    // mount of its own in the report): a container's copy-ups are those of all its root mounts.
-    for m in r["mounts"].as_array().unwrap() {
-        // The container's root, not Docker's brief init-layer mount.
-        let Some(name) = m["container"]["name"]
-            .as_str()
-            .filter(|_| m["container"]["role"].is_null())
-        else {
-            continue;
-        };
-        let paths = evs
-            .iter()
-            .filter(|e| {
-                e["type"] == "copy_up" && e["dev"] == m["dev"] && e["mount_gen"] == m["mount_gen"]
-            })
-            .map(|e| e["path"].as_str().unwrap().to_string());
-        // Mounts come heaviest first: the first one stands for the container.
-        let entry = out
-            .entry(name.to_string())
-            .or_insert_with(|| (m.clone(), BTreeSet::new()));
-        entry.1.extend(paths);
-    }
-    out
 }
 
 #[test]
@@ -139,7 +111,7 @@ fn containers_are_attributed_and_filtered() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     println!("{}", stdout(&o));
-    let by = copy_ups_by_container(&report, &events);
+    let by = copy_ups_by_container(&report_json(&report), &read_events(&events));
     for name in ["alpha", "beta"] {
         let (m, traced) = by
             .get(name)
@@ -222,7 +194,7 @@ fn containers_are_attributed_and_filtered() {
         changed_by_docker_diff("delta").contains("/etc/motd"),
         "delta did copy up"
     );
-    let by = copy_ups_by_container(&report, &events);
+    let by = copy_ups_by_container(&report_json(&report), &read_events(&events));
     assert_eq!(by["gamma"].1, changed_by_docker_diff("gamma"));
     assert!(
         by.get("delta").is_none_or(|(_, p)| p.is_empty()),

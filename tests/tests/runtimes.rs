@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, fs, path::Path, process::Command};
 
 use overlay_trace_tests::{
-    bin, out_dir, read_events,
+    bin, copy_ups_by_container, out_dir, read_events,
     runtimes::{CTRD, Containerd, Dockerd, Podman, docker_ok, host},
     stderr, stdout,
 };
@@ -15,23 +15,11 @@ fn report(path: &Path) -> Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The mount of the container named `name` (its root, not an init layer) and its copy-up paths.
+/// The mount of the container named `name` and the copy-ups of all its root mounts.
 fn mount_of(r: &Value, events: &[Value], name: &str) -> (Value, BTreeSet<String>) {
-    let m = r["mounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["container"]["name"] == name && m["container"]["role"].is_null())
+    copy_ups_by_container(r, events)
+        .remove(name)
         .unwrap_or_else(|| panic!("{name} is not named in the report: {r}"))
-        .clone();
-    let paths = events
-        .iter()
-        .filter(|e| {
-            e["type"] == "copy_up" && e["dev"] == m["dev"] && e["mount_gen"] == m["mount_gen"]
-        })
-        .map(|e| e["path"].as_str().unwrap().to_string())
-        .collect();
-    (m, paths)
 }
 
 fn trace(name: &str, script: &str) -> (Value, Vec<Value>, String) {
