@@ -635,6 +635,7 @@ mod tests {
             key(9, 1),
             Container {
                 role: Some("init-layer".into()),
+                pod: None,
                 ..c.clone()
             },
         );

@@ -54,6 +54,8 @@ pub enum Command {
         #[arg(long, default_value = "")]
         max_regression: String,
     },
+    /// Trace until SIGTERM and serve the numbers to Prometheus on /metrics (and /healthz).
+    Serve(ServeArgs),
     /// Run a copy-up benchmark scenario on an overlay of its own, under the tracer.
     Bench(BenchArgs),
     /// (internal) the workload of a bench scenario, run as the traced command.
@@ -97,6 +99,31 @@ pub struct RunArgs {
     /// Run CMD with the probes attached; trace until it exits and exit with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to serve /metrics and /healthz on.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    pub listen: std::net::SocketAddr,
+    /// Only trace this process id (filtered in the kernel).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+    /// Only trace this running container (name, id or id prefix; repeatable).
+    #[arg(long = "container", value_name = "NAME|ID")]
+    pub containers: Vec<String>,
+    /// A container's series is dropped once it has had no live mount and no event this long.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub forget_after: Duration,
+    /// At most this many container label sets; beyond, new containers share the `other` series.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_series: u64,
+    /// As for `run`.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub maxactive: u32,
+    /// Kind of probe, as for `run`.
+    #[arg(long, value_enum, default_value_t = crate::probes::ProbesArg::Auto)]
+    pub probes: crate::probes::ProbesArg,
 }
 
 #[derive(Args, Debug)]

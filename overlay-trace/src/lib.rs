@@ -17,3 +17,4 @@ pub mod probes;
 pub mod report;
 pub mod run;
 pub mod safe_fs;
+pub mod serve;

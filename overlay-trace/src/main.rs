@@ -7,7 +7,7 @@ use clap::Parser as _;
 use overlay_trace::{
     bench, check,
     cli::{Cli, Command},
-    compare, run,
+    compare, run, serve,
 };
 
 fn main() -> ExitCode {
@@ -41,6 +41,12 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }),
+        Command::Serve(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(serve::serve(args)))
+            .map(|()| ExitCode::SUCCESS),
         Command::Run(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

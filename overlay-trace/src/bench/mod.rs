@@ -256,7 +256,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
             maxactive: 4096,
             probes: args.probes,
         };
-        let run::Traced { report, ending } = run::trace(&run_args, &[ov.dev()?]).await?;
+        let run::Traced { report, ending } = run::trace(&run_args, &[ov.dev()?], None).await?;
         if ending != run::Ending::CommandExited(0) {
             bail!("the {} workload did not finish (exit {:?})", s.name, ending);
         }

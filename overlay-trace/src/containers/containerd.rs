@@ -48,8 +48,9 @@ pub fn apply_cri_annotations(c: &mut Container, spec: &Value) {
     if let Some(pod) = get(POD) {
         c.name = match get(CONTAINER) {
             Some(ctr) => format!("{pod}/{ctr}"),
-            None => pod,
+            None => pod.clone(),
         };
+        c.pod = Some(pod);
     }
     if let Some(ns) = get(POD_NAMESPACE) {
         c.namespace = Some(ns);

@@ -158,6 +158,7 @@ pub fn from_disk(root: &Path) -> Vec<DockerContainer> {
                 image: cfg["Config"]["Image"].as_str().unwrap_or("").to_string(),
                 namespace: None,
                 role: None,
+                pod: None,
             },
             upperdir: mount_id.map(|m| {
                 root.join("overlay2")
@@ -191,6 +192,7 @@ pub fn from_inspect(v: &bollard::models::ContainerInspectResponse) -> Option<Doc
                 .unwrap_or_default(),
             namespace: None,
             role: None,
+            pod: None,
         },
         upperdir: v
             .graph_driver
@@ -222,6 +224,7 @@ pub fn find<'a>(
         .find(|c| owns_init_layer(c, m))
         .map(|c| Container {
             role: Some("init-layer".into()),
+            pod: None,
             ..c.container.clone()
         })
 }
@@ -417,6 +420,7 @@ mod tests {
                 image: "i".into(),
                 namespace: None,
                 role: None,
+                pod: None,
             },
             upperdir: None,
         };

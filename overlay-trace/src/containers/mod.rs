@@ -21,6 +21,9 @@ pub struct Container {
     /// containerd namespace (e.g. "k8s.io" for Kubernetes) where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The Kubernetes pod, for a container the CRI plugin made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// Set when the mount is not the container's root but part of making it: "init-layer"
     /// (Docker mounts the init layer briefly to write /etc/hosts and friends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,6 +44,9 @@ impl Container {
             || (wanted.len() >= 4 && self.id.starts_with(wanted))
     }
 }
+
+/// Answers remembered by `Resolver` (beyond, it starts over).
+const KNOWN_MAX: usize = 4096;
 
 /// Maps mounts to containers, asking each runtime in turn, and remembers every answer so a
 /// container that exits before the report keeps its name.
@@ -74,6 +80,10 @@ impl Resolver {
             },
         };
         if let Some(c) = &found {
+            // A cache, bounded for a tracer that runs for weeks.
+            if self.known.len() >= KNOWN_MAX {
+                self.known.clear();
+            }
             self.known.insert(key, c.clone());
         }
         found

@@ -58,6 +58,7 @@ pub fn parse_containers_json(text: &str) -> Vec<(String, Container)> {
                         .unwrap_or(e.image),
                     namespace: None,
                     role: None,
+                    pod: None,
                 },
             )
         })

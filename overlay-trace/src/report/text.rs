@@ -406,6 +406,7 @@ mod tests {
                 image: "base:1".into(),
                 namespace: None,
                 role: None,
+                pod: None,
             },
         );
         Report::build(

@@ -1,10 +1,13 @@
 //! Turns ring buffer records into the aggregate's numbers and the `--events` lines, and applies
 //! what the naming thread found out. Pure bookkeeping: no I/O besides the events file.
 
+use std::time::Instant;
+
 use crate::{
     aggregate::{Aggregate, MountKey},
     events::Event,
     run::{naming::Named, outputs::EventsFile},
+    serve::metrics::Shared,
 };
 
 #[derive(Default)]
@@ -13,6 +16,8 @@ pub struct Collector {
     /// Records userspace could not decode.
     pub decode_errors: u64,
     pub events: Option<EventsFile>,
+    /// `serve`'s numbers, fed with the same events.
+    pub metrics: Option<Shared>,
 }
 
 impl Collector {
@@ -27,18 +32,35 @@ impl Collector {
         if let Some(out) = self.events.as_mut() {
             out.write(&e, added.key.generation);
         }
+        if let Some(m) = &self.metrics {
+            lock(m).observe(added.key, &e, Instant::now());
+        }
         added.new_mount.then_some((added.key, e.origin().tgid))
     }
 
     /// Applies an answer of the naming thread; returns a warning to show, if any.
     pub fn apply(&mut self, n: Named) -> Option<String> {
+        if let Some(m) = &self.metrics {
+            let now = Instant::now();
+            match &n {
+                Named::Container { key, container } => lock(m).named(*key, container, now),
+                Named::Unclaimed { key } => lock(m).unclaimed(*key, now),
+                Named::Gone { key } => lock(m).gone(*key, now),
+                _ => {}
+            }
+        }
         match n {
             Named::Mount { key, mount } => self.agg.set_mount(key, mount),
             Named::Container { key, container } => self.agg.set_container(key, container),
             Named::Gone { key } => self.agg.retire(key),
             Named::Warning(w) => return Some(w),
-            Named::Done => {}
+            Named::Unclaimed { .. } | Named::Done => {}
         }
         None
     }
+}
+
+/// The metrics, even when a thread panicked while holding them (numbers stay usable).
+pub fn lock(m: &Shared) -> std::sync::MutexGuard<'_, crate::serve::metrics::Metrics> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -32,6 +32,23 @@ pub fn missed_returns(s: &Stats) -> u64 {
         + s[STAT_MISSED_RETURN_MOUNT as usize]
 }
 
+/// The kernel side's counters as the report counts them (calls still in flight not included).
+pub fn counts_of(s: &Stats) -> EventCounts {
+    EventCounts {
+        dropped_copy_up: s[STAT_DROPPED_COPY_UP as usize],
+        dropped_lookup: s[STAT_DROPPED_LOOKUP as usize],
+        dropped_mount: s[STAT_DROPPED_MOUNT as usize],
+        untracked_calls: s[STAT_INFLIGHT_FULL as usize],
+        kernel_read_errors: s[STAT_READ_ERRORS as usize],
+        missed_return_copy_up: s[STAT_MISSED_RETURN_COPY_UP as usize],
+        missed_return_lookup: s[STAT_MISSED_RETURN_LOOKUP as usize],
+        missed_return_mount: s[STAT_MISSED_RETURN_MOUNT as usize],
+        missed_return_data: s[STAT_MISSED_RETURN_DATA as usize],
+        orphan_returns: s[STAT_ORPHAN_RETURNS as usize],
+        ..Default::default()
+    }
+}
+
 /// Gives memory that was freed back to the system (glibc keeps it otherwise): parsing the
 /// kernel's BTF takes tens of MiB for a moment.
 pub fn release_freed_memory() {
@@ -174,6 +191,11 @@ impl KernelSide {
         }
     }
 
+    /// The probes attached, with the kernel's hit and miss counts as of now.
+    pub fn probes(&self) -> Vec<ProbeReport> {
+        self.attached.report()
+    }
+
     pub fn flush_logs(&mut self) {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
@@ -214,21 +236,10 @@ impl KernelSide {
             .map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64)
             .sum();
         let left_mounts = self.mounts_in_flight.keys().filter_map(Result::ok).count() as u64;
-        Stopped {
-            counts: EventCounts {
-                dropped_copy_up: s[STAT_DROPPED_COPY_UP as usize],
-                dropped_lookup: s[STAT_DROPPED_LOOKUP as usize],
-                dropped_mount: s[STAT_DROPPED_MOUNT as usize],
-                untracked_calls: s[STAT_INFLIGHT_FULL as usize],
-                kernel_read_errors: s[STAT_READ_ERRORS as usize],
-                missed_return_copy_up: s[STAT_MISSED_RETURN_COPY_UP as usize] + left_copy_ups,
-                missed_return_lookup: s[STAT_MISSED_RETURN_LOOKUP as usize] + left_lookups,
-                missed_return_mount: s[STAT_MISSED_RETURN_MOUNT as usize] + left_mounts,
-                missed_return_data: s[STAT_MISSED_RETURN_DATA as usize],
-                orphan_returns: s[STAT_ORPHAN_RETURNS as usize],
-                ..Default::default()
-            },
-            probes,
-        }
+        let mut counts = counts_of(&s);
+        counts.missed_return_copy_up += left_copy_ups;
+        counts.missed_return_lookup += left_lookups;
+        counts.missed_return_mount += left_mounts;
+        Stopped { counts, probes }
     }
 }

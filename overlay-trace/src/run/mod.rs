@@ -37,6 +37,8 @@ use kernel_side::KernelSide;
 use naming::{Named, Naming, Request};
 use outputs::{EventsFile, PendingFile};
 
+use crate::serve::metrics::Shared;
+
 /// How often the ring buffer is drained when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// The final naming pass gets this long; the report follows at most this late.
@@ -74,7 +76,7 @@ pub fn exit_code(ending: Ending, had_command: bool, events_failed: bool) -> i32 
 }
 
 pub async fn run(args: RunArgs) -> Result<i32> {
-    let traced = trace(&args, &[]).await?;
+    let traced = trace(&args, &[], None).await?;
     print!("{}", text::render(&traced.report));
     Ok(exit_code(
         traced.ending,
@@ -138,8 +140,10 @@ fn status_line(started: Instant, c: &Collector, kernel: &KernelSide) -> String {
 }
 
 /// Attaches, traces until the end condition, detaches; returns the report and why it ended.
-/// `only` adds superblocks to trace exclusively (as `--container` does).
-pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
+/// `only` adds superblocks to trace exclusively (as `--container` does). With `metrics` (for
+/// `serve`), every event also feeds them, their health is kept current, and the end is quick:
+/// no last naming pass, as no report waits for names.
+pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Result<Traced> {
     // Bad input first, before anything is looked at.
     crate::containers::docker::socket_path()?;
     let mut caps = preflight::inspect();
@@ -193,8 +197,18 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
         eprintln!("warning: {w}");
     }
 
+    if let Some(m) = &metrics {
+        let mut m = collector::lock(m);
+        m.health.probes = kernel
+            .probes()
+            .into_iter()
+            .map(|p| (p.function, p.kind))
+            .collect();
+        m.health.attached = true;
+    }
     let mut collector = Collector {
         events: events_out,
+        metrics: metrics.clone(),
         ..Default::default()
     };
     // Containers chosen with --container are known already.
@@ -248,6 +262,13 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
                 }
             }
             _ = tick.tick() => {
+                if let Some(m) = &metrics {
+                    let mut m = collector::lock(m);
+                    m.tick(Instant::now());
+                    m.health.counts = kernel_side::counts_of(&kernel.stats());
+                    m.health.decode_errors = collector.decode_errors;
+                    m.health.last_tick = Some(Instant::now());
+                }
                 if live {
                     eprint!("{}", status_line(started, &collector, &kernel));
                 }
@@ -288,13 +309,23 @@ pub async fn trace(args: &RunArgs, only: &[Dev]) -> Result<Traced> {
         eprint!("\r{:80}\r", "");
     }
     let detached = ended.elapsed();
+    if let Some(m) = &metrics {
+        let mut m = collector::lock(m);
+        m.health.attached = false;
+        m.health.counts = stopped.counts.clone();
+    }
 
     // Names still being looked up get a bounded last chance: a hung runtime delays the report
     // by NAMING_FINISH at most.
+    let finish = if metrics.is_some() {
+        Duration::ZERO
+    } else {
+        NAMING_FINISH
+    };
     let _ = naming.requests.send(Request::Finish {
-        deadline: tokio::time::Instant::now() + NAMING_FINISH,
+        deadline: tokio::time::Instant::now() + finish,
     });
-    let give_up = tokio::time::Instant::now() + NAMING_FINISH + Duration::from_millis(400);
+    let give_up = tokio::time::Instant::now() + finish + Duration::from_millis(400);
     loop {
         match tokio::time::timeout_at(give_up, naming.answers.recv()).await {
             Ok(Some(Named::Done)) | Ok(None) | Err(_) => break,

@@ -32,6 +32,8 @@ const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Tries before a mount is given up on (about 20 s in all).
 const TRIES_MAX: u32 = 10;
+/// Mounts no runtime claimed, kept to be asked again in the final pass.
+const UNCLAIMED_MAX: usize = 1024;
 /// How often named mounts are checked for having gone away.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -51,6 +53,11 @@ pub enum Named {
     Container {
         key: MountKey,
         container: Container,
+    },
+    /// No runtime claims this mount, or it was never found in any mountinfo (asked again only
+    /// in the final pass of a run).
+    Unclaimed {
+        key: MountKey,
     },
     /// No longer mounted (or its device number now belongs to another mount).
     Gone {
@@ -210,7 +217,7 @@ impl Namer {
                     still.push(p);
                 }
                 // Never seen: reported by device number only.
-                None => {}
+                None => self.send(Named::Unclaimed { key: p.key }),
             }
         }
         self.pending = still;
@@ -241,6 +248,11 @@ impl Namer {
         match tokio::time::timeout(budget, self.resolver.resolve(&m)).await {
             Ok(Some(c)) => self.send(Named::Container { key, container: c }),
             _ => {
+                self.send(Named::Unclaimed { key });
+                // Bounded for a tracer that runs for weeks: the oldest are not asked again.
+                if self.unclaimed.len() >= UNCLAIMED_MAX {
+                    self.unclaimed.pop_first();
+                }
                 self.unclaimed.insert(key, m);
             }
         }

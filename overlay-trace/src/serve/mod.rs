@@ -1,0 +1,145 @@
+//! `overlay-trace serve`: `run`'s probes, filters and naming, running until SIGTERM, with the
+//! numbers on `/metrics` for Prometheus and `/healthz` for whatever keeps the tracer alive.
+//!
+//! The listening socket is bound first, so a second `serve` on the same port fails at once,
+//! before it loads anything. The HTTP server (axum) runs on the drain loop's own runtime: a
+//! scrape encodes under the metrics lock, between two drains.
+
+pub mod metrics;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::registry::Registry;
+
+use crate::{
+    cli::{RunArgs, ServeArgs},
+    run::{self, collector::lock},
+};
+use metrics::{Metrics, Shared};
+
+/// `/healthz` fails when the drain loop's 1 s tick is older than this.
+const STALLED_AFTER: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Shared,
+    registry: Arc<Registry>,
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shared: Shared = Arc::new(Mutex::new(Metrics::new(
+        args.forget_after,
+        args.max_series as usize,
+    )));
+    let state = AppState {
+        metrics: shared.clone(),
+        registry: Arc::new(metrics::registry(shared.clone())),
+    };
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    eprintln!(
+        "overlay-trace: serving http://{}/metrics (and /healthz)",
+        args.listen
+    );
+    let run_args = RunArgs {
+        duration: None,
+        pid: args.pid,
+        containers: args.containers,
+        json: None,
+        events: None,
+        quiet: true,
+        maxactive: args.maxactive,
+        probes: args.probes,
+        command: Vec::new(),
+    };
+    let traced = run::trace(&run_args, &[], Some(shared)).await;
+    let _ = stop_tx.send(());
+    // Scrapes in progress get a moment to finish; the process ends either way.
+    let _ = tokio::time::timeout(Duration::from_millis(500), server).await;
+    let traced = traced?;
+    let c = &traced.report.events;
+    eprintln!(
+        "overlay-trace: stopped; {} copy-ups, {} lookups, {} mounts traced",
+        c.copy_up, c.lookup, c.mount
+    );
+    Ok(())
+}
+
+/// OpenMetrics when the scraper accepts it (Prometheus asks for it first), the Prometheus text
+/// format otherwise.
+async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let body = metrics::openmetrics(&s.registry);
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            metrics::prometheus_text(&body),
+        )
+            .into_response()
+    }
+}
+
+/// 200 while the probes are attached and the drain loop ticks; 503 otherwise (starting,
+/// stopping, or stalled).
+async fn healthz(State(s): State<AppState>) -> Response {
+    let m = lock(&s.metrics);
+    let ticking = m
+        .health
+        .last_tick
+        .is_some_and(|t| t.elapsed() < STALLED_AFTER);
+    if m.health.attached && ticking {
+        (StatusCode::OK, "ok\n").into_response()
+    } else if !m.health.attached {
+        (StatusCode::SERVICE_UNAVAILABLE, "probes not attached\n").into_response()
+    } else {
+        let since = m
+            .health
+            .last_tick
+            .map_or(0, |t| Instant::now().duration_since(t).as_secs());
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the drain loop has not ticked for {since} s\n"),
+        )
+            .into_response()
+    }
+}
