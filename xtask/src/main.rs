@@ -30,9 +30,13 @@ enum Task {
         /// Skip the VM part.
         #[arg(long)]
         native_only: bool,
-        /// Skip the other kernels of the matrix (6.12, 5.10): only Debian's 6.1 in the VM.
+        /// Skip the other kernels of the matrix (6.12, 5.10, built-in overlay): only Debian's
+        /// 6.1 in the VM.
         #[arg(long)]
         no_matrix: bool,
+        /// Only the matrix's tests on this kernel (6.12, 5.10 or builtin), nothing else.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["native_only", "no_matrix"])]
+        kernel: Option<String>,
     },
     /// Boot the VM and show `overlay-trace run` on a demo overlay workload.
     Demo,
@@ -322,19 +326,56 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
 /// each runs: this kernel's verifier over every program (the preflight tests), and the core
 /// copy-up and lookup tests (against the upper dir and bpftrace, fentry and kprobes where both
 /// are possible, and against each other).
-fn matrix(tracer: &Path, bins: &[PathBuf]) -> Result<()> {
-    let out = Command::new(workspace().join("scripts/fetch-kernels"))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("scripts/fetch-kernels")?;
-    if !out.status.success() {
-        bail!("scripts/fetch-kernels failed");
+fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
+    let mut kernels: Vec<(String, PathBuf)> = Vec::new();
+    if only.is_none_or(|k| k != "builtin") {
+        let out = Command::new(workspace().join("scripts/fetch-kernels"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("scripts/fetch-kernels")?;
+        if !out.status.success() {
+            bail!("scripts/fetch-kernels failed");
+        }
+        for p in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+        {
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .map(|v| v.split('.').take(2).collect::<Vec<_>>().join("."))
+                .unwrap_or_default();
+            kernels.push((name, p));
+        }
     }
-    let kernels: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .collect();
+    if only.is_none_or(|k| k == "builtin") {
+        // Overlay built into vmlinux: built from Debian's source once per machine (cached).
+        let started = std::time::Instant::now();
+        let out = Command::new(workspace().join("scripts/build-builtin-kernel"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("scripts/build-builtin-kernel")?;
+        if !out.status.success() {
+            bail!("scripts/build-builtin-kernel failed");
+        }
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if !p.is_file() {
+            bail!("scripts/build-builtin-kernel printed no kernel image");
+        }
+        println!(
+            "xtask: kernel matrix: the built-in overlay kernel took {:.0} s to get",
+            started.elapsed().as_secs_f64()
+        );
+        kernels.push(("builtin".into(), p));
+    }
+    if let Some(k) = only {
+        kernels.retain(|(name, _)| name == k);
+        if kernels.is_empty() {
+            bail!("no kernel {k:?} in the matrix (6.12, 5.10, builtin)");
+        }
+    }
     if kernels.is_empty() {
         bail!("scripts/fetch-kernels printed no kernel image");
     }
@@ -349,7 +390,7 @@ fn matrix(tracer: &Path, bins: &[PathBuf]) -> Result<()> {
         bail!("test binaries not found");
     };
     let mut failed = Vec::new();
-    for k in &kernels {
+    for (_, k) in &kernels {
         let started = std::time::Instant::now();
         println!("xtask: kernel matrix: {}", k.display());
         let script = format!(
@@ -377,7 +418,7 @@ fn matrix(tracer: &Path, bins: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn test(native_only: bool, no_matrix: bool) -> Result<()> {
+fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<()> {
     if !is_root() {
         bail!(
             "the tests need root: natively they load eBPF programs into this kernel and mount tmpfs \
@@ -387,6 +428,14 @@ fn test(native_only: bool, no_matrix: bool) -> Result<()> {
     let started = std::time::Instant::now();
     // The integration tests run the overlay-trace binary, which `cargo test` does not build.
     let tracer = build_tracer(false)?;
+    if let Some(k) = kernel {
+        matrix(&tracer, &integration_test_binaries()?, Some(k))?;
+        println!(
+            "xtask: the tests on {k} passed in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     println!("xtask: native tests (unit tests, preflight on this kernel, this kernel's verifier)");
     let mut c = cargo();
     c.args(["test"]);
@@ -398,7 +447,15 @@ fn test(native_only: bool, no_matrix: bool) -> Result<()> {
     if native_only {
         return Ok(());
     }
-    let bins = integration_test_binaries()?;
+    // The deployment files' checks need no kernel: they ran natively above.
+    let bins: Vec<PathBuf> = integration_test_binaries()?
+        .into_iter()
+        .filter(|b| {
+            b.file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| !n.starts_with("deploy-"))
+        })
+        .collect();
     println!(
         "xtask: kernel tests in the VM (one boot, every test binary; each one's time is printed)"
     );
@@ -428,7 +485,7 @@ fn test(native_only: bool, no_matrix: bool) -> Result<()> {
         bail!("kernel tests in the VM failed (exit {code})");
     }
     if !no_matrix {
-        matrix(&tracer, &bins)?;
+        matrix(&tracer, &bins, None)?;
     }
     println!(
         "xtask: all tests passed in {:.0} s",
@@ -453,7 +510,8 @@ fn main() {
         Task::Test {
             native_only,
             no_matrix,
-        } => test(native_only, no_matrix),
+            kernel,
+        } => test(native_only, no_matrix, kernel.as_deref()),
         Task::Demo => demo(),
         // Release build: the benchmark measures what users run.
         Task::Bench { rounds } => build_tracer(true).and_then(|t| bench::host(rounds, &t)),

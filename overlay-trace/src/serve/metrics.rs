@@ -91,18 +91,14 @@ impl Hist {
         self.count += o.count;
     }
 
-    /// Cumulative buckets as prometheus-client wants them, +Inf last.
+    /// Buckets as prometheus-client wants them: counts per bucket (it sums them into the
+    /// cumulative `le` series itself), the last bound `f64::MAX`, which it writes `+Inf`.
     fn buckets(&self) -> Vec<(f64, u64)> {
-        let mut acc = 0;
         self.bounds
             .iter()
             .copied()
-            .chain([f64::INFINITY])
-            .zip(&self.counts)
-            .map(|(b, c)| {
-                acc += c;
-                (b, acc)
-            })
+            .chain([f64::MAX])
+            .zip(self.counts.iter().copied())
             .collect()
     }
 }
@@ -918,17 +914,35 @@ mod tests {
 
     #[test]
     fn buckets_are_cumulative_and_end_in_inf() {
-        let mut h = Hist::new(FAST_BUCKETS);
-        h.observe(0.000001);
-        h.observe(0.00001);
-        h.observe(5.0);
-        let b = h.buckets();
-        assert_eq!(b[0], (0.000005, 1));
+        let now = Instant::now();
+        let mut m = Metrics::new(Duration::from_secs(60), 100);
+        for ns in [1_000, 10_000, 5_000_000_000] {
+            let e = Event::try_from(&raw::lookup(1, "x", 1, 1, ns)[..]).unwrap();
+            m.observe(key(1), &e, now);
+        }
+        m.named(key(1), &container("web"), now);
+        let t = text(m);
+        let bucket = |le: &str| {
+            t.lines()
+                .find(|l| {
+                    l.starts_with("overlay_trace_lookup_duration_seconds_bucket")
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        };
         assert_eq!(
-            b[1],
-            (0.00001, 2),
-            "a value on a bound is in that bucket (le)"
+            bucket("5e-6").or(bucket("0.000005")).as_deref(),
+            Some("1"),
+            "{t}"
         );
-        assert_eq!(*b.last().unwrap(), (f64::INFINITY, 3));
+        // A value on a bound is in that bucket (le).
+        assert_eq!(
+            bucket("1e-5").or(bucket("0.00001")).as_deref(),
+            Some("2"),
+            "{t}"
+        );
+        assert_eq!(bucket("1.0").as_deref(), Some("2"), "{t}");
+        assert_eq!(bucket("+Inf").as_deref(), Some("3"), "{t}");
     }
 }

@@ -1,0 +1,423 @@
+//! `overlay-trace serve` in the VM: a real Prometheus server (Debian's package, 1 s scrapes)
+//! scrapes it while real Docker containers run; the numbers Prometheus holds are checked against
+//! `docker diff` and against a `run` report of the same workload. And the service's manners:
+//! SIGTERM ends it quickly with every program unloaded, a second one on the same port is refused
+//! in one line, and a run of real mounts keeps its memory small.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use overlay_trace_tests::{
+    bin, out_dir,
+    runtimes::{Dockerd, ROOT, busybox_rootfs, docker_ok, host, sh},
+    stderr,
+};
+use serde_json::Value;
+
+const PROM: &str = "127.0.0.1:9090";
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let o = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+struct Serve {
+    child: Child,
+    addr: String,
+}
+
+impl Serve {
+    fn start(addr: &str, extra: &[&str]) -> Self {
+        let log = fs::File::create(out_dir().join(format!("serve-{}.log", addr.replace(':', "_"))))
+            .unwrap();
+        let child = Command::new(bin())
+            .env("DOCKER_HOST", host())
+            .args(["serve", "--listen", addr])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Serve {
+            child,
+            addr: addr.to_string(),
+        };
+        let started = Instant::now();
+        loop {
+            let (ok, body) = curl(&["-f", &format!("http://{addr}/healthz")]);
+            if ok && body.trim() == "ok" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "serve did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        s
+    }
+
+    fn metrics(&self) -> String {
+        curl(&[&format!("http://{}/metrics", self.addr)]).1
+    }
+
+    /// SIGTERM; returns the exit status and how long it took.
+    fn stop(mut self) -> (std::process::ExitStatus, Duration) {
+        let t = Instant::now();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let st = self.child.wait().unwrap();
+        (st, t.elapsed())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Prometheus {
+    child: Child,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Self {
+        let dir = PathBuf::from("/run/ot-prometheus");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: overlay-trace\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(out_dir().join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={PROM}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (Debian's package)");
+        let p = Prometheus { child };
+        let started = Instant::now();
+        // Ready, and the target scraped successfully at least once.
+        while p.query_scalar("up{job=\"overlay-trace\"}") != Some(1.0) {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "prometheus did not scrape overlay-trace"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        p
+    }
+
+    fn query(&self, q: &str) -> Vec<Value> {
+        let (ok, body) = curl(&[
+            "-G",
+            &format!("http://{PROM}/api/v1/query"),
+            "--data-urlencode",
+            &format!("query={q}"),
+        ]);
+        if !ok {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn query_scalar(&self, q: &str) -> Option<f64> {
+        self.query(q)
+            .first()
+            .and_then(|r| r["value"][1].as_str())
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// label value -> number, for a query that keeps one label.
+    fn by(&self, q: &str, label: &str) -> BTreeMap<String, f64> {
+        self.query(q)
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r["metric"][label].as_str()?.to_string(),
+                    r["value"][1].as_str()?.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn bpf_programs() -> usize {
+    let o = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| {
+            l.split(':')
+                .next()
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+        })
+        .count()
+}
+
+fn our_kprobe_events(pid: u32) -> usize {
+    fs::read_to_string("/sys/kernel/tracing/kprobe_events")
+        .or_else(|_| fs::read_to_string("/sys/kernel/debug/tracing/kprobe_events"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("ot{pid}_")))
+        .count()
+}
+
+#[test]
+#[ignore = "needs kprobes on overlayfs, dockerd and prometheus: runs in the VM via `cargo xtask test`"]
+fn prometheus_sees_each_containers_copy_ups_as_docker_diff_does() {
+    let _d = Dockerd::start();
+    let rootfs = PathBuf::from(ROOT).join("fleet-rootfs");
+    busybox_rootfs(&rootfs);
+    fs::write(rootfs.join("etc/big"), vec![b'b'; 256 << 10]).unwrap();
+    sh(&format!(
+        "tar -C {} -c . | docker import - ot-fleet:1 >/dev/null",
+        rootfs.display()
+    ));
+    let serve = Serve::start("127.0.0.1:9477", &[]);
+    let prom = Prometheus::start("127.0.0.1:9477");
+
+    // The same workload under `run` too: its report is the range the histograms must agree with.
+    let report = out_dir().join("fleet-run.json");
+    let o = Command::new(bin())
+        .env("DOCKER_HOST", host())
+        .args(["run", "-q", "--json", report.to_str().unwrap(), "--"])
+        .args([
+            "sh",
+            "-c",
+            "docker run --network none --name fa ot-fleet:1 sh -c 'echo a >> /etc/greeting; chmod 600 /etc/app.conf' && \
+             docker run --network none --name fb ot-fleet:1 sh -c 'echo b >> /etc/big'",
+        ])
+        .env("DOCKER_HOST", host())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let changed = |name: &str| {
+        docker_ok(&["diff", name])
+            .lines()
+            .filter(|l| l.starts_with("C "))
+            .count() as f64
+    };
+    let expected: BTreeMap<String, f64> = [("fa", changed("fa")), ("fb", changed("fb"))]
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .collect();
+    assert!(
+        expected["fa"] >= 3.0 && expected["fb"] >= 2.0,
+        "{expected:?}"
+    );
+
+    // Prometheus catches up within a few scrapes.
+    let q = "sum by (container) (overlay_trace_copy_ups_total{runtime=\"docker\",role=\"\"})";
+    let started = Instant::now();
+    let mut seen = prom.by(q, "container");
+    while seen != expected && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(1));
+        seen = prom.by(q, "container");
+    }
+    let scraped = serve.metrics();
+    fs::write(out_dir().join("fleet-metrics.txt"), &scraped).unwrap();
+    assert_eq!(
+        seen, expected,
+        "copy-ups per container in Prometheus vs docker diff"
+    );
+
+    // Bytes: what fb appended to made a 256 KiB copy.
+    let bytes = prom.by(
+        "sum by (container) (overlay_trace_copy_up_bytes_total{runtime=\"docker\"})",
+        "container",
+    );
+    assert!(bytes["fb"] >= f64::from(256u32 << 10), "{bytes:?}");
+
+    // p99 from the histogram, against the `run` report of the same copy-ups.
+    let r: Value = serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
+    let max_ns = r["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["container"]["runtime"] == "docker")
+        .filter_map(|m| m["copy_up"]["latency"]["max_ns"].as_u64())
+        .max()
+        .expect("the run report has docker copy-ups");
+    let p99 = prom
+        .query_scalar(
+            "histogram_quantile(0.99, sum by (le) (overlay_trace_copy_up_duration_seconds_bucket{runtime=\"docker\"}))",
+        )
+        .expect("a p99");
+    // The histogram only knows which bucket the slowest copy-up fell in, and the two tracers
+    // time the same calls each with its own probes: allow half again either way.
+    let bounds = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0,
+    ];
+    let max_s = max_ns as f64 / 1e9;
+    let ceiling = bounds
+        .iter()
+        .copied()
+        .find(|b| *b >= max_s * 1.5)
+        .unwrap_or(f64::INFINITY);
+    let floor = bounds
+        .iter()
+        .copied()
+        .rev()
+        .find(|b| *b <= max_s / 1.5)
+        .unwrap_or(0.0);
+    println!("p99 from Prometheus {p99} s; the run's slowest copy-up {max_s} s");
+    assert!(
+        p99.is_finite() && p99 >= floor && p99 <= ceiling,
+        "p99 {p99} s vs the run's slowest copy-up {max_s} s (between {floor} and {ceiling})"
+    );
+    assert_eq!(
+        prom.query_scalar("sum(overlay_trace_events_lost_total)"),
+        Some(0.0),
+        "no event lost"
+    );
+    assert_eq!(
+        prom.query_scalar("sum(overlay_trace_missed_returns_total)"),
+        Some(0.0)
+    );
+    assert!(
+        prom.query_scalar("count(overlay_trace_probe_attached)")
+            .is_some_and(|n| n >= 4.0)
+    );
+    // The classic text format when the scraper does not ask for OpenMetrics.
+    assert!(scraped.contains("# TYPE overlay_trace_copy_ups_total counter"));
+    assert!(!scraped.contains("# EOF"));
+    let (_, om) = curl(&[
+        "-H",
+        "Accept: application/openmetrics-text;version=1.0.0",
+        "http://127.0.0.1:9477/metrics",
+    ]);
+    assert!(om.trim_end().ends_with("# EOF"), "OpenMetrics when asked");
+    let (st, took) = serve.stop();
+    assert!(st.success(), "{st}");
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+}
+
+#[test]
+#[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
+fn sigterm_unloads_everything_quickly_and_a_second_serve_on_the_port_is_refused() {
+    let before = bpf_programs();
+    let serve = Serve::start("127.0.0.1:9478", &["--probes", "kprobe"]);
+    let pid = serve.child.id();
+    assert!(bpf_programs() > before, "programs loaded while serving");
+    assert!(
+        our_kprobe_events(pid) > 0,
+        "its kprobes are in kprobe_events"
+    );
+
+    let t = Instant::now();
+    let second = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:9478"])
+        .output()
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "refused at once");
+    assert_eq!(second.status.code(), Some(1));
+    let err = stderr(&second);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot listen on 127.0.0.1:9478") && err.contains("in use"),
+        "{err}"
+    );
+    // The first one is unharmed.
+    let (ok, body) = curl(&["-f", "http://127.0.0.1:9478/healthz"]);
+    assert!(ok && body.trim() == "ok");
+
+    let (st, took) = serve.stop();
+    assert!(st.success(), "{st}");
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+    assert_eq!(bpf_programs(), before, "every program unloaded");
+    assert_eq!(our_kprobe_events(pid), 0, "every kprobe removed");
+}
+
+#[test]
+#[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
+fn a_hundred_real_mounts_through_serve_are_counted_and_memory_stays_small() {
+    let serve = Serve::start("127.0.0.1:9479", &[]);
+    let dir = PathBuf::from("/run/ot-fleet-mounts");
+    fs::create_dir_all(&dir).unwrap();
+    sh(&format!(
+        "mountpoint -q {d} || mount -t tmpfs tmpfs {d}",
+        d = dir.display()
+    ));
+    const N: usize = 100;
+    sh(&format!(
+        "cd {d} && for i in $(seq 1 {N}); do \
+           mkdir -p l$i u$i w$i m$i && echo x > l$i/f && \
+           mount -t overlay overlay -o lowerdir=l$i,upperdir=u$i,workdir=w$i m$i && \
+           echo y >> m$i/f && umount m$i; done",
+        d = dir.display()
+    ));
+    // The oracle: what the upper dirs hold.
+    let copied = (1..=N)
+        .filter(|i| dir.join(format!("u{i}/f")).exists())
+        .count();
+    assert_eq!(copied, N);
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let started = Instant::now();
+    let mut m = serve.metrics();
+    while value(&m, "overlay_trace_mounts_total") < N as f64
+        || value(&m, "overlay_trace_copy_ups_total") < N as f64
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "serve did not count every mount and copy-up:\n{m}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        m = serve.metrics();
+    }
+    assert_eq!(value(&m, "overlay_trace_mounts_total"), N as f64);
+    assert_eq!(value(&m, "overlay_trace_copy_ups_total"), N as f64);
+    let status = fs::read_to_string(format!("/proc/{}/status", serve.child.id())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    println!("serve peak RSS after {N} mounts: {} MiB", hwm_kib / 1024);
+    assert!(hwm_kib < 64 * 1024, "peak RSS {hwm_kib} KiB");
+    let (st, _) = serve.stop();
+    assert!(st.success());
+    sh(&format!("umount {}", dir.display()));
+}
