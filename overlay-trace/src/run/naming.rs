@@ -34,6 +34,10 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const TRIES_MAX: u32 = 10;
 /// Mounts no runtime claimed, kept to be asked again in the final pass.
 const UNCLAIMED_MAX: usize = 1024;
+/// A mount no runtime claims yet is asked again this many times, 1 s, 2 s, 4 s... later: a
+/// runtime mounts a container's root before its API or metadata shows the container.
+const CLAIM_RETRIES: u32 = 4;
+const CLAIM_RETRY_FIRST: Duration = Duration::from_secs(1);
 /// How often named mounts are checked for having gone away.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -118,7 +122,9 @@ struct Namer {
     /// Named mounts seen in our own mountinfo: dev -> (key, mount point), checked for going away.
     watched: HashMap<Dev, (MountKey, String)>,
     to_resolve: VecDeque<(MountKey, OverlayMount)>,
-    /// Mounts no runtime claimed: asked again only in the final pass.
+    /// Mounts no runtime claimed yet, to be asked again: (due, tries so far, key, mount).
+    retries: Vec<(Instant, u32, MountKey, OverlayMount)>,
+    /// Mounts no runtime claimed after the retries: asked again only in the final pass.
     unclaimed: BTreeMap<MountKey, OverlayMount>,
     warned: HashSet<String>,
 }
@@ -131,6 +137,7 @@ impl Namer {
             pending: Vec::new(),
             watched: HashMap::new(),
             to_resolve: VecDeque::new(),
+            retries: Vec::new(),
             unclaimed: BTreeMap::new(),
             warned: HashSet::new(),
         }
@@ -140,6 +147,7 @@ impl Namer {
         let mut watch = tokio::time::interval(WATCH_EVERY);
         loop {
             let next_due = self.pending.iter().map(|p| p.due).min();
+            let next_retry = self.retries.iter().map(|r| r.0).min();
             tokio::select! {
                 r = requests.recv() => match r {
                     Some(Request::Name { key, tgid }) => {
@@ -155,10 +163,19 @@ impl Namer {
                 _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)).await }, if next_due.is_some() => {
                     self.name_pending(false);
                 }
+                _ = async { tokio::time::sleep_until(next_retry.unwrap_or_else(Instant::now)).await }, if next_retry.is_some() => {
+                    let now = Instant::now();
+                    let (due, later): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut self.retries).into_iter().partition(|r| r.0 <= now);
+                    self.retries = later;
+                    for (_, tries, key, m) in due {
+                        self.resolve(key, m, NAME_BUDGET, tries).await;
+                    }
+                }
                 _ = watch.tick() => self.watch(),
                 _ = std::future::ready(()), if !self.to_resolve.is_empty() => {
                     if let Some((key, m)) = self.to_resolve.pop_front() {
-                        self.resolve(key, m, NAME_BUDGET).await;
+                        self.resolve(key, m, NAME_BUDGET, 0).await;
                     }
                 }
             }
@@ -244,9 +261,14 @@ impl Namer {
         }
     }
 
-    async fn resolve(&mut self, key: MountKey, m: OverlayMount, budget: Duration) {
+    /// Asks the runtimes for the mount's container; `tries` earlier asks found none.
+    async fn resolve(&mut self, key: MountKey, m: OverlayMount, budget: Duration, tries: u32) {
         match tokio::time::timeout(budget, self.resolver.resolve(&m)).await {
             Ok(Some(c)) => self.send(Named::Container { key, container: c }),
+            _ if tries < CLAIM_RETRIES && self.retries.len() < UNCLAIMED_MAX => {
+                let due = Instant::now() + CLAIM_RETRY_FIRST * 2u32.pow(tries);
+                self.retries.push((due, tries + 1, key, m));
+            }
             _ => {
                 self.send(Named::Unclaimed { key });
                 // Bounded for a tracer that runs for weeks: the oldest are not asked again.
@@ -269,13 +291,15 @@ impl Namer {
         self.resolver.final_pass();
         self.name_pending(true);
         let mut work: Vec<(MountKey, OverlayMount)> = self.to_resolve.drain(..).collect();
+        work.extend(self.retries.drain(..).map(|(_, _, key, m)| (key, m)));
         work.extend(std::mem::take(&mut self.unclaimed));
         for (key, m) in work {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            self.resolve(key, m, left.min(NAME_BUDGET)).await;
+            self.resolve(key, m, left.min(NAME_BUDGET), CLAIM_RETRIES)
+                .await;
         }
         self.send(Named::Done);
     }

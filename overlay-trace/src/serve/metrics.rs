@@ -196,15 +196,18 @@ pub struct Escaped(pub String);
 
 impl EncodeLabelValue for Escaped {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        for ch in self.0.chars() {
-            match ch {
-                '\\' => encoder.write_str("\\\\")?,
-                '"' => encoder.write_str("\\\"")?,
-                '\n' => encoder.write_str("\\n")?,
-                c => encoder.write_char(c)?,
-            }
+        let mut rest = self.0.as_str();
+        // Runs of ordinary characters in one write; only the three specials are escaped.
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..i])?;
+            encoder.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
         }
-        Ok(())
+        encoder.write_str(rest)
     }
 }
 
@@ -253,6 +256,8 @@ impl Labels {
             ("role", &self.role),
         ]
         .into_iter()
+        // An empty label is no label, for Prometheus: leave it out.
+        .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| (k, Escaped(v.clone())))
         .collect()
     }
@@ -514,12 +519,13 @@ fn histogram(
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Histogram)?;
     for (labels, h) in rows {
-        m.encode_family(labels)?.encode_histogram::<NoLabelSet>(
-            h.sum,
-            h.count,
-            &h.buckets(),
-            None,
-        )?;
+        let buckets = h.buckets();
+        if labels.is_empty() {
+            m.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+        } else {
+            m.encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+        }
     }
     Ok(())
 }
@@ -749,38 +755,37 @@ pub fn openmetrics(r: &Registry) -> String {
 }
 
 /// The same numbers in the Prometheus text format (0.0.4): no `# EOF` and no `# UNIT`, and a
-/// counter's HELP and TYPE lines carry the `_total` name its samples have.
+/// counter's HELP and TYPE lines carry the `_total` name its samples have. One pass: samples
+/// are copied as they are, a HELP line waits for the TYPE line after it.
 pub fn prometheus_text(openmetrics: &str) -> String {
-    let mut counters = std::collections::HashSet::new();
-    for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some(name) = rest.strip_suffix(" counter") {
-                counters.insert(name.to_string());
-            }
-        }
-    }
     let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
+    let mut help: Option<&str> = None;
+    for line in openmetrics.split_inclusive('\n') {
+        if !line.starts_with('#') {
+            out.push_str(line);
             continue;
         }
-        let meta = ["# HELP ", "# TYPE "]
-            .iter()
-            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
-        match meta {
-            Some((p, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                if counters.contains(name) {
-                    let _ = writeln!(out, "{p}{name}_total {tail}");
-                } else {
-                    out.push_str(line);
-                    out.push('\n');
-                }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some(h) = help.replace(rest) {
+                // A HELP without a TYPE after it: as it was.
+                out.push_str("# HELP ");
+                out.push_str(h);
             }
-            None => {
-                out.push_str(line);
-                out.push('\n');
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if kind.trim_end() == "counter" {
+                "_total"
+            } else {
+                ""
+            };
+            if let Some(h) = help.take() {
+                let (hname, text) = h.split_once(' ').unwrap_or((h, "\n"));
+                let _ = write!(out, "# HELP {hname}{suffix} {text}");
             }
+            let _ = write!(out, "# TYPE {name}{suffix} {kind}");
+        } else if line.starts_with("# UNIT ") || line.starts_with("# EOF") {
+        } else {
+            out.push_str(line);
         }
     }
     out
@@ -831,7 +836,9 @@ mod tests {
         m.observe(key(1), &copy_up(1, 1), now);
         let t = text(m);
         assert!(
-            t.contains(r#"overlay_trace_copy_ups_total{runtime="docker",container="web",image="img:1",namespace="",pod="",role=""} 3"#),
+            t.contains(
+                r#"overlay_trace_copy_ups_total{runtime="docker",container="web",image="img:1"} 3"#
+            ),
             "{t}"
         );
         assert!(t.contains("overlay_trace_copy_up_bytes_total{"), "{t}");
@@ -852,9 +859,7 @@ mod tests {
         assert_eq!(m.series_count(), 0);
         m.tick(t0 + SETTLE_AFTER);
         assert_eq!(m.series_count(), 1);
-        assert!(text(m).contains(
-            r#"overlay_trace_copy_ups_total{runtime="",container="",image="",namespace="",pod="",role=""} 1"#
-        ));
+        assert!(text(m).contains("\noverlay_trace_copy_ups_total 1\n"));
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! `serve` over weeks, without a kernel: 2,000 containers come and go through the collector with
+//! metrics attached (synthetic events; a real mount costs about half a second under emulation,
+//! so the VM test does a hundred). The series stay under the cap, totals stay exact, forgotten
+//! containers leave, and memory stays small. Its own test binary, so the peak RSS is its own.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use overlay_trace::{
+    containers::Container,
+    events::{Dev, raw},
+    run::{
+        collector::{Collector, lock},
+        naming::Named,
+    },
+    serve::metrics::{Metrics, openmetrics, prometheus_text, registry},
+};
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Feeds `n` containers, each mounted, named, copying up 3 files, then gone; `tick` every 100.
+fn churn(c: &mut Collector, n: u32, tick: impl Fn(&mut Collector)) -> u64 {
+    let mut copy_ups = 0;
+    for g in 0..n {
+        let dev = 100 + g % 64;
+        c.take(&raw::mount(dev, 1_000 + u64::from(g)));
+        let key = c.agg.current(Dev::from_kernel(dev));
+        c.apply(Named::Container {
+            key,
+            container: Container {
+                runtime: "containerd".into(),
+                id: format!("{g:064x}"),
+                name: format!("job-{g}/app"),
+                image: format!("ci/image:{}", g % 7),
+                namespace: Some("ci".into()),
+                pod: Some(format!("job-{g}")),
+                ..Default::default()
+            },
+        });
+        for k in 0..3u64 {
+            c.take(&raw::copy_up(
+                dev,
+                &format!("usr/lib/lib{k}.so"),
+                4096,
+                4096,
+                10_000 + k,
+            ));
+            copy_ups += 1;
+        }
+        c.apply(Named::Gone { key });
+        if g % 100 == 99 {
+            tick(c);
+        }
+    }
+    copy_ups
+}
+
+#[test]
+fn two_thousand_containers_keep_series_capped_totals_exact_and_memory_small() {
+    const N: u32 = 2_000;
+    const CAP: usize = 1_000;
+    // Nothing forgotten: the cap alone holds the series, `other` takes the rest, totals exact.
+    let shared = Arc::new(Mutex::new(Metrics::new(Duration::from_secs(86_400), CAP)));
+    let mut c = Collector {
+        metrics: Some(shared.clone()),
+        ..Default::default()
+    };
+    let copy_ups = churn(&mut c, N, |c| {
+        lock(c.metrics.as_ref().unwrap()).tick(Instant::now())
+    });
+    let r = registry(shared.clone());
+    let text = openmetrics(&r);
+    assert_eq!(lock(&shared).series_count(), CAP);
+    assert_eq!(sum(&text, "overlay_trace_copy_ups_total"), copy_ups as f64);
+    assert_eq!(sum(&text, "overlay_trace_mounts_total"), f64::from(N));
+    assert_eq!(
+        sum(&text, "overlay_trace_series_overflowed_total"),
+        f64::from(N) - (CAP as f64 - 1.0)
+    );
+    assert!(text.contains(r#"container="other""#));
+    assert!(!prometheus_text(&text).contains("# EOF"));
+
+    // Forgetting on: containers gone for longer than --forget-after leave.
+    let shared = Arc::new(Mutex::new(Metrics::new(Duration::from_millis(1), CAP)));
+    let mut c = Collector {
+        metrics: Some(shared.clone()),
+        ..Default::default()
+    };
+    churn(&mut c, N, |c| {
+        std::thread::sleep(Duration::from_millis(2));
+        lock(c.metrics.as_ref().unwrap()).tick(Instant::now())
+    });
+    let left = lock(&shared).series_count();
+    assert!(left <= 100, "{left} series left after forgetting");
+    let text = openmetrics(&registry(shared.clone()));
+    assert!(sum(&text, "overlay_trace_series_forgotten_total") >= f64::from(N) - 100.0);
+    assert_eq!(sum(&text, "overlay_trace_series_overflowed_total"), 0.0);
+
+    let hwm = vm_hwm_kib();
+    println!("peak RSS after {N} containers twice: {hwm} KiB");
+    assert!(hwm <= 64 * 1024, "peak RSS {hwm} KiB over 64 MiB");
+}
