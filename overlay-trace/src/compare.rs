@@ -22,16 +22,25 @@ fn bad_input(e: anyhow::Error) -> ExitCode {
 }
 
 pub fn report(files: &[PathBuf], svg: Option<&Path>, html: Option<&Path>) -> ExitCode {
-    let reports: Result<Vec<Report>> = files.iter().map(|f| load(f)).collect();
+    let reports: Result<Vec<(String, Report)>> = files
+        .iter()
+        .map(|f| {
+            let name = f.file_name().map_or_else(
+                || f.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            Ok((name, load(f)?))
+        })
+        .collect();
     let reports = match reports {
         Ok(r) => r,
         Err(e) => return bad_input(e),
     };
-    for r in &reports {
+    for (_, r) in &reports {
         print!("{}", text::render(r));
     }
     let pictures = [
-        (svg, plot::svg as fn(&[Report]) -> Result<String>),
+        (svg, plot::svg as fn(&[(String, Report)]) -> Result<String>),
         (html, plot::html),
     ];
     for (path, render) in pictures {

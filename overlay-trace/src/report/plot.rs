@@ -1,5 +1,7 @@
 //! Latency distributions as a picture (plotters, SVG): copy-up and lookup latency against
-//! percentile, log scale, one curve per report so two reports can be compared at a glance.
+//! percentile, one curve per report (labelled with its file) so reports can be compared at a
+//! glance. Both axes are logarithmic; the percentile axis as HdrHistogram plots it, by 1/(1-p),
+//! so 90%, 99%, 99.9% and 99.99% are evenly spaced: the tail is what a regression hunt reads.
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
@@ -48,11 +50,63 @@ fn curve(r: &Report, copy_up: bool) -> Vec<(f64, u64)> {
     ]
 }
 
-fn label(r: &Report, i: usize) -> String {
-    match &r.bench {
-        Some(b) => format!("{} ({} run(s))", b.scenario, b.repeat),
-        None => format!("report {}", i + 1),
+/// Where percentile `p` (0..=100) sits on the axis: log10(1/(1-p)), 90% at 1, 99% at 2, ...
+/// The maximum (100%) is drawn at `X_MAX`.
+fn x_of(p: f64) -> f64 {
+    if p >= 100.0 {
+        return X_MAX;
     }
+    (1.0 / (1.0 - p / 100.0)).log10().min(X_MAX - 0.25)
+}
+
+const X_MAX: f64 = 4.5;
+
+/// The tick label of axis position `x`: the percentiles at whole decades, "max" at the end.
+fn x_label(x: f64) -> String {
+    if (x - X_MAX).abs() < 0.01 {
+        return "max".into();
+    }
+    let k = x.round();
+    if (x - k).abs() > 0.01 || k < 0.0 {
+        return String::new();
+    }
+    match k as i32 {
+        0 => "0%".into(),
+        k => {
+            let nines = 100.0 - 100.0 / 10f64.powi(k);
+            format!("{}%", nines)
+        }
+    }
+}
+
+/// Each report's label: its file name, with the kernel and the scenario when they differ
+/// between the reports.
+pub fn labels(reports: &[(String, Report)]) -> Vec<String> {
+    let differ = |f: &dyn Fn(&Report) -> Option<String>| {
+        let first = reports.first().map(|(_, r)| f(r));
+        reports.iter().any(|(_, r)| Some(f(r)) != first)
+    };
+    let kernel = differ(&|r| Some(r.kernel.clone()));
+    let scenario = differ(&|r| r.bench.as_ref().map(|b| b.scenario.clone()));
+    reports
+        .iter()
+        .map(|(name, r)| {
+            let mut extra = Vec::new();
+            if scenario {
+                if let Some(b) = &r.bench {
+                    extra.push(b.scenario.clone());
+                }
+            }
+            if kernel {
+                extra.push(format!("kernel {}", r.kernel));
+            }
+            if extra.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} ({})", extra.join(", "))
+            }
+        })
+        .collect()
 }
 
 fn panel(
@@ -89,14 +143,16 @@ fn panel(
         .x_label_area_size(36)
         .y_label_area_size(70)
         .build_cartesian_2d(
-            0f64..100f64,
+            0f64..X_MAX + 0.1,
             ((min as f64) * 0.8..(max as f64) * 1.25).log_scale(),
         )
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("percentile")
-        .y_desc("ns (log)")
+        .x_labels(20)
+        .x_label_formatter(&|x| x_label(*x))
+        .x_desc("percentile (1/(1-p) scale)")
+        .y_desc("latency (log scale)")
         .y_label_formatter(&|v| super::text::ns(*v as u64))
         .draw()
         .map_err(err)?;
@@ -105,7 +161,10 @@ fn panel(
     }
     for (i, (l, c)) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<(f64, f64)> = c.iter().map(|(p, v)| (*p, (*v).max(1) as f64)).collect();
+        let pts: Vec<(f64, f64)> = c
+            .iter()
+            .map(|(p, v)| (x_of(*p), (*v).max(1) as f64))
+            .collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(err)?
@@ -119,7 +178,7 @@ fn panel(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -127,12 +186,11 @@ fn panel(
     Ok(())
 }
 
-/// An SVG document with both panels; `reports` are overlaid.
-pub fn svg(reports: &[Report]) -> Result<String> {
-    let labelled: Vec<(String, &Report)> = reports
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (label(r, i), r))
+/// An SVG document with both panels; `reports` (file name, report) are overlaid.
+pub fn svg(reports: &[(String, Report)]) -> Result<String> {
+    let labelled: Vec<(String, &Report)> = labels(reports)
+        .into_iter()
+        .zip(reports.iter().map(|(_, r)| r))
         .collect();
     let mut out = String::new();
     {
@@ -147,7 +205,7 @@ pub fn svg(reports: &[Report]) -> Result<String> {
 }
 
 /// A standalone HTML page: the picture and the text reports.
-pub fn html(reports: &[Report]) -> Result<String> {
+pub fn html(reports: &[(String, Report)]) -> Result<String> {
     let esc = |s: &str| {
         s.replace('&', "&amp;")
             .replace('<', "&lt;")
@@ -157,7 +215,7 @@ pub fn html(reports: &[Report]) -> Result<String> {
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>overlay-trace</title></head><body>\n",
     );
     page.push_str(&svg(reports)?);
-    for r in reports {
+    for (_, r) in reports {
         page.push_str("\n<pre>");
         page.push_str(&esc(&super::text::render(r)));
         page.push_str("</pre>");
@@ -174,20 +232,25 @@ mod tests {
     const REPORT: &str = include_str!("../../tests/fixtures/bench-report.json");
 
     #[test]
-    fn svg_overlays_two_reports() {
+    fn svg_overlays_two_reports_labelled_by_file_on_a_tail_axis() {
         let a = super::super::json::from_str(REPORT).unwrap();
         let mut b = a.clone();
-        if let Some(bi) = b.bench.as_mut() {
-            bi.scenario = "second".into();
-        }
-        let s = svg(&[a, b]).unwrap();
+        b.kernel = "6.12.0".into();
+        let s = svg(&[("base.json".into(), a), ("new.json".into(), b)]).unwrap();
         assert!(
             s.starts_with("<svg") && s.contains("copy-up latency") && s.contains("lookup latency")
         );
-        assert!(
-            s.contains("log-append-8388608") && s.contains("second"),
-            "legend names both reports"
-        );
+        // The kernels differ, the scenario does not: the labels say what tells them apart.
+        assert!(s.contains("base.json (kernel "), "legend names the files");
+        assert!(s.contains("new.json (kernel 6.12.0)"));
+        assert!(!s.contains("report 1"));
+        let texts: Vec<&str> = s
+            .split("</text>")
+            .filter_map(|t| t.rsplit_once('>').map(|(_, v)| v.trim()))
+            .collect();
+        for tick in ["90%", "99%", "99.9%", "99.99%", "max"] {
+            assert!(texts.contains(&tick), "tick {tick}: {texts:?}");
+        }
         // Five percentile points per curve, two reports, two panels.
         assert!(
             s.matches("<circle").count() >= 20,
@@ -197,9 +260,21 @@ mod tests {
     }
 
     #[test]
+    fn the_percentile_axis_spreads_the_tail() {
+        assert_eq!(x_of(0.0), 0.0);
+        assert!((x_of(90.0) - 1.0).abs() < 1e-9);
+        assert!((x_of(99.0) - 2.0).abs() < 1e-9);
+        assert!((x_of(99.9) - 3.0).abs() < 1e-9);
+        assert_eq!(x_of(100.0), X_MAX);
+        assert!(x_of(99.999) < X_MAX, "below the max");
+        assert_eq!(x_label(3.0), "99.9%");
+        assert_eq!(x_label(1.5), "");
+    }
+
+    #[test]
     fn html_embeds_picture_and_text() {
         let a = super::super::json::from_str(REPORT).unwrap();
-        let h = html(&[a]).unwrap();
+        let h = html(&[("a.json".into(), a)]).unwrap();
         assert!(h.contains("<svg") && h.contains("<pre>overlay-trace"));
     }
 }
