@@ -84,6 +84,9 @@ pub struct RunArgs {
     /// Write every event as one JSON line to FILE.
     #[arg(long, value_name = "FILE.ndjson")]
     pub events: Option<PathBuf>,
+    /// Write a timeline (Chrome Trace Event format: Perfetto, chrome://tracing) to FILE.
+    #[arg(long, value_name = "FILE.json")]
+    pub trace: Option<PathBuf>,
     /// No live status line.
     #[arg(long, short)]
     pub quiet: bool,

@@ -81,7 +81,7 @@ sc = c["securityContext"]
 assert pod["hostPID"] is True
 assert not sc.get("privileged", False)
 assert sc["capabilities"]["drop"] == ["ALL"]
-assert set(sc["capabilities"]["add"]) == {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"}, sc
+assert set(sc["capabilities"]["add"]) == {"BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"}, sc
 assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
 mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
 for p in ["/sys/kernel/btf", "/run", "/var/lib"]:

@@ -253,6 +253,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
             containers: Vec::new(),
             json: None,
             events: None,
+            trace: None,
             maxactive: 4096,
             probes: args.probes,
         };

@@ -164,10 +164,21 @@ impl ProbeEvent {
             )
         };
         if fd < 0 {
-            return Err(remove(anyhow!(
-                "perf_event_open on {function}: {}",
-                std::io::Error::last_os_error()
-            )));
+            let e = std::io::Error::last_os_error();
+            // Debian's and Ubuntu's kernels refuse perf events to anyone without CAP_SYS_ADMIN
+            // when kernel.perf_event_paranoid is above 2 (their default is 3 or 4), whatever
+            // CAP_PERFMON says.
+            let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .ok()
+                .and_then(|v| v.trim().parse::<i32>().ok())
+                .filter(|p| *p > 2 && e.raw_os_error() == Some(libc::EACCES));
+            return Err(remove(match paranoid {
+                Some(p) => anyhow!(
+                    "perf_event_open on {function}: {e} (kernel.perf_event_paranoid is {p}: this \
+                     kernel wants CAP_SYS_ADMIN for kprobes, or the sysctl at 2 or below)"
+                ),
+                None => anyhow!("perf_event_open on {function}: {e}"),
+            }));
         }
         // SAFETY: a fresh fd we own.
         let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };

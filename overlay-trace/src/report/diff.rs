@@ -172,6 +172,7 @@ mod tests {
             retired: Vec::new(),
             probes: Vec::new(),
             events_file_error: None,
+            trace_file_error: None,
             mounts: vec![MountReport {
                 dev: "0:1".into(),
                 mount_gen: 0,

@@ -44,6 +44,10 @@ pub struct Report {
     /// Why the `--events` file stopped before the end, if it did (the run then exits non-zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_file_error: Option<String>,
+    /// Why the `--trace` timeline stopped before the end, if it did (the run then exits
+    /// non-zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_file_error: Option<String>,
     /// Set by `overlay-trace bench`: what ran, where, and the spread over repeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bench: Option<BenchInfo>,
@@ -451,6 +455,7 @@ impl Report {
             retired,
             probes: Vec::new(),
             events_file_error: None,
+            trace_file_error: None,
             bench: None,
         }
     }

@@ -309,6 +309,9 @@ pub fn render(r: &Report) -> String {
     if let Some(err) = &r.events_file_error {
         let _ = writeln!(out, "EVENTS FILE INCOMPLETE: {}", escape(err));
     }
+    if let Some(err) = &r.trace_file_error {
+        let _ = writeln!(out, "TRACE FILE INCOMPLETE: {}", escape(err));
+    }
     if r.mounts.is_empty() && r.retired.is_empty() {
         let _ = writeln!(out, "\nno overlayfs activity seen");
     }

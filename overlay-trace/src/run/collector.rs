@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::{
     aggregate::{Aggregate, MountKey},
     events::Event,
-    run::{naming::Named, outputs::EventsFile},
+    run::{naming::Named, outputs::EventsFile, timeline::TraceFile},
     serve::metrics::Shared,
 };
 
@@ -16,6 +16,8 @@ pub struct Collector {
     /// Records userspace could not decode.
     pub decode_errors: u64,
     pub events: Option<EventsFile>,
+    /// `--trace`: the Chrome trace timeline.
+    pub trace: Option<TraceFile>,
     /// `serve`'s numbers, fed with the same events.
     pub metrics: Option<Shared>,
 }
@@ -32,6 +34,9 @@ impl Collector {
         if let Some(out) = self.events.as_mut() {
             out.write(&e, added.key.generation);
         }
+        if let Some(t) = self.trace.as_mut() {
+            t.write(&e, added.key);
+        }
         if let Some(m) = &self.metrics {
             lock(m).observe(added.key, &e, Instant::now());
         }
@@ -46,6 +51,26 @@ impl Collector {
                 Named::Container { key, container } => lock(m).named(*key, container, now),
                 Named::Unclaimed { key } => lock(m).unclaimed(*key, now),
                 Named::Gone { key } => lock(m).gone(*key, now),
+                _ => {}
+            }
+        }
+        if let Some(t) = self.trace.as_mut() {
+            match &n {
+                Named::Container { key, container } => t.name(
+                    *key,
+                    format!(
+                        "{} ({}{})",
+                        container.name,
+                        container.runtime,
+                        container
+                            .role
+                            .as_deref()
+                            .map(|r| format!(", {r}"))
+                            .unwrap_or_default()
+                    ),
+                    true,
+                ),
+                Named::Mount { key, mount } => t.name(*key, mount.mount_point.clone(), false),
                 _ => {}
             }
         }

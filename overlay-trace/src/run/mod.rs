@@ -11,6 +11,7 @@ pub mod collector;
 pub mod kernel_side;
 pub mod naming;
 pub mod outputs;
+pub mod timeline;
 
 use std::{
     collections::BTreeMap,
@@ -36,6 +37,7 @@ use collector::Collector;
 use kernel_side::KernelSide;
 use naming::{Named, Naming, Request};
 use outputs::{EventsFile, PendingFile};
+use timeline::TraceFile;
 
 use crate::serve::metrics::Shared;
 
@@ -64,7 +66,7 @@ pub struct Traced {
 /// The exit status of `run`: 0 when the tracer was stopped by its user (Ctrl-C, SIGTERM,
 /// `--duration`); with a command, the command's own status when it ended by itself, 130/143 when
 /// the tracer was interrupted by SIGINT/SIGTERM (as shells report it), 124 when `--duration`
-/// ended it (as `timeout(1)` does). An incomplete `--events` file turns a 0 into 1.
+/// ended it (as `timeout(1)` does). An incomplete `--events` or `--trace` file turns a 0 into 1.
 pub fn exit_code(ending: Ending, had_command: bool, events_failed: bool) -> i32 {
     let code = match (ending, had_command) {
         (Ending::CommandExited(c), _) => c,
@@ -81,7 +83,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     Ok(exit_code(
         traced.ending,
         !args.command.is_empty(),
-        traced.report.events_file_error.is_some(),
+        traced.report.events_file_error.is_some() || traced.report.trace_file_error.is_some(),
     ))
 }
 
@@ -157,6 +159,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
         .map(|p| PendingFile::create(p, "the JSON report"))
         .transpose()?;
     let events_out = args.events.as_deref().map(EventsFile::create).transpose()?;
+    let trace_out = args.trace.as_deref().map(TraceFile::create).transpose()?;
 
     let mut resolver = Resolver::new()?;
     let mounts_now = read_overlay_mounts()?;
@@ -208,6 +211,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
     }
     let mut collector = Collector {
         events: events_out,
+        trace: trace_out,
         metrics: metrics.clone(),
         ..Default::default()
     };
@@ -349,6 +353,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
     let mut report = Report::build(&collector.agg, caps.kernel.clone(), traced, counts);
     report.probes = stopped.probes;
     report.events_file_error = collector.events.take().and_then(EventsFile::finish);
+    report.trace_file_error = collector.trace.take().and_then(TraceFile::finish);
     if let Some(mut out) = json_out {
         use std::io::Write as _;
         out.writer()

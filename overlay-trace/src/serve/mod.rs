@@ -71,6 +71,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         containers: args.containers,
         json: None,
         events: None,
+        trace: None,
         quiet: true,
         maxactive: args.maxactive,
         probes: args.probes,

@@ -1,0 +1,265 @@
+//! `run --trace FILE.json`: a start timeline in the Chrome Trace Event format (JSON array), which
+//! Perfetto's UI and chrome://tracing open. One track (`pid`) per overlay mount, named after its
+//! container at the end; one row (`tid`) per thread; a slice per copy-up (name = path) and per
+//! mount (`ovl_fill_super`); lookups as counters per 10 ms per track, since they are too many
+//! for slices. Written as events arrive (memory stays bounded), named at the end.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::{aggregate::MountKey, events::Event, run::outputs::PendingFile};
+
+/// Lookup counters are summed over this many ns.
+const COUNTER_NS: u64 = 10_000_000;
+/// A counter bucket is written once events this much later have arrived (events reach us
+/// slightly out of order across CPUs).
+const COUNTER_SETTLE_NS: u64 = 1_000_000_000;
+/// Tracks (mounts) named in the file; beyond, mounts share the last track.
+const TRACKS_MAX: u32 = 10_000;
+/// Thread names kept for the end.
+const THREADS_MAX: usize = 100_000;
+
+pub struct TraceFile {
+    file: Option<PendingFile>,
+    path: PathBuf,
+    pub error: Option<String>,
+    tracks: HashMap<MountKey, u32>,
+    names: HashMap<u32, String>,
+    threads: HashMap<(u32, u32), String>,
+    /// track -> bucket start -> (lookups, negative).
+    counters: HashMap<u32, BTreeMap<u64, (u64, u64)>>,
+    latest_ns: u64,
+    written: u64,
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+impl TraceFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        let mut file = PendingFile::create(path, "the trace")?;
+        let r = file.writer().write_all(b"[\n");
+        let mut t = Self {
+            file: Some(file),
+            path: path.to_path_buf(),
+            error: None,
+            tracks: HashMap::new(),
+            names: HashMap::new(),
+            threads: HashMap::new(),
+            counters: HashMap::new(),
+            latest_ns: 0,
+            written: 0,
+        };
+        if let Err(e) = r {
+            t.stop(e);
+        }
+        Ok(t)
+    }
+
+    fn track(&mut self, key: MountKey) -> u32 {
+        let next = self.tracks.len() as u32 + 1;
+        *self.tracks.entry(key).or_insert(next.min(TRACKS_MAX))
+    }
+
+    /// Names the track of `key`: its container, or its mount point (which does not replace a
+    /// container's name).
+    pub fn name(&mut self, key: MountKey, name: String, container: bool) {
+        let t = self.track(key);
+        if container || !self.names.contains_key(&t) {
+            self.names.insert(t, name);
+        }
+    }
+
+    pub fn write(&mut self, e: &Event, key: MountKey) {
+        if self.file.is_none() {
+            return;
+        }
+        let track = self.track(key);
+        let o = e.origin();
+        if self.threads.len() < THREADS_MAX {
+            self.threads
+                .entry((track, o.pid))
+                .or_insert_with(|| format!("{}[{}]", o.comm, o.pid));
+        }
+        self.latest_ns = self.latest_ns.max(o.start_ns);
+        let slice = match e {
+            Event::CopyUp(c) => Some(json!({
+                "name": c.path, "cat": if c.waited { "copy_up_wait" } else { "copy_up" },
+                "ph": "X", "ts": us(o.start_ns), "dur": us(c.duration_ns),
+                "pid": track, "tid": o.pid,
+                "args": {
+                    "bytes": c.data.map(|d| d.bytes),
+                    "data_copy_us": c.data.map(|d| us(d.ns)),
+                    "size": c.size, "ret": c.ret, "waited": c.waited,
+                },
+            })),
+            Event::Mount(m) => Some(json!({
+                "name": "mount (ovl_fill_super)", "cat": "mount",
+                "ph": "X", "ts": us(o.start_ns), "dur": us(m.duration_ns),
+                "pid": track, "tid": o.pid, "args": { "ret": m.ret },
+            })),
+            Event::Lookup(l) => {
+                let b = self
+                    .counters
+                    .entry(track)
+                    .or_default()
+                    .entry(o.start_ns / COUNTER_NS * COUNTER_NS)
+                    .or_default();
+                b.0 += 1;
+                if l.outcome == crate::events::LookupOutcome::Negative {
+                    b.1 += 1;
+                }
+                None
+            }
+        };
+        if let Some(s) = slice {
+            self.emit(&s);
+        }
+        self.flush_counters(false);
+    }
+
+    /// Writes the counter buckets old enough not to change any more (all of them at the end).
+    fn flush_counters(&mut self, all: bool) {
+        let before = self.latest_ns.saturating_sub(COUNTER_SETTLE_NS);
+        let mut out = Vec::new();
+        for (track, buckets) in self.counters.iter_mut() {
+            while let Some((&start, _)) = buckets.first_key_value() {
+                if !all && start >= before {
+                    break;
+                }
+                let (_, (n, neg)) = buckets.pop_first().expect("a first bucket");
+                out.push(json!({
+                    "name": "lookups per 10 ms", "ph": "C", "ts": us(start),
+                    "pid": *track, "tid": 0, "args": { "lookups": n, "negative": neg },
+                }));
+            }
+        }
+        self.counters.retain(|_, b| !b.is_empty());
+        for v in out {
+            self.emit(&v);
+        }
+    }
+
+    fn emit(&mut self, v: &Value) {
+        let Some(f) = self.file.as_mut() else { return };
+        let w = f.writer();
+        let r = (|| {
+            if self.written > 0 {
+                w.write_all(b",\n")?;
+            }
+            serde_json::to_writer(&mut *w, v).map_err(std::io::Error::from)
+        })();
+        match r {
+            Ok(()) => self.written += 1,
+            Err(e) => self.stop(e),
+        }
+    }
+
+    fn stop(&mut self, e: std::io::Error) {
+        self.error.get_or_insert(format!(
+            "writing {} failed: {e}; the timeline after that point is missing",
+            self.path.display()
+        ));
+        self.file = None;
+    }
+
+    /// Writes the last counters and the track and thread names, and puts the file in place.
+    /// Returns why it is incomplete, if it is.
+    pub fn finish(mut self) -> Option<String> {
+        self.flush_counters(true);
+        let mut names: Vec<(u32, String)> = self.names.drain().collect();
+        let named: std::collections::HashSet<u32> = names.iter().map(|(t, _)| *t).collect();
+        for (key, t) in &self.tracks {
+            if !named.contains(t) {
+                names.push((
+                    *t,
+                    format!("overlay {} (mount {})", key.dev, key.generation),
+                ));
+            }
+        }
+        names.sort();
+        names.dedup_by_key(|(t, _)| *t);
+        for (t, n) in names {
+            let n = if t == TRACKS_MAX {
+                format!("{n} and later mounts")
+            } else {
+                n
+            };
+            self.emit(&json!({
+                "name": "process_name", "ph": "M", "ts": 0, "pid": t, "tid": 0,
+                "args": { "name": n },
+            }));
+        }
+        let threads: Vec<((u32, u32), String)> = self.threads.drain().collect();
+        for ((t, tid), n) in threads {
+            self.emit(&json!({
+                "name": "thread_name", "ph": "M", "ts": 0, "pid": t, "tid": tid,
+                "args": { "name": n },
+            }));
+        }
+        if let Some(mut f) = self.file.take() {
+            let r = f.writer().write_all(b"\n]\n");
+            match r.map_err(anyhow::Error::from).and_then(|()| f.commit()) {
+                Ok(()) => {}
+                Err(e) => {
+                    self.error.get_or_insert(format!("{e:#}"));
+                }
+            }
+        }
+        self.error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Dev, raw};
+
+    #[test]
+    fn copy_ups_are_slices_lookups_counters_and_tracks_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        let mut t = TraceFile::create(&path).unwrap();
+        let key = MountKey {
+            dev: Dev { major: 0, minor: 7 },
+            generation: 1,
+        };
+        for rec in [
+            raw::mount(7, 3_000_000),
+            raw::copy_up(7, "etc/a", 10, 10, 2_000_000),
+            raw::lookup(7, "x", overlay_trace_common::LOOKUP_NEGATIVE, 1, 500),
+            raw::lookup(7, "y", overlay_trace_common::LOOKUP_LOWER, 1, 500),
+        ] {
+            t.write(&Event::try_from(&rec[..]).unwrap(), key);
+        }
+        t.name(key, "web (docker)".into(), true);
+        t.name(key, "/var/lib/docker/overlay2/x/merged".into(), false);
+        assert!(t.finish().is_none());
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let evs = v.as_array().unwrap();
+        for e in evs {
+            for k in ["ph", "ts", "pid", "tid"] {
+                assert!(!e[k].is_null(), "{k} in {e}");
+            }
+        }
+        let copy = evs.iter().find(|e| e["cat"] == "copy_up").unwrap();
+        assert_eq!(copy["name"], "/etc/a");
+        assert_eq!(copy["dur"], 2000.0);
+        assert_eq!(copy["args"]["bytes"], 10);
+        let c = evs.iter().find(|e| e["ph"] == "C").unwrap();
+        assert_eq!(c["args"]["lookups"], 2);
+        assert_eq!(c["args"]["negative"], 1);
+        assert!(
+            evs.iter()
+                .any(|e| e["name"] == "process_name" && e["args"]["name"] == "web (docker)")
+        );
+        assert!(evs.iter().any(|e| e["name"] == "thread_name"));
+    }
+}
