@@ -173,6 +173,29 @@ pub fn read_events(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// `report events.ndjson --json` rebuilds the live `--json` report of the same run.
+pub fn assert_replay_equals_live(events: &std::path::Path, live: &std::path::Path) {
+    let replayed = events.with_extension("replayed.json");
+    let o = std::process::Command::new(bin())
+        .arg("report")
+        .arg(events)
+        .arg("--json")
+        .arg(&replayed)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("overlay-trace"), "{}", stdout(&o));
+    let read = |p: &std::path::Path| -> Value {
+        serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (a, b) = (read(live), read(&replayed));
+    assert!(a["mounts"].as_array().is_some_and(|m| !m.is_empty()));
+    assert_eq!(
+        a, b,
+        "the replayed report equals the live one, field for field"
+    );
+}
+
 /// Each container's root mounts in a JSON report, by container name: the heaviest mount (they come
 /// heaviest first) stands for the container, and its copy-ups are those of all its root mounts.
 /// Docker mounts a container's root more than once while creating and starting it (each a mount

@@ -32,11 +32,15 @@ pub enum Command {
     /// Trace copy-ups and lookups until Ctrl-C, SIGTERM, --duration or the end of CMD; then report.
     Run(RunArgs),
     /// Render saved JSON reports (from `run --json` or `bench`) as text, and optionally their
-    /// latency distributions as a picture (two reports are overlaid).
+    /// latency distributions as a picture (reports are overlaid). An events file (`run
+    /// --events`) is replayed into the full report of the run that wrote it.
     Report {
-        /// The JSON report(s).
+        /// The JSON report(s) or events file(s).
         #[arg(required = true, num_args = 1..=4)]
         files: Vec<PathBuf>,
+        /// Write the (first) report as JSON to FILE: from an events file, the rebuilt report.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
         /// Write copy-up and lookup latency distributions as SVG.
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,

@@ -12,6 +12,17 @@ use anyhow::{Context as _, Result};
 use crate::report::{Report, diff, json, plot, text};
 
 fn load(path: &Path) -> Result<Report> {
+    if crate::replay::is_events_file(path) {
+        let (report, incomplete) = crate::replay::replay(path)?;
+        if incomplete {
+            eprintln!(
+                "overlay-trace: warning: {} has no end record (the run was cut short): the time \
+                 traced and the kernel side's loss counts are unknown",
+                path.display()
+            );
+        }
+        return Ok(report);
+    }
     let t = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     json::from_str(&t).with_context(|| format!("{}", path.display()))
 }
@@ -21,7 +32,12 @@ fn bad_input(e: anyhow::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-pub fn report(files: &[PathBuf], svg: Option<&Path>, html: Option<&Path>) -> ExitCode {
+pub fn report(
+    files: &[PathBuf],
+    json_out: Option<&Path>,
+    svg: Option<&Path>,
+    html: Option<&Path>,
+) -> ExitCode {
     let reports: Result<Vec<(String, Report)>> = files
         .iter()
         .map(|f| {
@@ -38,6 +54,14 @@ pub fn report(files: &[PathBuf], svg: Option<&Path>, html: Option<&Path>) -> Exi
     };
     for (_, r) in &reports {
         print!("{}", text::render(r));
+    }
+    if let (Some(path), Some((_, r))) = (json_out, reports.first()) {
+        let written =
+            crate::run::outputs::write_file(path, "the JSON report", json::to_string(r).as_bytes());
+        if let Err(e) = written {
+            eprintln!("overlay-trace: error: {e:#}");
+            return ExitCode::from(1);
+        }
     }
     let pictures = [
         (svg, plot::svg as fn(&[(String, Report)]) -> Result<String>),

@@ -82,7 +82,7 @@ impl std::fmt::Display for Dev {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyUp {
     #[serde(flatten)]
     pub origin: Origin,
@@ -97,16 +97,16 @@ pub struct CopyUp {
     /// Path inside the overlay, starting with '/'.
     pub path: String,
     /// The path's exact bytes in hex, when it is not valid UTF-8 (`path` then shows U+FFFD).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_hex: Option<String>,
     /// The path is cut short: its start is missing (too deep, too long, or a failed read).
     pub path_truncated: bool,
     /// This call copied nothing: it waited for another thread's copy-up of the same object.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub waited: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataCopy {
     pub bytes: u64,
     pub ns: u64,
@@ -123,7 +123,7 @@ pub enum LookupOutcome {
     Error,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lookup {
     #[serde(flatten)]
     pub origin: Origin,
@@ -132,12 +132,12 @@ pub struct Lookup {
     pub layers: u32,
     pub name: String,
     /// The name's exact bytes in hex, when it is not valid UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_hex: Option<String>,
 }
 
 /// An overlay mounted (`ovl_fill_super`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
     #[serde(flatten)]
     pub origin: Origin,
@@ -146,7 +146,7 @@ pub struct Mount {
 }
 
 /// One line of `--events FILE.ndjson`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     CopyUp(CopyUp),

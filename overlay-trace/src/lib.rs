@@ -14,6 +14,7 @@ pub mod events;
 pub mod mounts;
 pub mod preflight;
 pub mod probes;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod safe_fs;

@@ -17,8 +17,13 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Report { files, svg, html } => {
-            return compare::report(&files, svg.as_deref(), html.as_deref());
+        Command::Report {
+            files,
+            json,
+            svg,
+            html,
+        } => {
+            return compare::report(&files, json.as_deref(), svg.as_deref(), html.as_deref());
         }
         Command::Diff {
             base,

@@ -130,6 +130,8 @@ fn containers_are_attributed_and_filtered() {
     assert!(by["alpha"].1.contains("/etc/motd") && !by["alpha"].1.contains("/etc/motd2"));
     assert!(by["beta"].1.contains("/etc/motd2") && !by["beta"].1.contains("/etc/motd"));
     assert!(stdout(&o).contains("container alpha ("), "{}", stdout(&o));
+    // The events file alone rebuilds the same report, containers and all.
+    overlay_trace_tests::assert_replay_equals_live(&events, &report);
 
     // The traced command's status comes back.
     let o = tracer()

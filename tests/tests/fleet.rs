@@ -515,7 +515,7 @@ fn serve_works_with_only_the_daemonsets_capabilities() {
     let dir = PathBuf::from("/run/ot-fleet-caps");
     fs::create_dir_all(&dir).unwrap();
     sh(&format!(
-        "cd {d} && (mountpoint -q . || mount -t tmpfs tmpfs .) && mkdir -p l u w m && \
+        "(mountpoint -q {d} || mount -t tmpfs tmpfs {d}) && cd {d} && mkdir -p l u w m && \
          echo x > l/f && mount -t overlay overlay -o lowerdir=l,upperdir=u,workdir=w m && \
          echo y >> m/f && umount m",
         d = dir.display()

@@ -11,7 +11,8 @@ use std::{
 };
 
 use overlay_trace_tests::{
-    Bpftrace, Overlay, bin, bpftrace_map, out_dir, read_events, stderr, stdout,
+    Bpftrace, Overlay, assert_replay_equals_live, bin, bpftrace_map, out_dir, read_events, stderr,
+    stdout,
 };
 use serde_json::Value;
 
@@ -515,11 +516,16 @@ fn a_timeline_has_a_slice_per_copy_up() {
         }
     });
     let dir = out_dir();
-    let (trace, events) = (dir.join("timeline.json"), dir.join("timeline.ndjson"));
+    let (trace, events, live) = (
+        dir.join("timeline.json"),
+        dir.join("timeline.ndjson"),
+        dir.join("timeline-report.json"),
+    );
     let m = ov.merged();
     let o = Command::new(bin())
         .args(["run", "-q", "--trace", trace.to_str().unwrap()])
-        .args(["--events", events.to_str().unwrap(), "--"])
+        .args(["--events", events.to_str().unwrap()])
+        .args(["--json", live.to_str().unwrap(), "--"])
         .args([
             "sh",
             "-c",
@@ -623,4 +629,5 @@ fn a_timeline_has_a_slice_per_copy_up() {
         evs.iter().any(|e| e["ph"] == "C" && e["pid"] == track),
         "lookup counters"
     );
+    assert_replay_equals_live(&events, &live);
 }

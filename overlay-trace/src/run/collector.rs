@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::{
     aggregate::{Aggregate, MountKey},
     events::Event,
+    replay::Record,
     run::{naming::Named, outputs::EventsFile, timeline::TraceFile},
     serve::metrics::Shared,
 };
@@ -71,6 +72,28 @@ impl Collector {
                     true,
                 ),
                 Named::Mount { key, mount } => t.name(*key, mount.mount_point.clone(), false),
+                _ => {}
+            }
+        }
+        if let Some(out) = self.events.as_mut() {
+            let (dev, mount_gen) = match &n {
+                Named::Mount { key, .. } | Named::Container { key, .. } | Named::Gone { key } => {
+                    (key.dev, key.generation)
+                }
+                _ => (crate::events::Dev { major: 0, minor: 0 }, 0),
+            };
+            match &n {
+                Named::Mount { mount, .. } => out.record(&Record::NamedMount {
+                    dev,
+                    mount_gen,
+                    mount: mount.clone(),
+                }),
+                Named::Container { container, .. } => out.record(&Record::NamedContainer {
+                    dev,
+                    mount_gen,
+                    container: container.clone(),
+                }),
+                Named::Gone { .. } => out.record(&Record::Gone { dev, mount_gen }),
                 _ => {}
             }
         }

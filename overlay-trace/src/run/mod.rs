@@ -158,7 +158,14 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
         .as_deref()
         .map(|p| PendingFile::create(p, "the JSON report"))
         .transpose()?;
-    let events_out = args.events.as_deref().map(EventsFile::create).transpose()?;
+    let mut events_out = args.events.as_deref().map(EventsFile::create).transpose()?;
+    if let Some(e) = events_out.as_mut() {
+        e.record(&crate::replay::Record::Header {
+            schema_version: crate::report::SCHEMA_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: caps.kernel.clone(),
+        });
+    }
     let trace_out = args.trace.as_deref().map(TraceFile::create).transpose()?;
 
     let mut resolver = Resolver::new()?;
@@ -219,6 +226,14 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
     for (dev, c) in only_devs {
         if let Some(c) = c {
             let key = collector.agg.current(dev);
+            if let Some(e) = collector.events.as_mut() {
+                e.record(&crate::replay::Record::Known {
+                    dev,
+                    mount_gen: key.generation,
+                    mount: mounts_now.get(&dev).cloned(),
+                    container: c.clone(),
+                });
+            }
             collector
                 .agg
                 .add_known(key, mounts_now.get(&dev).cloned(), c);
@@ -352,6 +367,13 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
     counts.decode_errors = collector.decode_errors;
     let mut report = Report::build(&collector.agg, caps.kernel.clone(), traced, counts);
     report.probes = stopped.probes;
+    if let Some(e) = collector.events.as_mut() {
+        e.record(&crate::replay::Record::End {
+            traced_seconds: report.traced_seconds,
+            events: report.events.clone(),
+            probes: report.probes.clone(),
+        });
+    }
     report.events_file_error = collector.events.take().and_then(EventsFile::finish);
     report.trace_file_error = collector.trace.take().and_then(TraceFile::finish);
     if let Some(mut out) = json_out {

@@ -130,9 +130,18 @@ impl EventsFile {
     }
 
     pub fn write(&mut self, event: &Event, mount_gen: u32) {
+        self.line(&EventLine { event, mount_gen });
+    }
+
+    /// A record replay needs besides the events (see `replay`).
+    pub fn record(&mut self, record: &crate::replay::Record) {
+        self.line(record);
+    }
+
+    fn line(&mut self, value: &impl Serialize) {
         let Some(f) = self.file.as_mut() else { return };
         let w = f.writer();
-        let r = serde_json::to_writer(&mut *w, &EventLine { event, mount_gen })
+        let r = serde_json::to_writer(&mut *w, value)
             .map_err(std::io::Error::from)
             .and_then(|()| w.write_all(b"\n"));
         if let Err(e) = r {
