@@ -41,6 +41,9 @@ pub enum Command {
         /// Write the (first) report as JSON to FILE: from an events file, the rebuilt report.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Write the start timeline of the (first) file, an events file, as SVG.
+        #[arg(long, value_name = "FILE")]
+        timeline: Option<PathBuf>,
         /// Write copy-up and lookup latency distributions as SVG.
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,

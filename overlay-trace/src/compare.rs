@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::report::{Report, diff, json, plot, text};
+use crate::report::{Report, diff, json, plot, text, timeline_svg::Timeline};
 
 fn load(path: &Path) -> Result<Report> {
     if crate::replay::is_events_file(path) {
@@ -27,24 +27,67 @@ fn load(path: &Path) -> Result<Report> {
     json::from_str(&t).with_context(|| format!("{}", path.display()))
 }
 
+/// An events file replayed into its report, its timeline drawn from the events on the way.
+fn load_with_timeline(path: &Path) -> Result<(Report, Timeline)> {
+    if !crate::replay::is_events_file(path) {
+        return Err(anyhow::anyhow!(crate::cli::BadInput(format!(
+            "--timeline needs an events file (`run --events`); {} is not one",
+            path.display()
+        ))));
+    }
+    let t = std::cell::RefCell::new(Timeline::default());
+    let (r, incomplete) = crate::replay::replay_with(
+        path,
+        |e, key| t.borrow_mut().add(e, key),
+        // Mount points start with '/', container names are "name (runtime)".
+        |key, n| {
+            let container = !n.starts_with('/');
+            t.borrow_mut().name(key, n, container)
+        },
+    )?;
+    if incomplete {
+        eprintln!(
+            "overlay-trace: warning: {} has no end record (the run was cut short)",
+            path.display()
+        );
+    }
+    Ok((r, t.into_inner()))
+}
+
 fn bad_input(e: anyhow::Error) -> ExitCode {
     eprintln!("overlay-trace: error: {e:#}");
     ExitCode::from(2)
 }
 
-pub fn report(
-    files: &[PathBuf],
-    json_out: Option<&Path>,
-    svg: Option<&Path>,
-    html: Option<&Path>,
-) -> ExitCode {
+/// What `report` writes besides the text.
+pub struct Outputs<'a> {
+    pub json: Option<&'a Path>,
+    pub timeline: Option<&'a Path>,
+    pub svg: Option<&'a Path>,
+    pub html: Option<&'a Path>,
+}
+
+pub fn report(files: &[PathBuf], outputs: Outputs<'_>) -> ExitCode {
+    let Outputs {
+        json: json_out,
+        timeline,
+        svg,
+        html,
+    } = outputs;
+    let mut picture = None;
     let reports: Result<Vec<(String, Report)>> = files
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             let name = f.file_name().map_or_else(
                 || f.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
             );
+            if i == 0 && timeline.is_some() {
+                let (r, t) = load_with_timeline(f)?;
+                picture = Some(t);
+                return Ok((name, r));
+            }
             Ok((name, load(f)?))
         })
         .collect();
@@ -54,6 +97,15 @@ pub fn report(
     };
     for (_, r) in &reports {
         print!("{}", text::render(r));
+    }
+    if let (Some(path), Some(t)) = (timeline, picture.as_ref()) {
+        let written = t
+            .svg()
+            .and_then(|doc| crate::run::outputs::write_file(path, "the timeline", doc.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("overlay-trace: error: {e:#}");
+            return ExitCode::from(1);
+        }
     }
     if let (Some(path), Some((_, r))) = (json_out, reports.first()) {
         let written =

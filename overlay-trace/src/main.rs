@@ -20,10 +20,19 @@ fn main() -> ExitCode {
         Command::Report {
             files,
             json,
+            timeline,
             svg,
             html,
         } => {
-            return compare::report(&files, json.as_deref(), svg.as_deref(), html.as_deref());
+            return compare::report(
+                &files,
+                compare::Outputs {
+                    json: json.as_deref(),
+                    timeline: timeline.as_deref(),
+                    svg: svg.as_deref(),
+                    html: html.as_deref(),
+                },
+            );
         }
         Command::Diff {
             base,

@@ -77,6 +77,16 @@ pub fn is_events_file(path: &Path) -> bool {
 /// The report of the run that wrote `path`. Also says whether the file ended without its end
 /// record (an interrupted run: the loss counts and the time traced are then unknown).
 pub fn replay(path: &Path) -> Result<(Report, bool)> {
+    replay_with(path, |_, _| {}, |_, _| {})
+}
+
+/// `replay`, also handing each event (with its mount) to `on_event` and each container or mount
+/// point learned to `on_name`, in file order.
+pub fn replay_with(
+    path: &Path,
+    mut on_event: impl FnMut(&Event, MountKey),
+    mut on_name: impl FnMut(MountKey, String),
+) -> Result<(Report, bool)> {
     let bad =
         |line: usize, why: String| anyhow!(BadInput(format!("{}:{line}: {why}", path.display())));
     let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -117,7 +127,8 @@ pub fn replay(path: &Path) -> Result<(Report, bool)> {
             "copy_up" | "lookup" | "mount" => {
                 let e: Event =
                     serde_json::from_value(v).map_err(|e| bad(n, format!("bad {kind}: {e}")))?;
-                agg.add(&e);
+                let added = agg.add(&e);
+                on_event(&e, added.key);
             }
             _ => {
                 let rec: Record = serde_json::from_value(v)
@@ -146,12 +157,21 @@ pub fn replay(path: &Path) -> Result<(Report, bool)> {
                         dev,
                         mount_gen,
                         mount,
-                    } => agg.set_mount(key(dev, mount_gen), mount),
+                    } => {
+                        on_name(key(dev, mount_gen), mount.mount_point.clone());
+                        agg.set_mount(key(dev, mount_gen), mount)
+                    }
                     Record::NamedContainer {
                         dev,
                         mount_gen,
                         container,
-                    } => agg.set_container(key(dev, mount_gen), container),
+                    } => {
+                        on_name(
+                            key(dev, mount_gen),
+                            format!("{} ({})", container.name, container.runtime),
+                        );
+                        agg.set_container(key(dev, mount_gen), container)
+                    }
                     Record::Gone { dev, mount_gen } => agg.retire(key(dev, mount_gen)),
                     Record::Known {
                         dev,

@@ -630,4 +630,21 @@ fn a_timeline_has_a_slice_per_copy_up() {
         "lookup counters"
     );
     assert_replay_equals_live(&events, &live);
+
+    // The same timeline as a static picture, from the events file.
+    let svg = dir.join("timeline.svg");
+    let o = Command::new(bin())
+        .arg("report")
+        .arg(&events)
+        .arg("--timeline")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains(m.to_str().unwrap()));
+    assert!(
+        svg.matches("fill=\"#1F77B4\"").count() > upper.len(),
+        "a bar per copy-up"
+    );
 }

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod json;
 pub mod plot;
 pub mod text;
+pub mod timeline_svg;
 
 use std::collections::BTreeMap;
 
