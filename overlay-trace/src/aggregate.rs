@@ -167,6 +167,17 @@ pub struct CopyUpStats {
     pub waited_ns: u64,
     /// Min-heap of the slowest `TOP_N`.
     slowest: BinaryHeap<Reverse<SlowCopyUp>>,
+    /// Copy-ups by the lower layer they came from (0: not known), for one mount's detail (a
+    /// layer number means nothing across mounts, so folded groups leave it empty).
+    pub by_layer: BTreeMap<u32, LayerTally>,
+}
+
+/// The copy-ups that came from one lower layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerTally {
+    pub count: u64,
+    pub data_bytes: u64,
+    pub total_ns: u64,
 }
 
 impl CopyUpStats {
@@ -187,6 +198,17 @@ impl CopyUpStats {
         self.total_ns += c.duration_ns;
         self.latency.record(c.duration_ns);
         self.offer(c.duration_ns, seq, || c.clone());
+    }
+
+    /// A copy-up of one mount: also tallied by its source layer.
+    fn add_with_layer(&mut self, c: &CopyUp, seq: u64) {
+        self.add(c, seq);
+        if !c.waited {
+            let t = self.by_layer.entry(c.layer.unwrap_or(0)).or_default();
+            t.count += 1;
+            t.data_bytes += c.data.map_or(0, |d| d.bytes);
+            t.total_ns += c.duration_ns;
+        }
     }
 
     /// Keeps the copy-up if it is among the `TOP_N` slowest; clones only then.
@@ -296,6 +318,8 @@ pub struct MountStats {
     pub mount: Option<OverlayMount>,
     /// The container whose root this is, when a runtime claimed it.
     pub container: Option<Container>,
+    /// Its lower layers as the runtime names them (Docker: image layer and instruction).
+    pub layers: Vec<crate::layers::LayerInfo>,
     /// Gone: unmounted, or its device number taken by a newer mount.
     pub gone: bool,
     /// Arrival number of its latest event: the least recently active are retired first.
@@ -414,7 +438,7 @@ impl Aggregate {
         let m = self.mounts.entry(key).or_default();
         m.last_seq = seq;
         match e {
-            Event::CopyUp(c) => m.copy_ups.add(c, seq),
+            Event::CopyUp(c) => m.copy_ups.add_with_layer(c, seq),
             Event::Lookup(l) => m.lookups.add(l),
             Event::Mount(mt) => {
                 if mt.ret == 0 {
@@ -439,6 +463,12 @@ impl Aggregate {
     pub fn set_mount(&mut self, key: MountKey, mount: OverlayMount) {
         if let Some(m) = self.mounts.get_mut(&key) {
             m.mount = Some(mount);
+        }
+    }
+
+    pub fn set_layers(&mut self, key: MountKey, layers: Vec<crate::layers::LayerInfo>) {
+        if let Some(m) = self.mounts.get_mut(&key) {
+            m.layers = layers;
         }
     }
 
@@ -636,6 +666,7 @@ mod tests {
             Container {
                 role: Some("init-layer".into()),
                 pod: None,
+                image_id: None,
                 ..c.clone()
             },
         );

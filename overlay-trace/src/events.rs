@@ -104,6 +104,10 @@ pub struct CopyUp {
     /// This call copied nothing: it waited for another thread's copy-up of the same object.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub waited: bool,
+    /// The lower layer the object came from: 1 for the mount's topmost lowerdir (found in
+    /// userspace once the mount's layers are known; see `layers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +271,7 @@ impl TryFrom<&[u8]> for Event {
                     path_hex: hex_if_not_utf8(&path_bytes(&e.path[..used])),
                     path_truncated: e.path_flags & (PATH_TRUNCATED | PATH_INCOMPLETE) != 0,
                     waited: e.outcome == COPY_UP_WAITED,
+                    layer: None,
                 }))
             }
             EVENT_LOOKUP => {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compare;
 pub mod containers;
 pub mod events;
+pub mod layers;
 pub mod mounts;
 pub mod preflight;
 pub mod probes;

@@ -50,6 +50,11 @@ pub enum Record {
         dev: Dev,
         mount_gen: u32,
     },
+    NamedLayers {
+        dev: Dev,
+        mount_gen: u32,
+        layers: Vec<crate::layers::LayerInfo>,
+    },
     /// A container chosen with `--container`, known before tracing began.
     Known {
         dev: Dev,
@@ -173,6 +178,11 @@ pub fn replay_with(
                         agg.set_container(key(dev, mount_gen), container)
                     }
                     Record::Gone { dev, mount_gen } => agg.retire(key(dev, mount_gen)),
+                    Record::NamedLayers {
+                        dev,
+                        mount_gen,
+                        layers,
+                    } => agg.set_layers(key(dev, mount_gen), layers),
                     Record::Known {
                         dev,
                         mount_gen,

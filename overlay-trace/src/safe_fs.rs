@@ -65,6 +65,34 @@ pub fn open_beneath(dir: &OwnedFd, rel: &Path, flags: i32, mode: u32) -> std::io
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Whether `rel` names an entry beneath `dir` (of any type; a symlink itself, not followed, and
+/// no symlink on the way).
+pub fn entry_exists_beneath(dir: &OwnedFd, rel: &Path) -> bool {
+    let Ok(path) = cstring(rel) else {
+        return false;
+    };
+    // SAFETY: open_how is plain data; zeroed is its documented initial state.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid pointers for the duration of the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a fresh fd we own; closed here.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    true
+}
+
 /// Opens a directory to serve as the root of `open_beneath`.
 pub fn open_dir(path: &Path) -> Result<OwnedFd> {
     let c = cstring(path)?;

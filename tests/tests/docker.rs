@@ -3,7 +3,7 @@
 //! of a traced `docker run`; `--container` filtering in the kernel and its error for unknown names.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -212,4 +212,127 @@ fn containers_are_attributed_and_filtered() {
             .all(|m| m["container"]["name"] == "gamma"),
         "only gamma: {r}"
     );
+}
+
+/// Which image layer, and which Dockerfile line, each copied-up object came from. An image built
+/// with `docker build` (offline, FROM a locally imported base) with three `RUN` layers, each
+/// making files of known size; a container appends to files of the first and the third and
+/// chmods one of the second. The oracle is the Dockerfile itself: each file was made by one
+/// known `RUN` line.
+#[test]
+#[ignore = "needs kprobes on overlayfs and dockerd: runs in the VM via `cargo xtask test`"]
+fn copy_ups_are_attributed_to_their_image_layer_and_instruction() {
+    let _d = Dockerd::start();
+    let rootfs = PathBuf::from(ROOT).join("layers-rootfs");
+    overlay_trace_tests::runtimes::busybox_rootfs(&rootfs);
+    sh(&format!(
+        "tar -C {} -c . | docker import - ot-lbase:1 >/dev/null",
+        rootfs.display()
+    ));
+    let ctx = PathBuf::from(ROOT).join("layers-ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    // The files, and what each RUN line wrote (its size is the bytes its copy-up copies).
+    let layers = [
+        ("l1/a.txt", "one\n", "echo one"),
+        ("l2/b.conf", "second\n", "echo second"),
+        ("l3/c.log", "third line\n", "echo 'third line'"),
+    ];
+    let mut dockerfile = String::from("FROM ot-lbase:1\n");
+    for (path, _, echo) in layers {
+        let dir = path.split('/').next().unwrap();
+        dockerfile.push_str(&format!("RUN mkdir -p /{dir} && {echo} > /{path}\n"));
+    }
+    fs::write(ctx.join("Dockerfile"), &dockerfile).unwrap();
+    sh(&format!(
+        "DOCKER_BUILDKIT=0 docker build -q -t ot-layers:1 {} >/dev/null",
+        ctx.display()
+    ));
+
+    let dir = out_dir();
+    let (events, report) = (dir.join("layers.ndjson"), dir.join("layers.json"));
+    let o = tracer()
+        .args(["run", "-q", "--events", events.to_str().unwrap()])
+        .args(["--json", report.to_str().unwrap(), "--"])
+        .args([
+            "docker",
+            "run",
+            "--network",
+            "none",
+            "--name",
+            "lay",
+            "ot-layers:1",
+            "sh",
+            "-c",
+            "echo x >> /l1/a.txt; chmod 600 /l2/b.conf; echo z >> /l3/c.log",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    println!("{}", stdout(&o));
+    let changed = changed_by_docker_diff("lay");
+    for (path, _, _) in layers {
+        assert!(changed.contains(&format!("/{path}")), "{changed:?}");
+    }
+
+    // The container's root mounts, and their copy-ups by source layer.
+    let r = report_json(&report);
+    let mounts: Vec<&Value> = r["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["container"]["name"] == "lay" && m["container"]["role"].is_null())
+        .collect();
+    assert!(!mounts.is_empty(), "{r}");
+    let mut by_instruction: BTreeMap<String, (u64, u64, Value)> = BTreeMap::new();
+    let mut total = 0;
+    for m in &mounts {
+        total += m["copy_up"]["count"].as_u64().unwrap();
+        for l in m["copy_up"]["by_layer"].as_array().into_iter().flatten() {
+            let what = l["created_by"].as_str().unwrap_or("(none)").to_string();
+            let e = by_instruction
+                .entry(what)
+                .or_insert((0, 0, l["image_layer"].clone()));
+            e.0 += l["count"].as_u64().unwrap();
+            e.1 += l["data_bytes"].as_u64().unwrap();
+        }
+    }
+    println!("{by_instruction:#?}");
+    assert_eq!(
+        by_instruction.values().map(|v| v.0).sum::<u64>(),
+        total,
+        "every copy-up has a source layer row"
+    );
+    assert!(
+        !by_instruction.contains_key("(none)"),
+        "no copy-up of an unknown layer: {by_instruction:?}"
+    );
+    for (i, (path, content, echo)) in layers.iter().enumerate() {
+        let (instruction, (count, bytes, image_layer)) = by_instruction
+            .iter()
+            .find(|(k, _)| k.starts_with("RUN ") && k.contains(echo))
+            .unwrap_or_else(|| panic!("no row for {echo}: {by_instruction:?}"));
+        // The directory the RUN line made and the file in it.
+        assert_eq!(*count, 2, "{instruction}: /{path} and its directory");
+        assert_eq!(
+            *bytes,
+            content.len() as u64,
+            "{instruction}: the file's bytes"
+        );
+        // Bottom first: the imported base is 1, the RUN lines 2, 3, 4 of 4.
+        assert_eq!(image_layer, &serde_json::json!([i + 2, 4]), "{instruction}");
+    }
+    // The text report says it per layer, with the instruction.
+    assert!(
+        stdout(&o).contains("by source layer:") && stdout(&o).contains("layer 4/4"),
+        "{}",
+        stdout(&o)
+    );
+    // Each event carries its layer, and the events file replays to the same report.
+    let evs = read_events(&events);
+    assert!(
+        evs.iter()
+            .filter(|e| e["type"] == "copy_up" && e["path"] == "/l3/c.log")
+            .all(|e| e["layer"].as_u64().is_some())
+    );
+    overlay_trace_tests::assert_replay_equals_live(&events, &report);
 }

@@ -159,6 +159,7 @@ pub fn from_disk(root: &Path) -> Vec<DockerContainer> {
                 namespace: None,
                 role: None,
                 pod: None,
+                image_id: cfg["Image"].as_str().map(str::to_string),
             },
             upperdir: mount_id.map(|m| {
                 root.join("overlay2")
@@ -193,6 +194,7 @@ pub fn from_inspect(v: &bollard::models::ContainerInspectResponse) -> Option<Doc
             namespace: None,
             role: None,
             pod: None,
+            image_id: v.image.clone(),
         },
         upperdir: v
             .graph_driver
@@ -268,6 +270,11 @@ impl Docker {
             final_pass: false,
             root: None,
         })
+    }
+
+    /// Docker's data root, as the resolver uses it.
+    pub fn data_root(&mut self) -> PathBuf {
+        self.root()
     }
 
     /// Docker's data root: the API's `DockerRootDir` once it answered, otherwise `data_root()`.
@@ -421,6 +428,7 @@ mod tests {
                 namespace: None,
                 role: None,
                 pod: None,
+                image_id: None,
             },
             upperdir: None,
         };

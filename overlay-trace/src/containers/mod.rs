@@ -21,6 +21,9 @@ pub struct Container {
     /// containerd namespace (e.g. "k8s.io" for Kubernetes) where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The image's id (Docker), which names its layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     /// The Kubernetes pod, for a container the CRI plugin made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
@@ -87,6 +90,17 @@ impl Resolver {
             self.known.insert(key, c.clone());
         }
         found
+    }
+
+    /// The mount's lower layers named after the image layers they are, where the runtime's
+    /// metadata says (Docker); empty otherwise.
+    pub fn layers(&mut self, m: &OverlayMount, c: &Container) -> Vec<crate::layers::LayerInfo> {
+        match (c.runtime.as_str(), c.image_id.as_deref()) {
+            ("docker", Some(image)) => {
+                crate::layers::docker_layers(&self.docker.data_root(), image, &m.lowerdirs)
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Containers whose root filesystem is mounted now, with their superblock.

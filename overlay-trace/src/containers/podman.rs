@@ -59,6 +59,7 @@ pub fn parse_containers_json(text: &str) -> Vec<(String, Container)> {
                     namespace: None,
                     role: None,
                     pod: None,
+                    image_id: None,
                 },
             )
         })

@@ -286,6 +286,33 @@ pub struct CopyUpReport {
     pub waited: u64,
     #[serde(default)]
     pub waited_ns: u64,
+    /// Copy-ups by the lower layer they came from, heaviest (total time) first. A mount's own
+    /// report only (empty in folded summaries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_layer: Vec<LayerReport>,
+}
+
+/// The copy-ups of one mount that came from one lower layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerReport {
+    /// 1 for the topmost lowerdir; 0 when the source was not found (the mount's layers were
+    /// not known yet, or the path was cut short).
+    pub layer: u32,
+    /// The mount's number of lower layers.
+    pub of: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lowerdir: Option<String>,
+    /// Position in the image, bottom first, and its layer count (Docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_layer: Option<(u32, u32)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The Dockerfile instruction that made the layer (Docker's image history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    pub count: u64,
+    pub data_bytes: u64,
+    pub total_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,7 +385,40 @@ fn copy_up_report(c: &CopyUpStats) -> CopyUpReport {
                 cgroup_id: s.event.origin.cgroup_id,
             })
             .collect(),
+        by_layer: Vec::new(),
     }
+}
+
+/// A mount's copy-ups by source layer, named with what the runtime says of each layer.
+fn by_layer(m: &MountStats) -> Vec<LayerReport> {
+    let lowerdirs = m
+        .mount
+        .as_ref()
+        .map(|m| m.lowerdirs.as_slice())
+        .unwrap_or(&[]);
+    let mut out: Vec<LayerReport> = m
+        .copy_ups
+        .by_layer
+        .iter()
+        .map(|(&layer, t)| {
+            let info = m.layers.iter().find(|l| l.index == layer && layer > 0);
+            LayerReport {
+                layer,
+                of: lowerdirs.len() as u32,
+                lowerdir: (layer > 0)
+                    .then(|| lowerdirs.get(layer as usize - 1).cloned())
+                    .flatten(),
+                image_layer: info.and_then(|i| i.image_layer),
+                digest: info.and_then(|i| i.digest.clone()),
+                created_by: info.and_then(|i| i.created_by.clone()),
+                count: t.count,
+                data_bytes: t.data_bytes,
+                total_ns: t.total_ns,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (b.total_ns, a.layer).cmp(&(a.total_ns, b.layer)));
+    out
 }
 
 fn lookup_report(l: &LookupStats) -> LookupReport {
@@ -405,7 +465,10 @@ fn mount_report(key: &crate::aggregate::MountKey, m: &MountStats) -> MountReport
         gone: m.gone,
         layers: m.mount.as_ref().map(|m| m.lowerdirs.len()),
         mount_ns: m.mount_ns,
-        copy_up: copy_up_report(&m.copy_ups),
+        copy_up: CopyUpReport {
+            by_layer: by_layer(m),
+            ..copy_up_report(&m.copy_ups)
+        },
         lookup: lookup_report(&m.lookups),
     }
 }

@@ -115,7 +115,7 @@ impl Timeline {
             chart
                 .configure_mesh()
                 .disable_y_mesh()
-                .y_labels(rows)
+                .y_labels((rows + 2) * 2)
                 .y_label_formatter(&move |y| {
                     let i = y.round();
                     if (y - i).abs() > 0.01 || i < 0.0 {

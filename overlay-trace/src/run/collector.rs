@@ -27,10 +27,21 @@ impl Collector {
     /// Takes one record. Returns the mount to name when this is its first event, with the
     /// process that touched it.
     pub fn take(&mut self, record: &[u8]) -> Option<(MountKey, u32)> {
-        let Ok(e) = Event::try_from(record) else {
+        let Ok(mut e) = Event::try_from(record) else {
             self.decode_errors += 1;
             return None;
         };
+        if let Event::CopyUp(c) = &mut e {
+            // The source layer, while the lower layers are at hand (they are read-only, so
+            // looking now or at the copy-up is the same). Not for a path that is cut short or
+            // not UTF-8: its name below is not known exactly.
+            if !c.waited && !c.path_truncated && c.path_hex.is_none() {
+                let key = self.agg.current(c.origin.dev);
+                if let Some(m) = self.agg.mounts.get(&key).and_then(|m| m.mount.as_ref()) {
+                    c.layer = crate::layers::source_layer(&m.lowerdirs, &c.path);
+                }
+            }
+        }
         let added = self.agg.add(&e);
         if let Some(out) = self.events.as_mut() {
             out.write(&e, added.key.generation);
@@ -77,9 +88,10 @@ impl Collector {
         }
         if let Some(out) = self.events.as_mut() {
             let (dev, mount_gen) = match &n {
-                Named::Mount { key, .. } | Named::Container { key, .. } | Named::Gone { key } => {
-                    (key.dev, key.generation)
-                }
+                Named::Mount { key, .. }
+                | Named::Container { key, .. }
+                | Named::Layers { key, .. }
+                | Named::Gone { key } => (key.dev, key.generation),
                 _ => (crate::events::Dev { major: 0, minor: 0 }, 0),
             };
             match &n {
@@ -94,6 +106,11 @@ impl Collector {
                     container: container.clone(),
                 }),
                 Named::Gone { .. } => out.record(&Record::Gone { dev, mount_gen }),
+                Named::Layers { layers, .. } => out.record(&Record::NamedLayers {
+                    dev,
+                    mount_gen,
+                    layers: layers.clone(),
+                }),
                 _ => {}
             }
         }
@@ -101,6 +118,7 @@ impl Collector {
             Named::Mount { key, mount } => self.agg.set_mount(key, mount),
             Named::Container { key, container } => self.agg.set_container(key, container),
             Named::Gone { key } => self.agg.retire(key),
+            Named::Layers { key, layers } => self.agg.set_layers(key, layers),
             Named::Warning(w) => return Some(w),
             Named::Unclaimed { .. } | Named::Done => {}
         }

@@ -58,6 +58,11 @@ pub enum Named {
         key: MountKey,
         container: Container,
     },
+    /// The mount's lower layers named after image layers (Docker).
+    Layers {
+        key: MountKey,
+        layers: Vec<crate::layers::LayerInfo>,
+    },
     /// No runtime claims this mount, or it was never found in any mountinfo (asked again only
     /// in the final pass of a run).
     Unclaimed {
@@ -264,7 +269,13 @@ impl Namer {
     /// Asks the runtimes for the mount's container; `tries` earlier asks found none.
     async fn resolve(&mut self, key: MountKey, m: OverlayMount, budget: Duration, tries: u32) {
         match tokio::time::timeout(budget, self.resolver.resolve(&m)).await {
-            Ok(Some(c)) => self.send(Named::Container { key, container: c }),
+            Ok(Some(c)) => {
+                let layers = self.resolver.layers(&m, &c);
+                self.send(Named::Container { key, container: c });
+                if !layers.is_empty() {
+                    self.send(Named::Layers { key, layers });
+                }
+            }
             _ if tries < CLAIM_RETRIES && self.retries.len() < UNCLAIMED_MAX => {
                 let due = Instant::now() + CLAIM_RETRY_FIRST * 2u32.pow(tries);
                 self.retries.push((due, tries + 1, key, m));

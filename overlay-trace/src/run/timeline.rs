@@ -97,7 +97,7 @@ impl TraceFile {
                 "args": {
                     "bytes": c.data.map(|d| d.bytes),
                     "data_copy_us": c.data.map(|d| us(d.ns)),
-                    "size": c.size, "ret": c.ret, "waited": c.waited,
+                    "size": c.size, "ret": c.ret, "waited": c.waited, "layer": c.layer,
                 },
             })),
             Event::Mount(m) => Some(json!({
