@@ -184,18 +184,19 @@ impl CopyUpStats {
     fn add(&mut self, c: &CopyUp, seq: u64) {
         if c.waited {
             self.waited += 1;
-            self.waited_ns += c.duration_ns;
+            self.waited_ns = self.waited_ns.saturating_add(c.duration_ns);
             return;
         }
         self.count += 1;
         if c.ret != 0 {
             self.failed += 1;
         }
+        // Saturating: the numbers may come from a file (`report events.ndjson`).
         if let Some(d) = c.data {
-            self.data_bytes += d.bytes;
-            self.data_ns += d.ns;
+            self.data_bytes = self.data_bytes.saturating_add(d.bytes);
+            self.data_ns = self.data_ns.saturating_add(d.ns);
         }
-        self.total_ns += c.duration_ns;
+        self.total_ns = self.total_ns.saturating_add(c.duration_ns);
         self.latency.record(c.duration_ns);
         self.offer(c.duration_ns, seq, || c.clone());
     }
@@ -206,8 +207,8 @@ impl CopyUpStats {
         if !c.waited {
             let t = self.by_layer.entry(c.layer.unwrap_or(0)).or_default();
             t.count += 1;
-            t.data_bytes += c.data.map_or(0, |d| d.bytes);
-            t.total_ns += c.duration_ns;
+            t.data_bytes = t.data_bytes.saturating_add(c.data.map_or(0, |d| d.bytes));
+            t.total_ns = t.total_ns.saturating_add(c.duration_ns);
         }
     }
 
@@ -232,11 +233,11 @@ impl CopyUpStats {
     fn merge(&mut self, o: &CopyUpStats) {
         self.count += o.count;
         self.failed += o.failed;
-        self.data_bytes += o.data_bytes;
-        self.data_ns += o.data_ns;
-        self.total_ns += o.total_ns;
+        self.data_bytes = self.data_bytes.saturating_add(o.data_bytes);
+        self.data_ns = self.data_ns.saturating_add(o.data_ns);
+        self.total_ns = self.total_ns.saturating_add(o.total_ns);
         self.waited += o.waited;
-        self.waited_ns += o.waited_ns;
+        self.waited_ns = self.waited_ns.saturating_add(o.waited_ns);
         self.latency.merge(&o.latency);
         for Reverse(s) in &o.slowest {
             self.offer(s.duration_ns, s.seq, || s.event.clone());
@@ -530,7 +531,7 @@ impl Aggregate {
         g.lookups.merge(&m.lookups);
         if let Some(t) = m.mount_ns {
             g.mounts_timed += 1;
-            g.mount_ns_total += t;
+            g.mount_ns_total = g.mount_ns_total.saturating_add(t);
         }
         self.retired_index.insert(key, label);
         self.retired_order.push_back(key);

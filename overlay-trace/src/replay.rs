@@ -336,5 +336,22 @@ mod tests {
         .unwrap();
         let (r, incomplete) = replay(&p).unwrap();
         assert!(incomplete && r.mounts.is_empty());
+
+        // Hostile values: a container id that is not ASCII, durations that would overflow.
+        let ev = |d: u64| {
+            format!(
+                "{{\"type\":\"copy_up\",\"pid\":1,\"tgid\":1,\"comm\":\"x\",\"cgroup_id\":0,\"dev\":\"0:9\",\"start_ns\":1,\"duration_ns\":{d},\"data\":null,\"size\":1,\"open_flags\":0,\"mode\":0,\"ret\":0,\"path\":\"/a\",\"path_truncated\":false,\"mount_gen\":0}}\n"
+            )
+        };
+        let text = format!(
+            "{{\"type\":\"header\",\"schema_version\":1,\"tool_version\":\"t\",\"kernel\":\"k\"}}\n{}{}{{\"type\":\"named_container\",\"dev\":\"0:9\",\"mount_gen\":0,\"container\":{{\"runtime\":\"docker\",\"id\":\"a\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\",\"name\":\"n\",\"image\":\"i\"}}}}\n",
+            ev(u64::MAX),
+            ev(u64::MAX)
+        );
+        std::fs::write(&p, text).unwrap();
+        let (r, _) = replay(&p).unwrap();
+        let out = crate::report::text::render(&r);
+        assert!(out.contains("container n (a\u{e9}"), "{out}");
+        assert_eq!(r.mounts[0].copy_up.total_ns, u64::MAX);
     }
 }

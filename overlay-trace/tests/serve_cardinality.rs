@@ -116,3 +116,37 @@ fn two_thousand_containers_keep_series_capped_totals_exact_and_memory_small() {
     println!("peak RSS after {N} containers twice: {hwm} KiB");
     assert!(hwm <= 64 * 1024, "peak RSS {hwm} KiB over 64 MiB");
 }
+
+/// Docker mounts a container's init layer, unmounts it and mounts the root on the same device
+/// number, often between two looks at mountinfo: the new mount alone must release the old
+/// one's series, or `--forget-after` could never drop it.
+#[test]
+fn a_reused_device_number_releases_the_mount_before_it() {
+    let shared = Arc::new(Mutex::new(Metrics::new(Duration::from_millis(1), 1_000)));
+    let mut c = Collector {
+        metrics: Some(shared.clone()),
+        ..Default::default()
+    };
+    for g in 0..50u32 {
+        c.take(&raw::mount(77, 1_000));
+        let key = c.agg.current(Dev::from_kernel(77));
+        c.apply(Named::Container {
+            key,
+            container: Container {
+                runtime: "docker".into(),
+                id: format!("{g:064x}"),
+                name: format!("c{g}"),
+                ..Default::default()
+            },
+        });
+        c.take(&raw::copy_up(77, "etc/x", 1, 1, 10));
+        // No Gone: the next mount of device 77 is the only sign.
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    lock(&shared).tick(Instant::now());
+    assert_eq!(
+        lock(&shared).series_count(),
+        1,
+        "only the live mount's container is left"
+    );
+}

@@ -34,8 +34,14 @@ pub struct Container {
 }
 
 impl Container {
+    /// The first 12 characters (ids from a file or another runtime need not be hex).
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        let end = self
+            .id
+            .char_indices()
+            .nth(12)
+            .map_or(self.id.len(), |(i, _)| i);
+        &self.id[..end]
     }
 
     /// `--container` accepts a name (with or without Docker's leading '/'), a full id or an id

@@ -42,6 +42,7 @@ impl Collector {
                 }
             }
         }
+        let before = self.agg.current(e.origin().dev);
         let added = self.agg.add(&e);
         if let Some(out) = self.events.as_mut() {
             out.write(&e, added.key.generation);
@@ -50,7 +51,14 @@ impl Collector {
             t.write(&e, added.key);
         }
         if let Some(m) = &self.metrics {
-            lock(m).observe(added.key, &e, Instant::now());
+            let now = Instant::now();
+            let mut m = lock(m);
+            // A new mount on this device number: the one before is gone, whether or not the
+            // naming thread saw it leave (it may have lived in another mount namespace).
+            if added.key != before {
+                m.gone(before, now);
+            }
+            m.observe(added.key, &e, now);
         }
         added.new_mount.then_some((added.key, e.origin().tgid))
     }

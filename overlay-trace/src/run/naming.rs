@@ -231,6 +231,17 @@ impl Namer {
                         key: p.key,
                         mount: m.clone(),
                     });
+                    // Bounded when a runtime hangs (each lookup may take NAME_BUDGET): the
+                    // oldest waits for the final pass.
+                    if self.to_resolve.len() >= UNCLAIMED_MAX {
+                        if let Some((k, old)) = self.to_resolve.pop_front() {
+                            self.send(Named::Unclaimed { key: k });
+                            if self.unclaimed.len() >= UNCLAIMED_MAX {
+                                self.unclaimed.pop_first();
+                            }
+                            self.unclaimed.insert(k, old);
+                        }
+                    }
                     self.to_resolve.push_back((p.key, m));
                 }
                 None if !all && p.tries + 1 < TRIES_MAX => {

@@ -30,8 +30,10 @@ use crate::{
     report::EventCounts,
 };
 
-/// A mount's labels are settled at the latest this long after its first event.
-pub const SETTLE_AFTER: Duration = Duration::from_secs(30);
+/// A mount's labels are settled at the latest this long after its first event: longer than the
+/// naming thread's worst case (mountinfo retries, then a container lookup and its retries, each
+/// bounded), so a slow runtime still gets its containers named.
+pub const SETTLE_AFTER: Duration = Duration::from_secs(120);
 /// Mounts tracked at once (pending or settled); beyond, the least recently active is settled
 /// and forgotten (its later events go to the unnamed series).
 const MOUNTS_MAX: usize = 4096;
@@ -264,8 +266,9 @@ impl Labels {
 }
 
 struct Tracked {
-    /// Settled labels, or the numbers waiting for them.
-    labels: Option<Labels>,
+    /// Settled labels (shared with the series map: no copy per event), or the numbers waiting
+    /// for them.
+    labels: Option<Arc<Labels>>,
     pending: Series,
     first_seen: Instant,
     last_seen: Instant,
@@ -293,10 +296,10 @@ pub struct Health {
 
 pub struct Metrics {
     mounts: HashMap<MountKey, Tracked>,
-    series: HashMap<Labels, Kept>,
+    series: HashMap<Arc<Labels>, Kept>,
     pub forget_after: Duration,
     pub max_series: usize,
-    /// Label sets that went to `other` because of `max_series`.
+    /// Mounts counted under `other` because of `max_series`.
     overflowed: u64,
     /// Label sets dropped after `forget_after`.
     forgotten: u64,
@@ -334,13 +337,13 @@ impl Metrics {
         t.last_seen = now;
         match t.labels.clone() {
             Some(l) => {
-                if let Some(k) = self.series.get_mut(&l) {
+                if let Some(k) = self.series.get_mut(l.as_ref()) {
                     k.series.observe(e);
                     k.last_active = now;
                 } else {
                     // Its series was forgotten while the mount was idle: start it again.
-                    let l = self.admit(l, now);
-                    let k = self.series.get_mut(&l).expect("admitted");
+                    let l = self.admit(Labels::clone(&l), now);
+                    let k = self.series.get_mut(l.as_ref()).expect("admitted");
                     k.series.observe(e);
                     k.live_mounts += 1;
                     if let Some(t) = self.mounts.get_mut(&key) {
@@ -409,7 +412,7 @@ impl Metrics {
         let pending = std::mem::take(&mut t.pending);
         let gone = t.gone;
         let labels = self.admit(wanted, now);
-        let k = self.series.get_mut(&labels).expect("admitted");
+        let k = self.series.get_mut(labels.as_ref()).expect("admitted");
         k.series.merge(&pending);
         k.live_mounts += 1;
         if let Some(t) = self.mounts.get_mut(&key) {
@@ -420,27 +423,37 @@ impl Metrics {
         }
     }
 
-    /// The series for `l`, made if needed: `other` once `max_series` label sets exist.
-    fn admit(&mut self, l: Labels, now: Instant) -> Labels {
-        // `other` is one of the `max_series`.
-        let l = if self.series.contains_key(&l) || self.series.len() + 1 < self.max_series {
+    /// The series for `l`, made if needed: `other` once `max_series` label sets exist
+    /// (`other` is one of them).
+    fn admit(&mut self, l: Labels, now: Instant) -> Arc<Labels> {
+        let other = Labels::other();
+        let room =
+            self.series.len() + usize::from(!self.series.contains_key(&other)) < self.max_series;
+        let l = if self.series.contains_key(&l) || room {
             l
         } else {
             self.overflowed += 1;
-            Labels::other()
+            other
         };
-        self.series.entry(l.clone()).or_insert_with(|| Kept {
-            series: Series::default(),
-            live_mounts: 0,
-            last_active: now,
-        });
+        if let Some((k, _)) = self.series.get_key_value(&l) {
+            return k.clone();
+        }
+        let l = Arc::new(l);
+        self.series.insert(
+            l.clone(),
+            Kept {
+                series: Series::default(),
+                live_mounts: 0,
+                last_active: now,
+            },
+        );
         l
     }
 
     /// A settled mount that is gone (or evicted) stops holding its series.
     fn release(&mut self, key: MountKey, now: Instant) {
         if let Some(t) = self.mounts.remove(&key) {
-            if let Some(k) = t.labels.and_then(|l| self.series.get_mut(&l)) {
+            if let Some(k) = t.labels.and_then(|l| self.series.get_mut(l.as_ref())) {
                 k.live_mounts = k.live_mounts.saturating_sub(1);
                 k.last_active = now;
             }
@@ -533,8 +546,11 @@ fn histogram(
 impl Collector for View {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rows: Vec<(&Labels, &Series)> =
-            m.series.iter().map(|(l, k)| (l, &k.series)).collect();
+        let mut rows: Vec<(&Labels, &Series)> = m
+            .series
+            .iter()
+            .map(|(l, k)| (l.as_ref(), &k.series))
+            .collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
         let rows: Vec<(Pairs, &Series)> = rows.into_iter().map(|(l, s)| (l.pairs(), s)).collect();
         let c = |f: fn(&Series) -> u64| -> Vec<(Pairs, u64)> {
@@ -717,7 +733,7 @@ impl Collector for View {
         counter(
             &mut enc,
             "series_overflowed",
-            "Containers counted under `other` because --max-series was reached",
+            "Mounts counted under `other` because --max-series was reached",
             None,
             &[(vec![], m.overflowed)],
         )?;
