@@ -34,9 +34,14 @@ fn cstring(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("{}: NUL in path", p.display()))
 }
 
-/// Opens `rel` beneath the directory `dir` (`openat2`, `RESOLVE_BENEATH`). `flags` as for open(2);
-/// O_CLOEXEC is added.
-pub fn open_beneath(dir: &OwnedFd, rel: &Path, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
+/// openat2(2) of `rel` from `dir` with `flags` (O_CLOEXEC added) and `resolve`.
+fn openat2(
+    dir: &OwnedFd,
+    rel: &Path,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> std::io::Result<OwnedFd> {
     let path = cstring(rel)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     // SAFETY: open_how is plain data; zeroed is its documented initial state.
@@ -47,7 +52,7 @@ pub fn open_beneath(dir: &OwnedFd, rel: &Path, flags: i32, mode: u32) -> std::io
     } else {
         0
     };
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = resolve;
     // SAFETY: valid pointers for the duration of the call.
     let fd = unsafe {
         libc::syscall(
@@ -65,32 +70,29 @@ pub fn open_beneath(dir: &OwnedFd, rel: &Path, flags: i32, mode: u32) -> std::io
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Opens `rel` beneath the directory `dir` (`openat2`, `RESOLVE_BENEATH`). `flags` as for open(2);
+/// O_CLOEXEC is added.
+pub fn open_beneath(dir: &OwnedFd, rel: &Path, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
+    openat2(
+        dir,
+        rel,
+        flags,
+        mode,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
 /// Whether `rel` names an entry beneath `dir` (of any type; a symlink itself, not followed, and
 /// no symlink on the way).
 pub fn entry_exists_beneath(dir: &OwnedFd, rel: &Path) -> bool {
-    let Ok(path) = cstring(rel) else {
-        return false;
-    };
-    // SAFETY: open_how is plain data; zeroed is its documented initial state.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid pointers for the duration of the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: a fresh fd we own; closed here.
-    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    true
+    openat2(
+        dir,
+        rel,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
+    .is_ok()
 }
 
 /// Opens a directory to serve as the root of `open_beneath`.

@@ -3,6 +3,9 @@
 //! so the VM test does a hundred). The series stay under the cap, totals stay exact, forgotten
 //! containers leave, and memory stays small. Its own test binary, so the peak RSS is its own.
 
+mod common;
+use common::vm_hwm_kib;
+
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -17,15 +20,6 @@ use overlay_trace::{
     },
     serve::metrics::{Metrics, openmetrics, prometheus_text, registry},
 };
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 fn sum(text: &str, name: &str) -> f64 {
     text.lines()

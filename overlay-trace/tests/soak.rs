@@ -3,6 +3,9 @@
 //! a busy CI runner would. Totals must stay exact and memory bounded. Its own test binary, so the
 //! process's peak RSS is this run's alone.
 
+mod common;
+use common::vm_hwm_kib;
+
 use overlay_trace::{
     aggregate::{GONE_DETAIL_MAX, GROUPS_MAX, LIVE_MOUNTS_MAX},
     containers::Container,
@@ -11,15 +14,6 @@ use overlay_trace::{
     run::{collector::Collector, naming::Named},
 };
 use overlay_trace_common::{LOOKUP_LOWER, LOOKUP_NEGATIVE};
-
-fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 #[test]
 fn ten_thousand_mount_generations_keep_totals_exact_and_memory_bounded() {
