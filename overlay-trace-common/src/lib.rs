@@ -11,6 +11,8 @@ pub const EVENT_COPY_UP: u32 = 1;
 pub const EVENT_LOOKUP: u32 = 2;
 /// `EventHeader::kind` of a [`MountEvent`].
 pub const EVENT_MOUNT: u32 = 3;
+/// `EventHeader::kind` of an [`ExecEvent`].
+pub const EVENT_EXEC: u32 = 4;
 
 pub const COMM_LEN: usize = 16;
 
@@ -60,7 +62,9 @@ pub const STAT_MISSED_RETURN_MOUNT: u32 = 7;
 pub const STAT_MISSED_RETURN_DATA: u32 = 8;
 /// A return with no recorded entry: the call began before the entry probe was attached.
 pub const STAT_ORPHAN_RETURNS: u32 = 9;
-pub const NUM_STATS: u32 = 10;
+/// Process starts (`sched_process_exec`, for `run --trace`) the ring buffer could not take.
+pub const STAT_DROPPED_EXEC: u32 = 10;
+pub const NUM_STATS: u32 = 11;
 
 /// Calls of one function nested on one thread (an overlay whose layer is itself an overlay) that
 /// are tracked each on their own; deeper ones count as `STAT_INFLIGHT_FULL`.
@@ -147,6 +151,14 @@ pub struct EventHeader {
     pub comm: [u8; COMM_LEN],
 }
 const _: () = assert!(size_of::<EventHeader>() == 48);
+
+/// A process started a program (`sched_process_exec`): the header alone, `comm` the new
+/// program's name, `dev` 0.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+}
 
 /// One `ovl_copy_up_one` call: one object copied up.
 #[repr(C)]

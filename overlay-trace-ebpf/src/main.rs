@@ -7,6 +7,7 @@
 #![no_main]
 
 mod copy_up;
+mod exec;
 mod kernel;
 mod lookup;
 mod mount;

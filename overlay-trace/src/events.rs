@@ -4,10 +4,10 @@
 use std::mem::size_of;
 
 use overlay_trace_common::{
-    COMM_LEN, COPY_UP_WAITED, CopyUpEvent, EVENT_COPY_UP, EVENT_LOOKUP, EVENT_MOUNT, EventHeader,
-    LOOKUP_ERROR, LOOKUP_LOWER, LOOKUP_NAME_LEN, LOOKUP_NEGATIVE, LOOKUP_POSITIVE_UNKNOWN_LAYER,
-    LOOKUP_UPPER, LookupEvent, MountEvent, NO_DATA_COPY, PATH_BUF_LEN, PATH_INCOMPLETE,
-    PATH_TRUNCATED,
+    COMM_LEN, COPY_UP_WAITED, CopyUpEvent, EVENT_COPY_UP, EVENT_EXEC, EVENT_LOOKUP, EVENT_MOUNT,
+    EventHeader, LOOKUP_ERROR, LOOKUP_LOWER, LOOKUP_NAME_LEN, LOOKUP_NEGATIVE,
+    LOOKUP_POSITIVE_UNKNOWN_LAYER, LOOKUP_UPPER, LookupEvent, MountEvent, NO_DATA_COPY,
+    PATH_BUF_LEN, PATH_INCOMPLETE, PATH_TRUNCATED,
 };
 use serde::{Deserialize, Serialize};
 
@@ -245,6 +245,16 @@ fn path_bytes(buf: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 fn path_from_components(buf: &[u8]) -> String {
     String::from_utf8_lossy(&path_bytes(buf)).into_owned()
+}
+
+/// A process start (`sched_process_exec`, for the timeline): who, when, and the program's name
+/// (`comm`). None when `buf` is another kind of record.
+pub fn decode_exec(buf: &[u8]) -> Option<Origin> {
+    if read::<u32>(buf, 0).ok()? != EVENT_EXEC {
+        return None;
+    }
+    let h: EventHeader = read(buf, EVENT_EXEC).ok()?;
+    Some(origin(&h))
 }
 
 impl TryFrom<&[u8]> for Event {

@@ -629,6 +629,15 @@ fn a_timeline_has_a_slice_per_copy_up() {
         evs.iter().any(|e| e["ph"] == "C" && e["pid"] == track),
         "lookup counters"
     );
+    // Process starts: `seq` and `ls` ran in the shell's cgroup, which worked on our overlay.
+    for prog in ["seq", "ls"] {
+        assert!(
+            evs.iter().any(|e| e["ph"] == "i"
+                && e["pid"] == track
+                && e["name"] == format!("exec {prog}").as_str()),
+            "the start of {prog} is on the track"
+        );
+    }
     assert_replay_equals_live(&events, &live);
 
     // The same timeline as a static picture, from the events file.

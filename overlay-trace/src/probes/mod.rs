@@ -177,8 +177,25 @@ pub fn load_all(ebpf: &mut Ebpf) -> Result<usize> {
             .map_err(|e| load_error(program, e))?;
         n += 1;
     }
-    Ok(n)
+    exec_tracepoint(ebpf)?;
+    Ok(n + 1)
 }
+
+/// The process-start program (`run --trace`), loaded.
+pub fn exec_tracepoint(ebpf: &mut Ebpf) -> Result<&mut aya::programs::TracePoint> {
+    let p: &mut aya::programs::TracePoint = ebpf
+        .program_mut(EXEC_PROGRAM)
+        .ok_or_else(|| anyhow!("eBPF object has no {EXEC_PROGRAM} program"))?
+        .try_into()
+        .map_err(|e| anyhow!("{EXEC_PROGRAM}: {e}"))?;
+    if p.fd().is_err() {
+        p.load().map_err(|e| load_error(EXEC_PROGRAM, e))?;
+    }
+    Ok(p)
+}
+
+/// The tracepoint program of process starts, and where it attaches.
+pub const EXEC_PROGRAM: &str = "process_exec";
 
 /// How kretprobes get their `maxactive`: through tracefs with ours, or through aya's perf PMU
 /// with the kernel's default (when tracefs is not mounted).

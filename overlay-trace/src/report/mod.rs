@@ -102,8 +102,15 @@ pub struct EventCounts {
     pub orphan_returns: u64,
     /// Kernel reads that failed (fields left zero in an event that was still sent).
     pub kernel_read_errors: u64,
+    /// Process starts the ring buffer could not take (`--trace` only: the timeline lacks them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_exec: u64,
     /// Records userspace could not decode.
     pub decode_errors: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl EventCounts {

@@ -315,6 +315,13 @@ pub fn render(r: &Report) -> String {
     } else {
         let _ = writeln!(out, "no events lost");
     }
+    if e.dropped_exec > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} process starts not in the timeline (ring buffer full)",
+            e.dropped_exec
+        );
+    }
     if !r.probes.is_empty() {
         let mut by_kind: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
         for p in &r.probes {

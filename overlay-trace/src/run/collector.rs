@@ -27,6 +27,12 @@ impl Collector {
     /// Takes one record. Returns the mount to name when this is its first event, with the
     /// process that touched it.
     pub fn take(&mut self, record: &[u8]) -> Option<(MountKey, u32)> {
+        if let Some(o) = crate::events::decode_exec(record) {
+            if let Some(t) = self.trace.as_mut() {
+                t.exec(&o);
+            }
+            return None;
+        }
         let Ok(mut e) = Event::try_from(record) else {
             self.decode_errors += 1;
             return None;

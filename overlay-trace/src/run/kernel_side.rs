@@ -11,9 +11,9 @@ use aya::{
 };
 use overlay_trace_common::{
     Config, CopyUpInflight, LookupInflight, MAX_NESTING, MountFrame, NUM_STATS,
-    STAT_DROPPED_COPY_UP, STAT_DROPPED_LOOKUP, STAT_DROPPED_MOUNT, STAT_INFLIGHT_FULL,
-    STAT_MISSED_RETURN_COPY_UP, STAT_MISSED_RETURN_DATA, STAT_MISSED_RETURN_LOOKUP,
-    STAT_MISSED_RETURN_MOUNT, STAT_ORPHAN_RETURNS, STAT_READ_ERRORS,
+    STAT_DROPPED_COPY_UP, STAT_DROPPED_EXEC, STAT_DROPPED_LOOKUP, STAT_DROPPED_MOUNT,
+    STAT_INFLIGHT_FULL, STAT_MISSED_RETURN_COPY_UP, STAT_MISSED_RETURN_DATA,
+    STAT_MISSED_RETURN_LOOKUP, STAT_MISSED_RETURN_MOUNT, STAT_ORPHAN_RETURNS, STAT_READ_ERRORS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -45,6 +45,7 @@ pub fn counts_of(s: &Stats) -> EventCounts {
         missed_return_mount: s[STAT_MISSED_RETURN_MOUNT as usize],
         missed_return_data: s[STAT_MISSED_RETURN_DATA as usize],
         orphan_returns: s[STAT_ORPHAN_RETURNS as usize],
+        dropped_exec: s[STAT_DROPPED_EXEC as usize],
         ..Default::default()
     }
 }
@@ -120,6 +121,7 @@ impl KernelSide {
         maxactive: u32,
         btf: &probes::BtfFacts,
         wanted: ProbesArg,
+        process_starts: bool,
     ) -> Result<Self> {
         let mut ebpf = probes::open(config)?;
         if !devs.is_empty() {
@@ -162,6 +164,14 @@ impl KernelSide {
         let (plan, mut warnings) = probes::plan(btf, symbols, &support, wanted)?;
         let attached = probes::attach(&mut ebpf, &plan, &support, maxactive)?;
         warnings.extend(attached.warnings.iter().cloned());
+        if process_starts {
+            // The timeline's process starts: useful, not essential.
+            let r = probes::exec_tracepoint(&mut ebpf)
+                .and_then(|p| Ok(p.attach("sched", "sched_process_exec")?));
+            if let Err(e) = r {
+                warnings.push(format!("the timeline will not show process starts: {e:#}"));
+            }
+        }
         Ok(Self {
             ebpf,
             attached,

@@ -200,6 +200,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
         args.maxactive,
         &facts,
         args.probes,
+        args.trace.is_some(),
     )?;
     // aya's own parse of the BTF is gone too: give that memory back.
     kernel_side::release_freed_memory();

@@ -2,7 +2,8 @@
 //! Perfetto's UI and chrome://tracing open. One track (`pid`) per overlay mount, named after its
 //! container at the end; one row (`tid`) per thread; a slice per copy-up (name = path) and per
 //! mount (`ovl_fill_super`); lookups as counters per 10 ms per track, since they are too many
-//! for slices. Written as events arrive (memory stays bounded), named at the end.
+//! for slices; process starts (`sched_process_exec`) as instants on the track their cgroup
+//! works on. Written as events arrive (memory stays bounded), named at the end.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,6 +25,9 @@ const COUNTER_SETTLE_NS: u64 = 1_000_000_000;
 const TRACKS_MAX: u32 = 10_000;
 /// Thread names kept for the end.
 const THREADS_MAX: usize = 100_000;
+/// cgroups remembered with their track, and process starts held until their cgroup shows one.
+const CGROUPS_MAX: usize = 10_000;
+const EXECS_HELD_MAX: usize = 10_000;
 
 pub struct TraceFile {
     file: Option<PendingFile>,
@@ -36,6 +40,10 @@ pub struct TraceFile {
     counters: HashMap<u32, BTreeMap<u64, (u64, u64)>>,
     latest_ns: u64,
     written: u64,
+    /// cgroup -> the track its processes last worked on.
+    cgroups: HashMap<u64, u32>,
+    /// Process starts of cgroups not seen on a track yet.
+    held: Vec<crate::events::Origin>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -56,6 +64,8 @@ impl TraceFile {
             counters: HashMap::new(),
             latest_ns: 0,
             written: 0,
+            cgroups: HashMap::new(),
+            held: Vec::new(),
         };
         if let Err(e) = r {
             t.stop(e);
@@ -89,6 +99,19 @@ impl TraceFile {
                 .or_insert_with(|| format!("{}[{}]", o.comm, o.pid));
         }
         self.latest_ns = self.latest_ns.max(o.start_ns);
+        if self.cgroups.get(&o.cgroup_id) != Some(&track)
+            && (self.cgroups.len() < CGROUPS_MAX || self.cgroups.contains_key(&o.cgroup_id))
+        {
+            self.cgroups.insert(o.cgroup_id, track);
+            // Process starts that came before their cgroup touched an overlay.
+            let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|h| h.cgroup_id == o.cgroup_id);
+            self.held = later;
+            for h in now {
+                self.exec(&h);
+            }
+        }
         let slice = match e {
             Event::CopyUp(c) => Some(json!({
                 "name": c.path, "cat": if c.waited { "copy_up_wait" } else { "copy_up" },
@@ -123,6 +146,25 @@ impl TraceFile {
             self.emit(&s);
         }
         self.flush_counters(false);
+    }
+
+    /// A process start: an instant on the track its cgroup works on, or held until it does.
+    pub fn exec(&mut self, o: &crate::events::Origin) {
+        let Some(&track) = self.cgroups.get(&o.cgroup_id) else {
+            if self.held.len() < EXECS_HELD_MAX {
+                self.held.push(o.clone());
+            }
+            return;
+        };
+        if self.threads.len() < THREADS_MAX {
+            self.threads
+                .entry((track, o.pid))
+                .or_insert_with(|| format!("{}[{}]", o.comm, o.pid));
+        }
+        self.emit(&json!({
+            "name": format!("exec {}", o.comm), "cat": "exec", "ph": "i", "s": "t",
+            "ts": us(o.start_ns), "pid": track, "tid": o.pid, "args": { "tgid": o.tgid },
+        }));
     }
 
     /// Writes the counter buckets old enough not to change any more (all of them at the end).
@@ -239,6 +281,14 @@ mod tests {
         ] {
             t.write(&Event::try_from(&rec[..]).unwrap(), key);
         }
+        // A process start before its cgroup touched the overlay is held, then placed.
+        let mut o = Event::try_from(&raw::mount(7, 1)[..])
+            .unwrap()
+            .origin()
+            .clone();
+        o.comm = "entrypoint".into();
+        t.exec(&o);
+        t.write(&Event::try_from(&raw::mount(7, 1)[..]).unwrap(), key);
         t.name(key, "web (docker)".into(), true);
         t.name(key, "/var/lib/docker/overlay2/x/merged".into(), false);
         assert!(t.finish().is_none());
@@ -261,5 +311,10 @@ mod tests {
                 .any(|e| e["name"] == "process_name" && e["args"]["name"] == "web (docker)")
         );
         assert!(evs.iter().any(|e| e["name"] == "thread_name"));
+        assert!(
+            evs.iter().any(|e| e["ph"] == "i"
+                && e["name"] == "exec entrypoint"
+                && e["pid"] == copy["pid"])
+        );
     }
 }
