@@ -25,6 +25,7 @@ const LAYERDB_MAX: usize = 20_000;
 pub struct LayerInfo {
     /// Position in the mount's lowerdir list: 1 for the topmost.
     pub index: u32,
+    /// The lowerdir, from `/` (mountinfo may show it relative to the runtime's layer directory).
     pub lowerdir: String,
     /// Position in the image, bottom first, and the image's layer count (Docker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +50,17 @@ pub fn source_layer(lowerdirs: &[String], path: &str) -> Option<u32> {
         let root = safe_fs::open_dir(Path::new(dir)).ok()?;
         safe_fs::entry_exists_beneath(&root, Path::new(rel)).then_some(i as u32 + 1)
     })
+}
+
+/// A lowerdir as a path from `/`: runtimes mount long layer lists with paths relative to their
+/// layer directory (`l/<short>`), which mountinfo then shows as given.
+fn absolute(base: &Path, lowerdir: &str) -> String {
+    let p = Path::new(lowerdir);
+    if p.is_relative() {
+        base.join(p).display().to_string()
+    } else {
+        lowerdir.to_string()
+    }
 }
 
 /// The overlay2 directory (cache id) behind a Docker lowerdir: `.../overlay2/<id>/diff`, or a
@@ -127,7 +139,7 @@ pub fn docker_layers(root: &Path, image_id: &str, lowerdirs: &[String]) -> Vec<L
         .map(|(i, dir)| {
             let mut info = LayerInfo {
                 index: i as u32 + 1,
-                lowerdir: dir.clone(),
+                lowerdir: absolute(&overlay2, dir),
                 ..Default::default()
             };
             let id = cache_id(&overlay2, dir);
@@ -148,6 +160,41 @@ pub fn docker_layers(root: &Path, image_id: &str, lowerdirs: &[String]) -> Vec<L
             }
             info.digest = Some(diff);
             info
+        })
+        .collect()
+}
+
+/// A podman (containers/storage) container's lowerdirs named with their layer digest, from
+/// `<root>/overlay-layers/layers.json` (layer id -> `diff-digest`); their position in the image
+/// from their order (podman stacks the image's layers alone, topmost first).
+pub fn podman_layers(root: &Path, lowerdirs: &[String]) -> Vec<LayerInfo> {
+    let overlay = root.join("overlay");
+    let digests: HashMap<String, String> =
+        safe_fs::read_metadata(root, Path::new("overlay-layers/layers.json"))
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| {
+                Some((
+                    l["id"].as_str()?.to_string(),
+                    l["diff-digest"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+    let n = lowerdirs.len() as u32;
+    lowerdirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let digest = cache_id(&overlay, dir).and_then(|id| digests.get(&id).cloned());
+            LayerInfo {
+                index: i as u32 + 1,
+                lowerdir: absolute(&overlay, dir),
+                image_layer: digest.as_ref().map(|_| (n - i as u32, n)),
+                digest,
+                created_by: None,
+            }
         })
         .collect()
 }
@@ -200,6 +247,32 @@ mod tests {
             None,
             "never outside a layer"
         );
+    }
+
+    #[test]
+    fn podman_lowerdirs_get_their_layer_digests() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for id in ["base", "top"] {
+            fs::create_dir_all(root.join("overlay").join(id).join("diff")).unwrap();
+        }
+        fs::create_dir_all(root.join("overlay/l")).unwrap();
+        std::os::unix::fs::symlink("../top/diff", root.join("overlay/l/T")).unwrap();
+        fs::create_dir_all(root.join("overlay-layers")).unwrap();
+        fs::write(
+            root.join("overlay-layers/layers.json"),
+            r#"[{"id":"base","diff-digest":"sha256:b"},{"id":"top","parent":"base","diff-digest":"sha256:t"}]"#,
+        )
+        .unwrap();
+        let lowers = vec![
+            root.join("overlay/l/T").display().to_string(),
+            root.join("overlay/base/diff").display().to_string(),
+        ];
+        let l = podman_layers(root, &lowers);
+        assert_eq!(l[0].digest.as_deref(), Some("sha256:t"));
+        assert_eq!(l[0].image_layer, Some((2, 2)));
+        assert_eq!(l[1].digest.as_deref(), Some("sha256:b"));
+        assert_eq!(l[1].image_layer, Some((1, 2)));
     }
 
     #[test]

@@ -70,6 +70,26 @@ fn a_podman_container_is_named_and_its_copy_ups_match_podman_diff() {
         out.contains(&format!("container pa ({}, podman)", &id.trim()[..12])),
         "{out}"
     );
+    // Every copy-up came from the image's one layer, named by the digest podman gives it.
+    let layers = String::from_utf8(
+        Podman::run(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RootFS.Layers}}",
+            "localhost/ot-bb:1",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let digests: Vec<String> = serde_json::from_str(layers.trim()).unwrap();
+    assert_eq!(digests.len(), 1, "{layers}");
+    let by_layer = m["copy_up"]["by_layer"].as_array().expect("by_layer");
+    assert!(!by_layer.is_empty());
+    for l in by_layer {
+        assert_eq!(l["digest"].as_str(), Some(digests[0].as_str()), "{l}");
+        assert_eq!(l["image_layer"], serde_json::json!([1, 1]), "{l}");
+    }
 }
 
 #[test]

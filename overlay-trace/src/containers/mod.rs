@@ -99,12 +99,15 @@ impl Resolver {
     }
 
     /// The mount's lower layers named after the image layers they are, where the runtime's
-    /// metadata says (Docker); empty otherwise.
+    /// metadata says (Docker: layer and instruction; podman: layer digest); empty otherwise.
     pub fn layers(&mut self, m: &OverlayMount, c: &Container) -> Vec<crate::layers::LayerInfo> {
         match (c.runtime.as_str(), c.image_id.as_deref()) {
             ("docker", Some(image)) => {
                 crate::layers::docker_layers(&self.docker.data_root(), image, &m.lowerdirs)
             }
+            ("podman", _) => podman::storage_root_of(m)
+                .map(|root| crate::layers::podman_layers(&root, &m.lowerdirs))
+                .unwrap_or_default(),
             _ => Vec::new(),
         }
     }

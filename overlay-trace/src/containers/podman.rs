@@ -25,6 +25,15 @@ struct Entry {
     metadata: String,
 }
 
+/// The storage root a podman mount's layers live in (the root its upperdir is under).
+pub fn storage_root_of(m: &OverlayMount) -> Option<PathBuf> {
+    let upper = m.upperdir.as_deref()?;
+    ROOTS
+        .iter()
+        .map(PathBuf::from)
+        .find(|r| Path::new(upper).starts_with(r.join("overlay")))
+}
+
 pub struct Podman {
     roots: Vec<PathBuf>,
 }

@@ -412,9 +412,11 @@ fn by_layer(m: &MountStats) -> Vec<LayerReport> {
             LayerReport {
                 layer,
                 of: lowerdirs.len() as u32,
-                lowerdir: (layer > 0)
-                    .then(|| lowerdirs.get(layer as usize - 1).cloned())
-                    .flatten(),
+                lowerdir: info.map(|i| i.lowerdir.clone()).or_else(|| {
+                    (layer > 0)
+                        .then(|| lowerdirs.get(layer as usize - 1).cloned())
+                        .flatten()
+                }),
                 image_layer: info.and_then(|i| i.image_layer),
                 digest: info.and_then(|i| i.digest.clone()),
                 created_by: info.and_then(|i| i.created_by.clone()),

@@ -43,8 +43,16 @@ impl Collector {
             // not UTF-8: its name below is not known exactly.
             if !c.waited && !c.path_truncated && c.path_hex.is_none() {
                 let key = self.agg.current(c.origin.dev);
-                if let Some(m) = self.agg.mounts.get(&key).and_then(|m| m.mount.as_ref()) {
-                    c.layer = crate::layers::source_layer(&m.lowerdirs, &c.path);
+                if let Some(m) = self.agg.mounts.get(&key) {
+                    // The runtime's view of the layers has them from `/`; mountinfo's may be
+                    // relative to the runtime's layer directory.
+                    if !m.layers.is_empty() {
+                        let dirs: Vec<String> =
+                            m.layers.iter().map(|l| l.lowerdir.clone()).collect();
+                        c.layer = crate::layers::source_layer(&dirs, &c.path);
+                    } else if let Some(mount) = m.mount.as_ref() {
+                        c.layer = crate::layers::source_layer(&mount.lowerdirs, &c.path);
+                    }
                 }
             }
         }
