@@ -16,7 +16,7 @@ use crate::{
     EVENTS,
     kernel::{
         cfg, count, current_task, current_tgid_pid, fill_header, filtered_out, now_ns, read_field,
-        stack_pointer, submit_flags, verbose,
+        stack_pointer, verbose,
     },
 };
 
@@ -104,6 +104,9 @@ fn exit(ret: i64) -> u32 {
         (*ev).ret = ret as i32;
         (*ev)._pad = 0;
     }
-    entry.submit(submit_flags());
+    // Wake userspace now, not once 256 KiB wait: a new mount is named from mountinfo, and a
+    // short-lived one (Docker's init layer) may be gone, its device number taken by the next
+    // mount, within the 100 ms the drain would otherwise take. Mounts are rare.
+    entry.submit(aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64);
     0
 }

@@ -153,7 +153,10 @@ impl Namer {
         loop {
             let next_due = self.pending.iter().map(|p| p.due).min();
             let next_retry = self.retries.iter().map(|r| r.0).min();
+            // Requests first: a newer mount of a device supersedes an older one still pending
+            // before mountinfo (which may already show the newer) is read for it.
             tokio::select! {
+                biased;
                 r = requests.recv() => match r {
                     Some(Request::Name { key, tgid }) => {
                         self.add(key, tgid);
