@@ -1,7 +1,8 @@
 //! Turns ring buffer records into the aggregate's numbers and the `--events` lines, and applies
-//! what the naming thread found out. Pure bookkeeping: no I/O besides the events file.
+//! what the naming thread found out. Bookkeeping; its only I/O besides the output files is
+//! finding a copied-up object's source layer (see `source_layer_of`).
 
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
 use crate::{
     aggregate::{Aggregate, MountKey},
@@ -21,7 +22,13 @@ pub struct Collector {
     pub trace: Option<TraceFile>,
     /// `serve`'s numbers, fed with the same events.
     pub metrics: Option<Shared>,
+    /// Lowerdirs of mounts copied up on before the naming thread answered, read from mountinfo
+    /// at their first copy-up (None: not found there).
+    pub early_lowerdirs: HashMap<MountKey, Option<Vec<String>>>,
 }
+
+/// Mounts whose early lowerdirs are remembered (beyond, the memory starts over).
+const EARLY_MAX: usize = 4096;
 
 impl Collector {
     /// Takes one record. Returns the mount to name when this is its first event, with the
@@ -43,17 +50,9 @@ impl Collector {
             // not UTF-8: its name below is not known exactly.
             if !c.waited && !c.path_truncated && c.path_hex.is_none() {
                 let key = self.agg.current(c.origin.dev);
-                if let Some(m) = self.agg.mounts.get(&key) {
-                    // The runtime's view of the layers has them from `/`; mountinfo's may be
-                    // relative to the runtime's layer directory.
-                    if !m.layers.is_empty() {
-                        let dirs: Vec<String> =
-                            m.layers.iter().map(|l| l.lowerdir.clone()).collect();
-                        c.layer = crate::layers::source_layer(&dirs, &c.path);
-                    } else if let Some(mount) = m.mount.as_ref() {
-                        c.layer = crate::layers::source_layer(&mount.lowerdirs, &c.path);
-                    }
-                }
+                c.layer = self
+                    .lowerdirs_of(key, c.origin.tgid)
+                    .and_then(|dirs| crate::layers::source_layer(&dirs, &c.path));
             }
         }
         let before = self.agg.current(e.origin().dev);
@@ -75,6 +74,33 @@ impl Collector {
             m.observe(added.key, &e, now);
         }
         added.new_mount.then_some((added.key, e.origin().tgid))
+    }
+
+    /// The lowerdirs of `key`, from `/`: the runtime's view once named (mountinfo may show them
+    /// relative to the runtime's layer directory), else mountinfo's; for a mount not named yet
+    /// (a runtime often copies up at once), mountinfo read now, ours or the process's.
+    fn lowerdirs_of(&mut self, key: MountKey, tgid: u32) -> Option<Vec<String>> {
+        if let Some(m) = self.agg.mounts.get(&key) {
+            if !m.layers.is_empty() {
+                return Some(m.layers.iter().map(|l| l.lowerdir.clone()).collect());
+            }
+            if let Some(mount) = &m.mount {
+                return Some(mount.lowerdirs.clone());
+            }
+        }
+        if let Some(known) = self.early_lowerdirs.get(&key) {
+            return known.clone();
+        }
+        let found = crate::mounts::read_overlay_mounts()
+            .ok()
+            .and_then(|mut all| all.remove(&key.dev))
+            .or_else(|| crate::run::naming::foreign_mount(tgid, key.dev))
+            .map(|m| m.lowerdirs);
+        if self.early_lowerdirs.len() >= EARLY_MAX {
+            self.early_lowerdirs.clear();
+        }
+        self.early_lowerdirs.insert(key, found.clone());
+        found
     }
 
     /// Applies an answer of the naming thread; returns a warning to show, if any.

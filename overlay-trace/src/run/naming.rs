@@ -334,7 +334,7 @@ impl Namer {
 /// namespace other than ours). Inside a container the root is mounted at "/", which names
 /// nothing; the process that made the mount (containerd's shim, for instance) sees it where it
 /// made it, e.g. `.../io.containerd.runtime.v2.task/<namespace>/<id>/rootfs`.
-fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
+pub fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
     let mut pid = tgid;
     let mut at_root = None;
     for _ in 0..8 {
