@@ -22,6 +22,9 @@ pub struct Collector {
     pub trace: Option<TraceFile>,
     /// `serve`'s numbers, fed with the same events.
     pub metrics: Option<Shared>,
+    /// Paths copied up on mounts not named yet, for the naming thread (`Naming::copied_up`);
+    /// the loop empties it after each record.
+    pub copied_unnamed: Vec<(MountKey, String)>,
     /// Lowerdirs of mounts copied up on before the naming thread answered, read from mountinfo
     /// at their first copy-up (None: not found there).
     pub early_lowerdirs: HashMap<MountKey, Option<Vec<String>>>,
@@ -50,6 +53,9 @@ impl Collector {
             // not UTF-8: its name below is not known exactly.
             if !c.waited && !c.path_truncated && c.path_hex.is_none() {
                 let key = self.agg.current(c.origin.dev);
+                if self.agg.mounts.get(&key).is_none_or(|m| m.mount.is_none()) {
+                    self.copied_unnamed.push((key, c.path.clone()));
+                }
                 c.layer = self
                     .lowerdirs_of(key, c.origin.tgid)
                     .and_then(|dirs| crate::layers::source_layer(&dirs, &c.path));

@@ -125,6 +125,16 @@ async fn select_containers(
     Ok(out)
 }
 
+/// One record into the collector, and what the naming thread should hear of it.
+fn take(collector: &mut Collector, naming: &Naming, record: &[u8]) {
+    if let Some((key, tgid)) = collector.take(record) {
+        naming.name(key, tgid);
+    }
+    for (key, path) in collector.copied_unnamed.drain(..) {
+        naming.copied_up(key, path);
+    }
+}
+
 /// The live status line: what was seen and what was lost so far.
 fn status_line(started: Instant, c: &Collector, kernel: &KernelSide) -> String {
     let s = kernel.stats();
@@ -259,11 +269,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
     let mut tick = tokio::time::interval(Duration::from_secs(1));
 
     let drain = |kernel: &mut KernelSide, collector: &mut Collector, naming: &Naming| {
-        kernel.drain(|record| {
-            if let Some((key, tgid)) = collector.take(record) {
-                naming.name(key, tgid);
-            }
-        })
+        kernel.drain(|record| take(collector, naming, record))
     };
 
     let ending = loop {
@@ -320,11 +326,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
     let ended = Instant::now();
 
     // Detach every probe, then take what is still in the ring buffer and the calls left in flight.
-    let stopped = kernel.stop(|record| {
-        if let Some((key, tgid)) = collector.take(record) {
-            naming.name(key, tgid);
-        }
-    });
+    let stopped = kernel.stop(|record| take(&mut collector, &naming, record));
     if live {
         eprint!("\r{:80}\r", "");
     }

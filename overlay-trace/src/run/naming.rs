@@ -45,6 +45,9 @@ pub enum Request {
     /// A mount seen for the first time; `tgid` did something on it (its mountinfo is read when
     /// the tracer's own does not show the mount).
     Name { key: MountKey, tgid: u32 },
+    /// A path copied up on a mount not named yet: the mount's upper dir must hold it, which
+    /// tells a mount from a newer one on the same device number (see `plausible`).
+    CopiedUp { key: MountKey, path: String },
     /// Name what can be named before `deadline`, then answer `Done`.
     Finish { deadline: Instant },
 }
@@ -111,6 +114,10 @@ impl Naming {
     pub fn name(&self, key: MountKey, tgid: u32) {
         let _ = self.requests.send(Request::Name { key, tgid });
     }
+
+    pub fn copied_up(&self, key: MountKey, path: String) {
+        let _ = self.requests.send(Request::CopiedUp { key, path });
+    }
 }
 
 struct Pending {
@@ -132,6 +139,35 @@ struct Namer {
     /// Mounts no runtime claimed after the retries: asked again only in the final pass.
     unclaimed: BTreeMap<MountKey, OverlayMount>,
     warned: HashSet<String>,
+    /// Paths copied up on pending mounts, a few per mount.
+    copied: HashMap<MountKey, Vec<String>>,
+}
+
+/// Paths kept per pending mount, and pending mounts with paths kept.
+const COPIED_PER_MOUNT: usize = 2;
+const COPIED_MOUNTS_MAX: usize = 4096;
+
+/// Could `m` be the mount `paths` were copied up on? Its upper dir holds at least one of them
+/// (copied-up objects stay there: as themselves, or as a whiteout once deleted). Docker mounts a
+/// container's init layer, unmounts it, and mounts the root on the same device number within
+/// milliseconds: mountinfo read a moment late shows the root for the init layer's device, and
+/// the root's upper dir lacks what was copied up into the init layer. An upper dir that cannot
+/// be opened from here (another mount namespace) is not held against it.
+fn plausible(m: &OverlayMount, paths: &[String]) -> bool {
+    let Some(upper) = m.upperdir.as_deref() else {
+        return paths.is_empty();
+    };
+    if paths.is_empty() {
+        return true;
+    }
+    let Ok(dir) = crate::safe_fs::open_dir(std::path::Path::new(upper)) else {
+        return true;
+    };
+    paths.iter().any(|p| {
+        let rel = p.trim_start_matches('/');
+        crate::safe_fs::is_confined(rel)
+            && crate::safe_fs::entry_exists_beneath(&dir, std::path::Path::new(rel))
+    })
 }
 
 impl Namer {
@@ -145,6 +181,7 @@ impl Namer {
             retries: Vec::new(),
             unclaimed: BTreeMap::new(),
             warned: HashSet::new(),
+            copied: HashMap::new(),
         }
     }
 
@@ -161,6 +198,16 @@ impl Namer {
                     Some(Request::Name { key, tgid }) => {
                         self.add(key, tgid);
                         self.name_pending(false);
+                    }
+                    Some(Request::CopiedUp { key, path }) => {
+                        if self.pending.iter().any(|p| p.key == key)
+                            && (self.copied.len() < COPIED_MOUNTS_MAX || self.copied.contains_key(&key))
+                        {
+                            let v = self.copied.entry(key).or_default();
+                            if v.len() < COPIED_PER_MOUNT {
+                                v.push(path);
+                            }
+                        }
                     }
                     Some(Request::Finish { deadline }) => {
                         self.finish(deadline).await;
@@ -197,6 +244,7 @@ impl Namer {
     fn add(&mut self, key: MountKey, tgid: u32) {
         // A newer mount of the same device number: the older one can no longer be named.
         self.pending.retain(|p| p.key.dev != key.dev);
+        self.copied.retain(|k, _| k.dev != key.dev);
         self.watched.remove(&key.dev);
         self.pending.push(Pending {
             key,
@@ -220,14 +268,19 @@ impl Namer {
                 still.push(p);
                 continue;
             }
+            let copied = self.copied.get(&p.key).map(Vec::as_slice).unwrap_or(&[]);
             let found = match ours.get(&p.key.dev) {
-                Some(m) => {
+                Some(m) if plausible(m, copied) => {
                     self.watched
                         .insert(p.key.dev, (p.key, m.mount_point.clone()));
                     Some(m.clone())
                 }
-                None => foreign_mount(p.tgid, p.key.dev),
+                Some(_) => None,
+                None => foreign_mount(p.tgid, p.key.dev).filter(|m| plausible(m, copied)),
             };
+            if found.is_some() || all || p.tries + 1 >= TRIES_MAX {
+                self.copied.remove(&p.key);
+            }
             match found {
                 Some(m) => {
                     self.send(Named::Mount {
