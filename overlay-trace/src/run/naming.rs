@@ -194,27 +194,33 @@ impl Namer {
             // before mountinfo (which may already show the newer) is read for it.
             tokio::select! {
                 biased;
-                r = requests.recv() => match r {
-                    Some(Request::Name { key, tgid }) => {
-                        self.add(key, tgid);
-                        self.name_pending(false);
-                    }
-                    Some(Request::CopiedUp { key, path }) => {
-                        if self.pending.iter().any(|p| p.key == key)
-                            && (self.copied.len() < COPIED_MOUNTS_MAX || self.copied.contains_key(&key))
-                        {
-                            let v = self.copied.entry(key).or_default();
-                            if v.len() < COPIED_PER_MOUNT {
-                                v.push(path);
+                r = requests.recv() => {
+                    // Everything already queued first: a newer mount of a device, or what was
+                    // copied up on a pending one, must be known before mountinfo is read for it.
+                    let mut next = r;
+                    let mut added = false;
+                    loop {
+                        match next {
+                            Some(Request::Name { key, tgid }) => {
+                                self.add(key, tgid);
+                                added = true;
                             }
+                            Some(Request::CopiedUp { key, path }) => self.note_copied(key, path),
+                            Some(Request::Finish { deadline }) => {
+                                self.finish(deadline).await;
+                                return;
+                            }
+                            None => return,
+                        }
+                        match requests.try_recv() {
+                            Ok(r) => next = Some(r),
+                            Err(_) => break,
                         }
                     }
-                    Some(Request::Finish { deadline }) => {
-                        self.finish(deadline).await;
-                        return;
+                    if added {
+                        self.name_pending(false);
                     }
-                    None => return,
-                },
+                }
                 _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)).await }, if next_due.is_some() => {
                     self.name_pending(false);
                 }
@@ -233,6 +239,17 @@ impl Namer {
                         self.resolve(key, m, NAME_BUDGET, 0).await;
                     }
                 }
+            }
+        }
+    }
+
+    fn note_copied(&mut self, key: MountKey, path: String) {
+        if self.pending.iter().any(|p| p.key == key)
+            && (self.copied.len() < COPIED_MOUNTS_MAX || self.copied.contains_key(&key))
+        {
+            let v = self.copied.entry(key).or_default();
+            if v.len() < COPIED_PER_MOUNT {
+                v.push(path);
             }
         }
     }
