@@ -39,11 +39,7 @@ fn load_with_timeline(path: &Path) -> Result<(Report, Timeline)> {
     let (r, incomplete) = crate::replay::replay_with(
         path,
         |e, key| t.borrow_mut().add(e, key),
-        // Mount points start with '/', container names are "name (runtime)".
-        |key, n| {
-            let container = !n.starts_with('/');
-            t.borrow_mut().name(key, n, container)
-        },
+        |key, n, container| t.borrow_mut().name(key, n, container),
     )?;
     if incomplete {
         eprintln!(

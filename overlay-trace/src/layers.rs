@@ -41,12 +41,12 @@ pub struct LayerInfo {
 
 /// The index (1 = topmost) of the first lowerdir holding `path` (a path inside the overlay,
 /// starting with '/'), or None if none does or the path cannot be looked up safely.
-pub fn source_layer(lowerdirs: &[String], path: &str) -> Option<u32> {
+pub fn source_layer<'a>(lowerdirs: impl IntoIterator<Item = &'a str>, path: &str) -> Option<u32> {
     let rel = path.trim_start_matches('/');
     if !safe_fs::is_confined(rel) {
         return None;
     }
-    lowerdirs.iter().enumerate().find_map(|(i, dir)| {
+    lowerdirs.into_iter().enumerate().find_map(|(i, dir)| {
         let root = safe_fs::open_dir(Path::new(dir)).ok()?;
         safe_fs::entry_exists_beneath(&root, Path::new(rel)).then_some(i as u32 + 1)
     })
@@ -228,22 +228,31 @@ mod tests {
         fs::write(b.join("etc/conf"), "x").unwrap();
         fs::write(a.join("etc/only-top"), "x").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", a.join("etc/link")).unwrap();
-        let dirs = vec![a.display().to_string(), b.display().to_string()];
-        assert_eq!(source_layer(&dirs, "/etc/conf"), Some(2));
-        assert_eq!(source_layer(&dirs, "/etc/only-top"), Some(1));
+        let dirs = [a.display().to_string(), b.display().to_string()];
         assert_eq!(
-            source_layer(&dirs, "/etc"),
+            source_layer(dirs.iter().map(String::as_str), "/etc/conf"),
+            Some(2)
+        );
+        assert_eq!(
+            source_layer(dirs.iter().map(String::as_str), "/etc/only-top"),
+            Some(1)
+        );
+        assert_eq!(
+            source_layer(dirs.iter().map(String::as_str), "/etc"),
             Some(1),
             "a directory: the topmost"
         );
         assert_eq!(
-            source_layer(&dirs, "/etc/link"),
+            source_layer(dirs.iter().map(String::as_str), "/etc/link"),
             Some(1),
             "the symlink itself"
         );
-        assert_eq!(source_layer(&dirs, "/nothere"), None);
         assert_eq!(
-            source_layer(&dirs, "/etc/../../x"),
+            source_layer(dirs.iter().map(String::as_str), "/nothere"),
+            None
+        );
+        assert_eq!(
+            source_layer(dirs.iter().map(String::as_str), "/etc/../../x"),
             None,
             "never outside a layer"
         );

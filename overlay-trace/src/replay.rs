@@ -82,22 +82,22 @@ pub fn is_events_file(path: &Path) -> bool {
 /// The report of the run that wrote `path`. Also says whether the file ended without its end
 /// record (an interrupted run: the loss counts and the time traced are then unknown).
 pub fn replay(path: &Path) -> Result<(Report, bool)> {
-    replay_with(path, |_, _| {}, |_, _| {})
+    replay_with(path, |_, _| {}, |_, _, _| {})
 }
 
-/// `replay`, also handing each event (with its mount) to `on_event` and each container or mount
-/// point learned to `on_name`, in file order.
+/// `replay`, also handing each event (with its mount) to `on_event` and each name learned to
+/// `on_name` (a container's track name with `true`, a mount point with `false`), in file order.
 pub fn replay_with(
     path: &Path,
     mut on_event: impl FnMut(&Event, MountKey),
-    mut on_name: impl FnMut(MountKey, String),
+    mut on_name: impl FnMut(MountKey, String, bool),
 ) -> Result<(Report, bool)> {
     let bad =
         |line: usize, why: String| anyhow!(BadInput(format!("{}:{line}: {why}", path.display())));
     let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut r = BufReader::new(f);
     let mut agg = Aggregate::default();
-    let mut header: Option<(String, u32)> = None;
+    let mut kernel: Option<String> = None;
     let mut end: Option<(f64, EventCounts, Vec<ProbeReport>)> = None;
     let mut line = String::new();
     let mut n = 0;
@@ -120,7 +120,7 @@ pub fn replay_with(
         let v: serde_json::Value =
             serde_json::from_str(&line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
         let kind = v["type"].as_str().unwrap_or("").to_string();
-        if header.is_none() && kind != "header" {
+        if kernel.is_none() && kind != "header" {
             return Err(bad(
                 n,
                 "not an overlay-trace events file (no header record first; files written \
@@ -145,7 +145,7 @@ pub fn replay_with(
                 match rec {
                     Record::Header {
                         schema_version,
-                        kernel,
+                        kernel: k,
                         ..
                     } => {
                         if schema_version > SCHEMA_VERSION {
@@ -156,14 +156,14 @@ pub fn replay_with(
                                 ),
                             ));
                         }
-                        header = Some((kernel, schema_version));
+                        kernel = Some(k);
                     }
                     Record::NamedMount {
                         dev,
                         mount_gen,
                         mount,
                     } => {
-                        on_name(key(dev, mount_gen), mount.mount_point.clone());
+                        on_name(key(dev, mount_gen), mount.mount_point.clone(), false);
                         agg.set_mount(key(dev, mount_gen), mount)
                     }
                     Record::NamedContainer {
@@ -171,10 +171,7 @@ pub fn replay_with(
                         mount_gen,
                         container,
                     } => {
-                        on_name(
-                            key(dev, mount_gen),
-                            format!("{} ({})", container.name, container.runtime),
-                        );
+                        on_name(key(dev, mount_gen), container.track_name(), true);
                         agg.set_container(key(dev, mount_gen), container)
                     }
                     Record::Gone { dev, mount_gen } => agg.retire(key(dev, mount_gen)),
@@ -188,7 +185,10 @@ pub fn replay_with(
                         mount_gen,
                         mount,
                         container,
-                    } => agg.add_known(key(dev, mount_gen), mount, container),
+                    } => {
+                        on_name(key(dev, mount_gen), container.track_name(), true);
+                        agg.add_known(key(dev, mount_gen), mount, container)
+                    }
                     Record::End {
                         traced_seconds,
                         events,
@@ -198,7 +198,7 @@ pub fn replay_with(
             }
         }
     }
-    let Some((kernel, _)) = header else {
+    let Some(kernel) = kernel else {
         return Err(bad(0, "empty: not an overlay-trace events file".into()));
     };
     let complete = end.is_some();

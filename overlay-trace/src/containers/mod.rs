@@ -44,6 +44,14 @@ impl Container {
         &self.id[..end]
     }
 
+    /// How timelines name its track: `name (runtime)`, or `name (runtime, role)`.
+    pub fn track_name(&self) -> String {
+        match &self.role {
+            Some(r) => format!("{} ({}, {r})", self.name, self.runtime),
+            None => format!("{} ({})", self.name, self.runtime),
+        }
+    }
+
     /// `--container` accepts a name (with or without Docker's leading '/'), a full id or an id
     /// prefix of at least 4 characters.
     pub fn matches(&self, wanted: &str) -> bool {

@@ -56,9 +56,7 @@ impl Collector {
                 if self.agg.mounts.get(&key).is_none_or(|m| m.mount.is_none()) {
                     self.copied_unnamed.push((key, c.path.clone()));
                 }
-                c.layer = self
-                    .lowerdirs_of(key, c.origin.tgid)
-                    .and_then(|dirs| crate::layers::source_layer(&dirs, &c.path));
+                c.layer = self.source_layer_of(key, c.origin.tgid, &c.path);
             }
         }
         let before = self.agg.current(e.origin().dev);
@@ -82,31 +80,33 @@ impl Collector {
         added.new_mount.then_some((added.key, e.origin().tgid))
     }
 
-    /// The lowerdirs of `key`, from `/`: the runtime's view once named (mountinfo may show them
-    /// relative to the runtime's layer directory), else mountinfo's; for a mount not named yet
-    /// (a runtime often copies up at once), mountinfo read now, ours or the process's.
-    fn lowerdirs_of(&mut self, key: MountKey, tgid: u32) -> Option<Vec<String>> {
+    /// Which lowerdir of `key` holds `path`. The lowerdirs, from `/`: the runtime's view once
+    /// named (mountinfo may show them relative to the runtime's layer directory), else
+    /// mountinfo's; for a mount not named yet (a runtime often copies up at once), mountinfo
+    /// read now, ours or the process's, once per mount.
+    fn source_layer_of(&mut self, key: MountKey, tgid: u32, path: &str) -> Option<u32> {
+        use crate::layers::source_layer;
         if let Some(m) = self.agg.mounts.get(&key) {
             if !m.layers.is_empty() {
-                return Some(m.layers.iter().map(|l| l.lowerdir.clone()).collect());
+                return source_layer(m.layers.iter().map(|l| l.lowerdir.as_str()), path);
             }
             if let Some(mount) = &m.mount {
-                return Some(mount.lowerdirs.clone());
+                return source_layer(mount.lowerdirs.iter().map(String::as_str), path);
             }
         }
-        if let Some(known) = self.early_lowerdirs.get(&key) {
-            return known.clone();
+        if !self.early_lowerdirs.contains_key(&key) {
+            let found = crate::mounts::read_overlay_mounts()
+                .ok()
+                .and_then(|mut all| all.remove(&key.dev))
+                .or_else(|| crate::run::naming::foreign_mount(tgid, key.dev))
+                .map(|m| m.lowerdirs);
+            if self.early_lowerdirs.len() >= EARLY_MAX {
+                self.early_lowerdirs.clear();
+            }
+            self.early_lowerdirs.insert(key, found);
         }
-        let found = crate::mounts::read_overlay_mounts()
-            .ok()
-            .and_then(|mut all| all.remove(&key.dev))
-            .or_else(|| crate::run::naming::foreign_mount(tgid, key.dev))
-            .map(|m| m.lowerdirs);
-        if self.early_lowerdirs.len() >= EARLY_MAX {
-            self.early_lowerdirs.clear();
-        }
-        self.early_lowerdirs.insert(key, found.clone());
-        found
+        let dirs = self.early_lowerdirs.get(&key)?.as_ref()?;
+        source_layer(dirs.iter().map(String::as_str), path)
     }
 
     /// Applies an answer of the naming thread; returns a warning to show, if any.
@@ -122,50 +122,36 @@ impl Collector {
         }
         if let Some(t) = self.trace.as_mut() {
             match &n {
-                Named::Container { key, container } => t.name(
-                    *key,
-                    format!(
-                        "{} ({}{})",
-                        container.name,
-                        container.runtime,
-                        container
-                            .role
-                            .as_deref()
-                            .map(|r| format!(", {r}"))
-                            .unwrap_or_default()
-                    ),
-                    true,
-                ),
+                Named::Container { key, container } => t.name(*key, container.track_name(), true),
                 Named::Mount { key, mount } => t.name(*key, mount.mount_point.clone(), false),
                 _ => {}
             }
         }
         if let Some(out) = self.events.as_mut() {
-            let (dev, mount_gen) = match &n {
-                Named::Mount { key, .. }
-                | Named::Container { key, .. }
-                | Named::Layers { key, .. }
-                | Named::Gone { key } => (key.dev, key.generation),
-                _ => (crate::events::Dev { major: 0, minor: 0 }, 0),
-            };
-            match &n {
-                Named::Mount { mount, .. } => out.record(&Record::NamedMount {
-                    dev,
-                    mount_gen,
+            let record = match &n {
+                Named::Mount { key, mount } => Some(Record::NamedMount {
+                    dev: key.dev,
+                    mount_gen: key.generation,
                     mount: mount.clone(),
                 }),
-                Named::Container { container, .. } => out.record(&Record::NamedContainer {
-                    dev,
-                    mount_gen,
+                Named::Container { key, container } => Some(Record::NamedContainer {
+                    dev: key.dev,
+                    mount_gen: key.generation,
                     container: container.clone(),
                 }),
-                Named::Gone { .. } => out.record(&Record::Gone { dev, mount_gen }),
-                Named::Layers { layers, .. } => out.record(&Record::NamedLayers {
-                    dev,
-                    mount_gen,
+                Named::Gone { key } => Some(Record::Gone {
+                    dev: key.dev,
+                    mount_gen: key.generation,
+                }),
+                Named::Layers { key, layers } => Some(Record::NamedLayers {
+                    dev: key.dev,
+                    mount_gen: key.generation,
                     layers: layers.clone(),
                 }),
-                _ => {}
+                _ => None,
+            };
+            if let Some(r) = record {
+                out.record(&r);
             }
         }
         match n {

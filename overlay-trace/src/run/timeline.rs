@@ -39,6 +39,8 @@ pub struct TraceFile {
     /// track -> bucket start -> (lookups, negative).
     counters: HashMap<u32, BTreeMap<u64, (u64, u64)>>,
     latest_ns: u64,
+    /// The `latest_ns` bucket when counters were last flushed.
+    flushed_bucket: u64,
     written: u64,
     /// cgroup -> the track its processes last worked on.
     cgroups: HashMap<u64, u32>,
@@ -63,6 +65,7 @@ impl TraceFile {
             threads: HashMap::new(),
             counters: HashMap::new(),
             latest_ns: 0,
+            flushed_bucket: 0,
             written: 0,
             cgroups: HashMap::new(),
             held: Vec::new(),
@@ -99,18 +102,24 @@ impl TraceFile {
                 .or_insert_with(|| format!("{}[{}]", o.comm, o.pid));
         }
         self.latest_ns = self.latest_ns.max(o.start_ns);
-        if self.cgroups.get(&o.cgroup_id) != Some(&track)
-            && (self.cgroups.len() < CGROUPS_MAX || self.cgroups.contains_key(&o.cgroup_id))
-        {
-            self.cgroups.insert(o.cgroup_id, track);
-            // Process starts that came before their cgroup touched an overlay.
-            let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
-                .into_iter()
-                .partition(|h| h.cgroup_id == o.cgroup_id);
-            self.held = later;
-            for h in now {
-                self.exec(&h);
+        let room = self.cgroups.len() < CGROUPS_MAX;
+        match self.cgroups.get_mut(&o.cgroup_id) {
+            Some(t) => *t = track,
+            None if room => {
+                self.cgroups.insert(o.cgroup_id, track);
+                // Process starts that came before their cgroup touched an overlay (only
+                // then: once seen, a cgroup's starts are placed as they come).
+                if self.held.iter().any(|h| h.cgroup_id == o.cgroup_id) {
+                    let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                        .into_iter()
+                        .partition(|h| h.cgroup_id == o.cgroup_id);
+                    self.held = later;
+                    for h in now {
+                        self.exec(&h);
+                    }
+                }
             }
+            None => {}
         }
         let slice = match e {
             Event::CopyUp(c) => Some(json!({
@@ -145,7 +154,11 @@ impl TraceFile {
         if let Some(s) = slice {
             self.emit(&s);
         }
-        self.flush_counters(false);
+        // Buckets can only have become old enough when time reached a new bucket.
+        if self.latest_ns / COUNTER_NS != self.flushed_bucket {
+            self.flushed_bucket = self.latest_ns / COUNTER_NS;
+            self.flush_counters(false);
+        }
     }
 
     /// A process start: an instant on the track its cgroup works on, or held until it does.

@@ -336,19 +336,11 @@ impl Metrics {
         });
         t.last_seen = now;
         match t.labels.clone() {
+            // A settled mount holds its series (`live_mounts`), so it is never forgotten.
             Some(l) => {
                 if let Some(k) = self.series.get_mut(l.as_ref()) {
                     k.series.observe(e);
                     k.last_active = now;
-                } else {
-                    // Its series was forgotten while the mount was idle: start it again.
-                    let l = self.admit(Labels::clone(&l), now);
-                    let k = self.series.get_mut(l.as_ref()).expect("admitted");
-                    k.series.observe(e);
-                    k.live_mounts += 1;
-                    if let Some(t) = self.mounts.get_mut(&key) {
-                        t.labels = Some(l);
-                    }
                 }
             }
             None => t.pending.observe(e),
