@@ -24,6 +24,13 @@ use crate::{
 #[map]
 static MOUNT_INFLIGHT: LruHashMap<u32, MountFrame> = LruHashMap::with_max_entries(4096, 0);
 
+/// Device number -> when its latest mount began (the `start_ns` its event carries), for every
+/// mount, traced process or not. A device number is reused as soon as a mount ends: userspace
+/// reads mountinfo, then this, and a later start than its event's means mountinfo may show a
+/// newer mount of the number. LRU: an evicted entry only means "not known".
+#[map]
+static DEV_MOUNTED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
 #[kprobe]
 pub fn mount_entry(ctx: ProbeContext) -> u32 {
     if enter(ctx.arg(0).unwrap_or(0), stack_pointer(&ctx)) && verbose() {
@@ -41,6 +48,11 @@ pub fn mount_fentry(ctx: FEntryContext) -> u32 {
 /// A mount begins. Returns whether an earlier call of this thread returned unseen.
 #[inline(always)]
 fn enter(sb: u64, sp: u64) -> bool {
+    let start_ns = now_ns();
+    // Before any filter: a newer mount of a number supersedes, whoever made it. The superblock
+    // has its device number before fill_super runs.
+    let dev: u32 = read_field(sb, cfg(|c| &c.super_block_s_dev));
+    let _ = DEV_MOUNTED.insert(dev, start_ns, 0);
     let (tgid, pid) = current_tgid_pid();
     if filtered_out(tgid) {
         return false;
@@ -52,7 +64,7 @@ fn enter(sb: u64, sp: u64) -> bool {
         count(STAT_MISSED_RETURN_MOUNT);
     }
     let start = MountFrame {
-        start_ns: now_ns(),
+        start_ns,
         sp,
         task: current_task(),
         sb,

@@ -8,7 +8,7 @@ use crate::{
     aggregate::{Aggregate, MountKey},
     events::Event,
     replay::Record,
-    run::{naming::Named, outputs::EventsFile, timeline::TraceFile},
+    run::{kernel_side::MountClock, naming::Named, outputs::EventsFile, timeline::TraceFile},
     serve::metrics::Shared,
 };
 
@@ -28,15 +28,28 @@ pub struct Collector {
     /// Lowerdirs of mounts copied up on before the naming thread answered, read from mountinfo
     /// at their first copy-up (None: not found there).
     pub early_lowerdirs: HashMap<MountKey, Option<Vec<String>>>,
+    /// When the mounts seen mounting and not named yet began (their events' `start_ns`): with
+    /// `clock`, what tells them from a later mount on the same device number.
+    pub mount_starts: HashMap<MountKey, u64>,
+    pub clock: MountClock,
+}
+
+/// A mount seen for the first time: the naming thread's `Request::Name`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewMount {
+    pub key: MountKey,
+    /// The process that touched it.
+    pub tgid: u32,
+    /// When its mount began (`start_ns`); 0 when not seen mounting (mounted before tracing).
+    pub mounted_ns: u64,
 }
 
 /// Mounts whose early lowerdirs are remembered (beyond, the memory starts over).
 const EARLY_MAX: usize = 4096;
 
 impl Collector {
-    /// Takes one record. Returns the mount to name when this is its first event, with the
-    /// process that touched it.
-    pub fn take(&mut self, record: &[u8]) -> Option<(MountKey, u32)> {
+    /// Takes one record. Returns the mount to name when this is its first event.
+    pub fn take(&mut self, record: &[u8]) -> Option<NewMount> {
         if let Some(o) = crate::events::decode_exec(record) {
             if let Some(t) = self.trace.as_mut() {
                 t.exec(&o);
@@ -77,7 +90,24 @@ impl Collector {
             }
             m.observe(added.key, &e, now);
         }
-        added.new_mount.then_some((added.key, e.origin().tgid))
+        if !added.new_mount {
+            return None;
+        }
+        let mounted_ns = match &e {
+            Event::Mount(m) => m.origin.start_ns,
+            _ => 0,
+        };
+        if mounted_ns != 0 {
+            if self.mount_starts.len() >= EARLY_MAX {
+                self.mount_starts.clear();
+            }
+            self.mount_starts.insert(added.key, mounted_ns);
+        }
+        Some(NewMount {
+            key: added.key,
+            tgid: e.origin().tgid,
+            mounted_ns,
+        })
     }
 
     /// Which lowerdir of `key` holds `path`. The lowerdirs, from `/`: the runtime's view once
@@ -99,6 +129,12 @@ impl Collector {
                 .ok()
                 .and_then(|mut all| all.remove(&key.dev))
                 .or_else(|| crate::run::naming::foreign_mount(tgid, key.dev))
+                // Not a later mount of the device number (its lowerdirs may differ); asked
+                // after mountinfo was read.
+                .filter(|_| {
+                    let started = self.mount_starts.get(&key).copied().unwrap_or(0);
+                    !self.clock.superseded(key.dev, started)
+                })
                 .map(|m| m.lowerdirs);
             if self.early_lowerdirs.len() >= EARLY_MAX {
                 self.early_lowerdirs.clear();
@@ -155,7 +191,10 @@ impl Collector {
             }
         }
         match n {
-            Named::Mount { key, mount } => self.agg.set_mount(key, mount),
+            Named::Mount { key, mount } => {
+                self.mount_starts.remove(&key);
+                self.agg.set_mount(key, mount)
+            }
             Named::Container { key, container } => self.agg.set_container(key, container),
             Named::Gone { key } => self.agg.retire(key),
             Named::Layers { key, layers } => self.agg.set_layers(key, layers),

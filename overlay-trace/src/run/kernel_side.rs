@@ -2,7 +2,7 @@
 //! the in-flight tables. `stop` detaches everything and accounts for every call still in flight,
 //! so nothing that was entered goes unreported without being counted.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -92,6 +92,7 @@ pub struct KernelSide {
     copy_ups_in_flight: BpfHashMap<MapData, u32, CopyUpInflight>,
     lookups_in_flight: BpfHashMap<MapData, u32, LookupInflight>,
     mounts_in_flight: BpfHashMap<MapData, u32, MountFrame>,
+    pub mount_clock: MountClock,
     logger: Option<aya_log::EbpfLogger<StderrLog>>,
     pub warnings: Vec<String>,
 }
@@ -100,6 +101,23 @@ pub struct KernelSide {
 pub struct Stopped {
     pub counts: EventCounts,
     pub probes: Vec<ProbeReport>,
+}
+
+/// When each device number's latest mount began, as the kernel saw it (the `DEV_MOUNTED` map):
+/// whether mountinfo, read before asking, may show a newer mount of the number than the one
+/// being named. Shared by the drain and the naming thread; lookups only.
+#[derive(Clone, Default)]
+pub struct MountClock(Option<Arc<BpfHashMap<MapData, u32, u64>>>);
+
+impl MountClock {
+    /// Whether a mount of `dev` began after the one that began at `start_ns` (0: not known).
+    pub fn superseded(&self, dev: Dev, start_ns: u64) -> bool {
+        start_ns != 0
+            && self
+                .0
+                .as_ref()
+                .is_some_and(|m| m.get(&dev.to_kernel(), 0).is_ok_and(|t| t > start_ns))
+    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -153,6 +171,7 @@ impl KernelSide {
         let copy_ups_in_flight = take_map(&mut ebpf, "COPY_UP_INFLIGHT")?;
         let lookups_in_flight = take_map(&mut ebpf, "LOOKUP_INFLIGHT")?;
         let mounts_in_flight = take_map(&mut ebpf, "MOUNT_INFLIGHT")?;
+        let mount_clock = MountClock(Some(Arc::new(take_map(&mut ebpf, "DEV_MOUNTED")?)));
         let support = if wanted == ProbesArg::Kprobe {
             probes::FentrySupport {
                 refused: Some("kprobes asked for".into()),
@@ -180,6 +199,7 @@ impl KernelSide {
             copy_ups_in_flight,
             lookups_in_flight,
             mounts_in_flight,
+            mount_clock,
             logger,
             warnings,
         })

@@ -127,8 +127,8 @@ async fn select_containers(
 
 /// One record into the collector, and what the naming thread should hear of it.
 fn take(collector: &mut Collector, naming: &Naming, record: &[u8]) {
-    if let Some((key, tgid)) = collector.take(record) {
-        naming.name(key, tgid);
+    if let Some(m) = collector.take(record) {
+        naming.name(m);
     }
     for (key, path) in collector.copied_unnamed.drain(..) {
         naming.copied_up(key, path);
@@ -231,6 +231,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
         events: events_out,
         trace: trace_out,
         metrics: metrics.clone(),
+        clock: kernel.mount_clock.clone(),
         ..Default::default()
     };
     // Containers chosen with --container are known already.
@@ -250,7 +251,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
                 .add_known(key, mounts_now.get(&dev).cloned(), c);
         }
     }
-    let mut naming = Naming::start(resolver);
+    let mut naming = Naming::start(resolver, kernel.mount_clock.clone());
     let started = Instant::now();
     let live = !args.quiet && std::io::stderr().is_terminal();
 

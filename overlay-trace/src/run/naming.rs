@@ -3,6 +3,10 @@
 //! container (runtime APIs and metadata on disk: slow, blocking, possibly hung), and reports
 //! mounts that went away so the aggregate can fold them.
 //!
+//! Two tasks share the thread, one way: the mount finder reads mountinfo the moment a mount is
+//! seen (a short-lived mount, Docker's init layer, lives milliseconds), and hands what it found
+//! to the container finder, whose runtime lookups may take seconds without holding it up.
+//!
 //! Every step is bounded: a per-mount time budget for container lookups, mountinfo retries with
 //! backoff and a give-up for mounts that never show there (another mount namespace), no repeated
 //! lookups of a mount that no runtime claimed until the final pass, and a final pass with a
@@ -23,6 +27,7 @@ use crate::{
     containers::{Container, Resolver},
     events::Dev,
     mounts::{OverlayMount, parse_mountinfo, read_overlay_mounts},
+    run::{collector::NewMount, kernel_side::MountClock},
 };
 
 /// Time allowed to find one mount's container.
@@ -42,9 +47,9 @@ const CLAIM_RETRY_FIRST: Duration = Duration::from_secs(1);
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 pub enum Request {
-    /// A mount seen for the first time; `tgid` did something on it (its mountinfo is read when
-    /// the tracer's own does not show the mount).
-    Name { key: MountKey, tgid: u32 },
+    /// A mount seen for the first time; its `tgid` did something on it (its mountinfo is read
+    /// when the tracer's own does not show the mount).
+    Name(NewMount),
     /// A path copied up on a mount not named yet: the mount's upper dir must hold it, which
     /// tells a mount from a newer one on the same device number (see `plausible`).
     CopiedUp { key: MountKey, path: String },
@@ -86,7 +91,7 @@ pub struct Naming {
 }
 
 impl Naming {
-    pub fn start(resolver: Resolver) -> Self {
+    pub fn start(resolver: Resolver, clock: MountClock) -> Self {
         let (req_tx, req_rx) = unbounded_channel();
         let (ans_tx, ans_rx) = unbounded_channel();
         std::thread::Builder::new()
@@ -102,7 +107,13 @@ impl Naming {
                     let _ = ans_tx.send(Named::Done);
                     return;
                 };
-                rt.block_on(Namer::new(resolver, ans_tx).run(req_rx));
+                let (found_tx, found_rx) = unbounded_channel();
+                rt.block_on(async {
+                    tokio::join!(
+                        MountFinder::new(ans_tx.clone(), found_tx, clock).run(req_rx),
+                        ContainerFinder::new(resolver, ans_tx).run(found_rx),
+                    )
+                });
             })
             .expect("spawning a thread");
         Self {
@@ -111,8 +122,8 @@ impl Naming {
         }
     }
 
-    pub fn name(&self, key: MountKey, tgid: u32) {
-        let _ = self.requests.send(Request::Name { key, tgid });
+    pub fn name(&self, m: NewMount) {
+        let _ = self.requests.send(Request::Name(m));
     }
 
     pub fn copied_up(&self, key: MountKey, path: String) {
@@ -123,24 +134,41 @@ impl Naming {
 struct Pending {
     key: MountKey,
     tgid: u32,
+    /// When its mount began (0: mounted before tracing).
+    mounted_ns: u64,
     tries: u32,
     due: Instant,
 }
 
-struct Namer {
-    resolver: Resolver,
+/// What the mount finder hands the container finder.
+enum Found {
+    Mount(MountKey, OverlayMount),
+    /// The final pass: what is queued, then everything unclaimed, before the deadline.
+    Finish(Instant),
+}
+
+/// Reads mountinfo for new mounts and watches named ones go away. Never waits on a runtime.
+struct MountFinder {
     out: UnboundedSender<Named>,
+    found: UnboundedSender<Found>,
+    clock: MountClock,
     pending: Vec<Pending>,
     /// Named mounts seen in our own mountinfo: dev -> (key, mount point), checked for going away.
     watched: HashMap<Dev, (MountKey, String)>,
+    /// Paths copied up on pending mounts, a few per mount.
+    copied: HashMap<MountKey, Vec<String>>,
+}
+
+/// Asks the runtimes which container a found mount belongs to.
+struct ContainerFinder {
+    resolver: Resolver,
+    out: UnboundedSender<Named>,
     to_resolve: VecDeque<(MountKey, OverlayMount)>,
     /// Mounts no runtime claimed yet, to be asked again: (due, tries so far, key, mount).
     retries: Vec<(Instant, u32, MountKey, OverlayMount)>,
     /// Mounts no runtime claimed after the retries: asked again only in the final pass.
     unclaimed: BTreeMap<MountKey, OverlayMount>,
     warned: HashSet<String>,
-    /// Paths copied up on pending mounts, a few per mount.
-    copied: HashMap<MountKey, Vec<String>>,
 }
 
 /// Paths kept per pending mount, and pending mounts with paths kept.
@@ -148,11 +176,11 @@ const COPIED_PER_MOUNT: usize = 2;
 const COPIED_MOUNTS_MAX: usize = 4096;
 
 /// Could `m` be the mount `paths` were copied up on? Its upper dir holds at least one of them
-/// (copied-up objects stay there: as themselves, or as a whiteout once deleted). Docker mounts a
-/// container's init layer, unmounts it, and mounts the root on the same device number within
-/// milliseconds: mountinfo read a moment late shows the root for the init layer's device, and
-/// the root's upper dir lacks what was copied up into the init layer. An upper dir that cannot
-/// be opened from here (another mount namespace) is not held against it.
+/// (copied-up objects stay there: as themselves, or as a whiteout once deleted). The second
+/// check, after the kernel's `MountClock`, for a mount of a device number reused by the time
+/// mountinfo is read (Docker mounts a container's init layer, unmounts it, and mounts the root
+/// on the same number within milliseconds). An upper dir that cannot be opened from here
+/// (another mount namespace) is not held against it.
 fn plausible(m: &OverlayMount, paths: &[String]) -> bool {
     let Some(upper) = m.upperdir.as_deref() else {
         return paths.is_empty();
@@ -170,17 +198,14 @@ fn plausible(m: &OverlayMount, paths: &[String]) -> bool {
     })
 }
 
-impl Namer {
-    fn new(resolver: Resolver, out: UnboundedSender<Named>) -> Self {
+impl MountFinder {
+    fn new(out: UnboundedSender<Named>, found: UnboundedSender<Found>, clock: MountClock) -> Self {
         Self {
-            resolver,
             out,
+            found,
+            clock,
             pending: Vec::new(),
             watched: HashMap::new(),
-            to_resolve: VecDeque::new(),
-            retries: Vec::new(),
-            unclaimed: BTreeMap::new(),
-            warned: HashSet::new(),
             copied: HashMap::new(),
         }
     }
@@ -189,7 +214,6 @@ impl Namer {
         let mut watch = tokio::time::interval(WATCH_EVERY);
         loop {
             let next_due = self.pending.iter().map(|p| p.due).min();
-            let next_retry = self.retries.iter().map(|r| r.0).min();
             // Requests first: a newer mount of a device supersedes an older one still pending
             // before mountinfo (which may already show the newer) is read for it.
             tokio::select! {
@@ -201,13 +225,14 @@ impl Namer {
                     let mut added = false;
                     loop {
                         match next {
-                            Some(Request::Name { key, tgid }) => {
-                                self.add(key, tgid);
+                            Some(Request::Name(m)) => {
+                                self.add(m);
                                 added = true;
                             }
                             Some(Request::CopiedUp { key, path }) => self.note_copied(key, path),
                             Some(Request::Finish { deadline }) => {
-                                self.finish(deadline).await;
+                                self.name_pending(true);
+                                let _ = self.found.send(Found::Finish(deadline));
                                 return;
                             }
                             None => return,
@@ -224,21 +249,7 @@ impl Namer {
                 _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)).await }, if next_due.is_some() => {
                     self.name_pending(false);
                 }
-                _ = async { tokio::time::sleep_until(next_retry.unwrap_or_else(Instant::now)).await }, if next_retry.is_some() => {
-                    let now = Instant::now();
-                    let (due, later): (Vec<_>, Vec<_>) =
-                        std::mem::take(&mut self.retries).into_iter().partition(|r| r.0 <= now);
-                    self.retries = later;
-                    for (_, tries, key, m) in due {
-                        self.resolve(key, m, NAME_BUDGET, tries).await;
-                    }
-                }
                 _ = watch.tick() => self.watch(),
-                _ = std::future::ready(()), if !self.to_resolve.is_empty() => {
-                    if let Some((key, m)) = self.to_resolve.pop_front() {
-                        self.resolve(key, m, NAME_BUDGET, 0).await;
-                    }
-                }
             }
         }
     }
@@ -258,7 +269,14 @@ impl Namer {
         let _ = self.out.send(n);
     }
 
-    fn add(&mut self, key: MountKey, tgid: u32) {
+    fn add(
+        &mut self,
+        NewMount {
+            key,
+            tgid,
+            mounted_ns,
+        }: NewMount,
+    ) {
         // A newer mount of the same device number: the older one can no longer be named.
         self.pending.retain(|p| p.key.dev != key.dev);
         self.copied.retain(|k, _| k.dev != key.dev);
@@ -266,6 +284,7 @@ impl Namer {
         self.pending.push(Pending {
             key,
             tgid,
+            mounted_ns,
             tries: 0,
             due: Instant::now(),
         });
@@ -286,16 +305,23 @@ impl Namer {
                 continue;
             }
             let copied = self.copied.get(&p.key).map(Vec::as_slice).unwrap_or(&[]);
-            let found = match ours.get(&p.key.dev) {
-                Some(m) if plausible(m, copied) => {
-                    self.watched
-                        .insert(p.key.dev, (p.key, m.mount_point.clone()));
-                    Some(m.clone())
-                }
-                Some(_) => None,
-                None => foreign_mount(p.tgid, p.key.dev).filter(|m| plausible(m, copied)),
+            let (found, in_ours) = match ours.get(&p.key.dev) {
+                Some(m) => (Some(m.clone()).filter(|m| plausible(m, copied)), true),
+                None => (
+                    foreign_mount(p.tgid, p.key.dev).filter(|m| plausible(m, copied)),
+                    false,
+                ),
             };
-            if found.is_some() || all || p.tries + 1 >= TRIES_MAX {
+            // Asked only now that mountinfo was read: if no newer mount of the number had
+            // begun, what mountinfo showed for it is this mount. Once one has, this mount can
+            // never be named.
+            let superseded = self.clock.superseded(p.key.dev, p.mounted_ns);
+            let found = found.filter(|_| !superseded);
+            if let Some(m) = found.as_ref().filter(|_| in_ours) {
+                self.watched
+                    .insert(p.key.dev, (p.key, m.mount_point.clone()));
+            }
+            if found.is_some() || superseded || all || p.tries + 1 >= TRIES_MAX {
                 self.copied.remove(&p.key);
             }
             match found {
@@ -304,20 +330,9 @@ impl Namer {
                         key: p.key,
                         mount: m.clone(),
                     });
-                    // Bounded when a runtime hangs (each lookup may take NAME_BUDGET): the
-                    // oldest waits for the final pass.
-                    if self.to_resolve.len() >= UNCLAIMED_MAX {
-                        if let Some((k, old)) = self.to_resolve.pop_front() {
-                            self.send(Named::Unclaimed { key: k });
-                            if self.unclaimed.len() >= UNCLAIMED_MAX {
-                                self.unclaimed.pop_first();
-                            }
-                            self.unclaimed.insert(k, old);
-                        }
-                    }
-                    self.to_resolve.push_back((p.key, m));
+                    let _ = self.found.send(Found::Mount(p.key, m));
                 }
-                None if !all && p.tries + 1 < TRIES_MAX => {
+                None if !superseded && !all && p.tries + 1 < TRIES_MAX => {
                     p.tries += 1;
                     p.due = now + (RETRY_FIRST * 2u32.saturating_pow(p.tries)).min(RETRY_MAX);
                     still.push(p);
@@ -344,10 +359,78 @@ impl Namer {
         for dev in gone {
             if let Some((key, _)) = self.watched.remove(&dev) {
                 // Not yet resolved: it will not be now that it is gone, but the saved mount
-                // still matches an exited container's metadata; keep it queued.
+                // still matches an exited container's metadata; the container finder keeps it.
                 self.send(Named::Gone { key });
             }
         }
+    }
+}
+
+impl ContainerFinder {
+    fn new(resolver: Resolver, out: UnboundedSender<Named>) -> Self {
+        Self {
+            resolver,
+            out,
+            to_resolve: VecDeque::new(),
+            retries: Vec::new(),
+            unclaimed: BTreeMap::new(),
+            warned: HashSet::new(),
+        }
+    }
+
+    async fn run(mut self, mut found: UnboundedReceiver<Found>) {
+        loop {
+            let next_retry = self.retries.iter().map(|r| r.0).min();
+            tokio::select! {
+                biased;
+                f = found.recv() => match f {
+                    Some(Found::Mount(key, m)) => self.queue(key, m),
+                    Some(Found::Finish(deadline)) => {
+                        self.finish(deadline).await;
+                        return;
+                    }
+                    None => return,
+                },
+                _ = async { tokio::time::sleep_until(next_retry.unwrap_or_else(Instant::now)).await }, if next_retry.is_some() => {
+                    let now = Instant::now();
+                    let (due, later): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut self.retries).into_iter().partition(|r| r.0 <= now);
+                    self.retries = later;
+                    for (_, tries, key, m) in due {
+                        self.resolve(key, m, NAME_BUDGET, tries).await;
+                    }
+                }
+                _ = std::future::ready(()), if !self.to_resolve.is_empty() => {
+                    if let Some((key, m)) = self.to_resolve.pop_front() {
+                        self.resolve(key, m, NAME_BUDGET, 0).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&self, n: Named) {
+        let _ = self.out.send(n);
+    }
+
+    /// Queues a found mount. Bounded when a runtime hangs (each lookup may take NAME_BUDGET):
+    /// the oldest waits for the final pass.
+    fn queue(&mut self, key: MountKey, m: OverlayMount) {
+        if self.to_resolve.len() >= UNCLAIMED_MAX {
+            if let Some((k, old)) = self.to_resolve.pop_front() {
+                self.send(Named::Unclaimed { key: k });
+                self.keep_unclaimed(k, old);
+            }
+        }
+        self.to_resolve.push_back((key, m));
+    }
+
+    /// Bounded for a tracer that runs for weeks: the oldest are not asked again.
+    fn keep_unclaimed(&mut self, key: MountKey, m: OverlayMount) {
+        if self.unclaimed.len() >= UNCLAIMED_MAX {
+            self.unclaimed.pop_first();
+        }
+        self.unclaimed.insert(key, m);
     }
 
     /// Asks the runtimes for the mount's container; `tries` earlier asks found none.
@@ -366,11 +449,7 @@ impl Namer {
             }
             _ => {
                 self.send(Named::Unclaimed { key });
-                // Bounded for a tracer that runs for weeks: the oldest are not asked again.
-                if self.unclaimed.len() >= UNCLAIMED_MAX {
-                    self.unclaimed.pop_first();
-                }
-                self.unclaimed.insert(key, m);
+                self.keep_unclaimed(key, m);
             }
         }
         if let Some(w) = self.resolver.docker_warning().map(str::to_string) {
@@ -380,11 +459,11 @@ impl Namer {
         }
     }
 
-    /// The last pass: mounts still pending, containers still to find (a runtime may have been
-    /// slow while the container started), all before `deadline`.
+    /// The last pass: mounts found but not yet looked up, and containers still to find (a
+    /// runtime may have been slow while the container started), all before `deadline`. The
+    /// mount finder's last finds come before `Finish` on the same channel.
     async fn finish(&mut self, deadline: Instant) {
         self.resolver.final_pass();
-        self.name_pending(true);
         let mut work: Vec<(MountKey, OverlayMount)> = self.to_resolve.drain(..).collect();
         work.extend(self.retries.drain(..).map(|(_, _, key, m)| (key, m)));
         work.extend(std::mem::take(&mut self.unclaimed));
