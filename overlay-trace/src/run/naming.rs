@@ -32,11 +32,14 @@ use crate::{
 
 /// Time allowed to find one mount's container.
 const NAME_BUDGET: Duration = Duration::from_secs(4);
-/// First retry of a mount not yet in mountinfo; doubled each time up to `RETRY_MAX`.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Retries of a mount not yet in mountinfo: the first after 2 ms, doubled each time up to
+/// `RETRY_MAX`. The mount event fires as fill_super returns, a moment before the mount is
+/// attached where mountinfo shows it; a mount that lives milliseconds (Docker's init layer) must
+/// be read again at once, not after the first read raced its attaching.
+const RETRY_FIRST: Duration = Duration::from_millis(1);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Tries before a mount is given up on (about 20 s in all).
-const TRIES_MAX: u32 = 10;
+const TRIES_MAX: u32 = 16;
 /// Mounts no runtime claimed, kept to be asked again in the final pass.
 const UNCLAIMED_MAX: usize = 1024;
 /// A mount no runtime claims yet is asked again this many times, 1 s, 2 s, 4 s... later: a
