@@ -220,13 +220,11 @@ fn prometheus_sees_each_containers_copy_ups_as_docker_diff_does() {
         .args([
             "sh",
             "-c",
-            // Created first, started a moment later: Docker's init-layer mount (at create)
-            // and the root's (at start) share a device number, and naming a mount that lived
-            // milliseconds from mountinfo is the race the README names as a known limit; this
-            // test is about what Prometheus holds, so it keeps the two mounts apart in time.
-            "docker create --network none --name fa ot-fleet:1 sh -c 'echo a >> /etc/greeting; chmod 600 /etc/app.conf' >/dev/null && \
-             docker create --network none --name fb ot-fleet:1 sh -c 'echo b >> /etc/big' >/dev/null && \
-             sleep 3 && docker start -a fa && docker start -a fb",
+            // Docker mounts each container's init layer (copying up /etc there), then its root
+            // on the same device number milliseconds later: the init layer's copy-up must never
+            // count under the root's series.
+            "docker run --network none --name fa ot-fleet:1 sh -c 'echo a >> /etc/greeting; chmod 600 /etc/app.conf' && \
+             docker run --network none --name fb ot-fleet:1 sh -c 'echo b >> /etc/big'",
         ])
         .env("DOCKER_HOST", host())
         .output()
