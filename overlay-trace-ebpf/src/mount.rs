@@ -52,7 +52,9 @@ fn enter(sb: u64, sp: u64) -> bool {
     // Before any filter: a newer mount of a number supersedes, whoever made it. The superblock
     // has its device number before fill_super runs.
     let dev: u32 = read_field(sb, cfg(|c| &c.super_block_s_dev));
-    let _ = DEV_MOUNTED.insert(dev, start_ns, 0);
+    if DEV_MOUNTED.insert(dev, start_ns, 0).is_err() {
+        count(STAT_INFLIGHT_FULL);
+    }
     let (tgid, pid) = current_tgid_pid();
     if filtered_out(tgid) {
         return false;

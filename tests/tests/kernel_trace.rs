@@ -661,14 +661,28 @@ fn a_timeline_has_a_slice_per_copy_up() {
 /// Docker's pattern, sharpened: an overlay mounted, copied up on and unmounted, and another
 /// mounted on the same device number (the kernel hands out the lowest free one) within the same
 /// millisecond, so mountinfo, however soon it is read, shows the second for the first's number.
-/// The second's upper dir also holds the file copied up on the first (so that evidence alone
-/// cannot tell them apart), and paths are relative to the mounter's directory, as Docker's long
-/// layer lists are. No mount is named after the other: a named mount's upper dir is its own.
+/// The second's upper dir also holds the file copied up on the first, so that this evidence
+/// alone cannot tell them apart; every other round gives paths relative to the mounter's
+/// directory, as Docker does for long layer lists. No mount is named after the other: a named
+/// mount's upper dir is its own.
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn a_reused_device_number_never_names_a_mount_after_the_next() {
-    const ROUNDS: usize = 15;
+    const ROUNDS: usize = 16;
     let root = std::path::Path::new("/run/ot-reuse");
+    let (ready, done) = (root.join("ready"), root.join("done"));
+    /// Leaves nothing behind when an assertion fails midway: the traced command ends, the
+    /// mounts go, the directory is left.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::env::set_current_dir("/");
+            let _ = fs::write(self.0.join("done"), "");
+            let _ = Command::new("umount").arg(self.0.join("m")).status();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
     fs::create_dir_all(root).unwrap();
     let st = Command::new("sh")
         .arg("-c")
@@ -681,9 +695,9 @@ fn a_reused_device_number_never_names_a_mount_after_the_next() {
         .status()
         .unwrap();
     assert!(st.success());
+    let _cleanup = Cleanup(root.to_path_buf());
     let dir = out_dir();
     let (events, report) = (dir.join("reuse.ndjson"), dir.join("reuse.json"));
-    let (ready, done) = (root.join("ready"), root.join("done"));
     // The traced command only waits: it starts once the probes are attached.
     let tracer = Command::new(bin())
         .args(["run", "-q", "--events", events.to_str().unwrap()])
@@ -703,8 +717,18 @@ fn a_reused_device_number_never_names_a_mount_after_the_next() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::env::set_current_dir(root).unwrap();
+    // The upper dir as round i's mount options give it.
+    let upper = |side: &str, i: usize| {
+        let rel = format!("{side}{i}/u");
+        if i.is_multiple_of(2) {
+            rel
+        } else {
+            root.join(rel).display().to_string()
+        }
+    };
     let mount = |side: &str, i: usize| {
-        let opts = format!("lowerdir=l,upperdir={side}{i}/u,workdir={side}{i}/w");
+        let work = upper(side, i).replace("/u", "/w");
+        let opts = format!("lowerdir=l,upperdir={},workdir={work}", upper(side, i));
         let c = |s: &str| std::ffi::CString::new(s).unwrap();
         // SAFETY: valid C strings.
         let r = unsafe {
@@ -769,13 +793,15 @@ fn a_reused_device_number_never_names_a_mount_after_the_next() {
         let Some((side, i)) = path.strip_prefix('/').map(|f| f.split_at(1)) else {
             continue;
         };
-        if !(side == "a" || side == "b") || i.parse::<usize>().is_err() {
+        let Ok(i) = i.parse::<usize>() else {
+            continue;
+        };
+        if !(side == "a" || side == "b") {
             continue;
         }
-        let expected = format!("{side}{i}/u");
         match m["mount"]["upperdir"].as_str() {
-            Some(upper) => {
-                assert_eq!(upper, expected, "{path} named wrong: {m}");
+            Some(u) => {
+                assert_eq!(u, upper(side, i), "{path} named wrong: {m}");
                 named += 1;
             }
             None => unnamed += 1,
@@ -790,5 +816,4 @@ fn a_reused_device_number_never_names_a_mount_after_the_next() {
         2 * ROUNDS,
         "every mount's copy-up reported"
     );
-    let _ = Command::new("umount").arg(root).status();
 }

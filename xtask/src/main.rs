@@ -396,7 +396,7 @@ fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
         let script = format!(
             "failed=0\n\
              OVERLAY_TRACE_BIN={t} {p} --include-ignored --test-threads=1 || failed=1\n\
-             OVERLAY_TRACE_BIN={t} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned || failed=1\n\
+             OVERLAY_TRACE_BIN={t} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned a_reused_device_number_never_names_a_mount_after_the_next || failed=1\n\
              exit $failed\n",
             t = tracer.display(),
             p = preflight.display(),

@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Instant};
 
 use crate::{
     aggregate::{Aggregate, MountKey},
-    events::Event,
+    events::{Dev, Event},
     replay::Record,
     run::{kernel_side::MountClock, naming::Named, outputs::EventsFile, timeline::TraceFile},
     serve::metrics::Shared,
@@ -28,9 +28,9 @@ pub struct Collector {
     /// Lowerdirs of mounts copied up on before the naming thread answered, read from mountinfo
     /// at their first copy-up (None: not found there).
     pub early_lowerdirs: HashMap<MountKey, Option<Vec<String>>>,
-    /// When the mounts seen mounting and not named yet began (their events' `start_ns`): with
-    /// `clock`, what tells them from a later mount on the same device number.
-    pub mount_starts: HashMap<MountKey, u64>,
+    /// Per device number, its latest mount and a moment it was alive (see `NewMount::alive_ns`):
+    /// with `clock`, what tells it from a later mount of the number.
+    pub alive: HashMap<Dev, (MountKey, u64)>,
     pub clock: MountClock,
 }
 
@@ -40,8 +40,9 @@ pub struct NewMount {
     pub key: MountKey,
     /// The process that touched it.
     pub tgid: u32,
-    /// When its mount began (`start_ns`); 0 when not seen mounting (mounted before tracing).
-    pub mounted_ns: u64,
+    /// A moment it was alive: the start of its first event (the mount's own when it was seen
+    /// mounting). Any later mount of its device number began after it.
+    pub alive_ns: u64,
 }
 
 /// Mounts whose early lowerdirs are remembered (beyond, the memory starts over).
@@ -93,20 +94,15 @@ impl Collector {
         if !added.new_mount {
             return None;
         }
-        let mounted_ns = match &e {
-            Event::Mount(m) => m.origin.start_ns,
-            _ => 0,
-        };
-        if mounted_ns != 0 {
-            if self.mount_starts.len() >= EARLY_MAX {
-                self.mount_starts.clear();
-            }
-            self.mount_starts.insert(added.key, mounted_ns);
+        let alive_ns = e.origin().start_ns;
+        if self.alive.len() >= EARLY_MAX {
+            self.alive.clear();
         }
+        self.alive.insert(added.key.dev, (added.key, alive_ns));
         Some(NewMount {
             key: added.key,
             tgid: e.origin().tgid,
-            mounted_ns,
+            alive_ns,
         })
     }
 
@@ -125,15 +121,23 @@ impl Collector {
             }
         }
         if !self.early_lowerdirs.contains_key(&key) {
-            let found = crate::mounts::read_overlay_mounts()
-                .ok()
-                .and_then(|mut all| all.remove(&key.dev))
-                .or_else(|| crate::run::naming::foreign_mount(tgid, key.dev))
+            let found = self
+                .clock
+                .while_recording(|| {
+                    crate::mounts::read_overlay_mounts()
+                        .ok()
+                        .and_then(|mut all| all.remove(&key.dev))
+                        .or_else(|| crate::run::naming::foreign_mount(tgid, key.dev))
+                })
+                .flatten()
                 // Not a later mount of the device number (its lowerdirs may differ); asked
                 // after mountinfo was read.
                 .filter(|_| {
-                    let started = self.mount_starts.get(&key).copied().unwrap_or(0);
-                    !self.clock.superseded(key.dev, started)
+                    let alive = match self.alive.get(&key.dev) {
+                        Some((k, ns)) if *k == key => *ns,
+                        _ => 0,
+                    };
+                    !self.clock.superseded(key.dev, alive)
                 })
                 .map(|m| m.lowerdirs);
             if self.early_lowerdirs.len() >= EARLY_MAX {
@@ -191,10 +195,7 @@ impl Collector {
             }
         }
         match n {
-            Named::Mount { key, mount } => {
-                self.mount_starts.remove(&key);
-                self.agg.set_mount(key, mount)
-            }
+            Named::Mount { key, mount } => self.agg.set_mount(key, mount),
             Named::Container { key, container } => self.agg.set_container(key, container),
             Named::Gone { key } => self.agg.retire(key),
             Named::Layers { key, layers } => self.agg.set_layers(key, layers),

@@ -2,7 +2,10 @@
 //! the in-flight tables. `stop` detaches everything and accounts for every call still in flight,
 //! so nothing that was entered goes unreported without being counted.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    sync::{Arc, RwLock},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -105,18 +108,39 @@ pub struct Stopped {
 
 /// When each device number's latest mount began, as the kernel saw it (the `DEV_MOUNTED` map):
 /// whether mountinfo, read before asking, may show a newer mount of the number than the one
-/// being named. Shared by the drain and the naming thread; lookups only.
+/// being named. It only holds for mountinfo read while the probes record mounts, hence
+/// `while_recording`. Shared by the drain and the naming threads.
 #[derive(Clone, Default)]
-pub struct MountClock(Option<Arc<BpfHashMap<MapData, u32, u64>>>);
+pub struct MountClock {
+    map: Option<Arc<BpfHashMap<MapData, u32, u64>>>,
+    /// False once the probes are about to be detached. Read-locked for the whole of a mountinfo
+    /// read, so no read outlasts the recording.
+    recording: Arc<RwLock<bool>>,
+}
 
 impl MountClock {
-    /// Whether a mount of `dev` began after the one that began at `start_ns` (0: not known).
-    pub fn superseded(&self, dev: Dev, start_ns: u64) -> bool {
-        start_ns != 0
+    /// Whether a mount of `dev` began after `alive_ns`, a moment the mount being named was alive
+    /// (0: not known). Ask only after reading mountinfo, and for mountinfo read under
+    /// `while_recording`: then a mount shown there for `dev` is the one alive at `alive_ns`
+    /// unless this says otherwise.
+    pub fn superseded(&self, dev: Dev, alive_ns: u64) -> bool {
+        alive_ns != 0
             && self
-                .0
+                .map
                 .as_ref()
-                .is_some_and(|m| m.get(&dev.to_kernel(), 0).is_ok_and(|t| t > start_ns))
+                .is_some_and(|m| m.get(&dev.to_kernel(), 0).is_ok_and(|t| t > alive_ns))
+    }
+
+    /// Runs `read` (a mountinfo read) if the probes still record mounts; None once they stop.
+    /// Without the kernel side (tests) it always runs.
+    pub fn while_recording<T>(&self, read: impl FnOnce() -> T) -> Option<T> {
+        let recording = self.recording.read().unwrap_or_else(|e| e.into_inner());
+        (*recording || self.map.is_none()).then(read)
+    }
+
+    /// The probes are about to be detached: waits for mountinfo reads under way, refuses later ones.
+    fn stop_recording(&self) {
+        *self.recording.write().unwrap_or_else(|e| e.into_inner()) = false;
     }
 }
 
@@ -171,7 +195,10 @@ impl KernelSide {
         let copy_ups_in_flight = take_map(&mut ebpf, "COPY_UP_INFLIGHT")?;
         let lookups_in_flight = take_map(&mut ebpf, "LOOKUP_INFLIGHT")?;
         let mounts_in_flight = take_map(&mut ebpf, "MOUNT_INFLIGHT")?;
-        let mount_clock = MountClock(Some(Arc::new(take_map(&mut ebpf, "DEV_MOUNTED")?)));
+        let mount_clock = MountClock {
+            map: Some(Arc::new(take_map(&mut ebpf, "DEV_MOUNTED")?)),
+            recording: Arc::new(RwLock::new(true)),
+        };
         let support = if wanted == ProbesArg::Kprobe {
             probes::FentrySupport {
                 refused: Some("kprobes asked for".into()),
@@ -241,6 +268,7 @@ impl KernelSide {
     /// flight now.
     pub fn stop(mut self, mut f: impl FnMut(&[u8])) -> Stopped {
         let probes = self.attached.report();
+        self.mount_clock.stop_recording();
         probes::detach_fentries(&mut self.ebpf, &mut self.attached);
         drop(std::mem::take(&mut self.attached));
         // Unloads the programs (and detaches anything attached through aya itself).

@@ -326,6 +326,9 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
     let traced = started.elapsed().as_secs_f64();
     let ended = Instant::now();
 
+    // Our mountinfo while the probes still record mounts: the last naming pass names mounts
+    // from it (see `MountClock`).
+    let mounts_at_detach = crate::mounts::read_overlay_mounts().unwrap_or_default();
     // Detach every probe, then take what is still in the ring buffer and the calls left in flight.
     let stopped = kernel.stop(|record| take(&mut collector, &naming, record));
     if live {
@@ -347,6 +350,7 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
     };
     let _ = naming.requests.send(Request::Finish {
         deadline: tokio::time::Instant::now() + finish,
+        mounts: mounts_at_detach,
     });
     let give_up = tokio::time::Instant::now() + finish + Duration::from_millis(400);
     loop {

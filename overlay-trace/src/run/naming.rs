@@ -3,9 +3,10 @@
 //! container (runtime APIs and metadata on disk: slow, blocking, possibly hung), and reports
 //! mounts that went away so the aggregate can fold them.
 //!
-//! Two tasks share the thread, one way: the mount finder reads mountinfo the moment a mount is
-//! seen (a short-lived mount, Docker's init layer, lives milliseconds), and hands what it found
-//! to the container finder, whose runtime lookups may take seconds without holding it up.
+//! Two threads, one way: the mount finder reads mountinfo the moment a mount is seen (a
+//! short-lived mount, Docker's init layer, lives milliseconds), and hands what it found to the
+//! container finder, whose runtime lookups (API calls, metadata on disk) may take seconds
+//! without holding it up.
 //!
 //! Every step is bounded: a per-mount time budget for container lookups, mountinfo retries with
 //! backoff and a give-up for mounts that never show there (another mount namespace), no repeated
@@ -18,7 +19,10 @@ use std::{
 };
 
 use tokio::{
-    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+    sync::mpsc::{
+        Receiver, Sender, UnboundedReceiver, UnboundedSender, channel, error::TrySendError,
+        unbounded_channel,
+    },
     time::Instant,
 };
 
@@ -56,8 +60,12 @@ pub enum Request {
     /// A path copied up on a mount not named yet: the mount's upper dir must hold it, which
     /// tells a mount from a newer one on the same device number (see `plausible`).
     CopiedUp { key: MountKey, path: String },
-    /// Name what can be named before `deadline`, then answer `Done`.
-    Finish { deadline: Instant },
+    /// Name what can be named before `deadline`, then answer `Done`. The probes are detached by
+    /// now: mounts still pending are named from `mounts`, our mountinfo read before they were.
+    Finish {
+        deadline: Instant,
+        mounts: BTreeMap<Dev, OverlayMount>,
+    },
 }
 
 pub enum Named {
@@ -97,28 +105,15 @@ impl Naming {
     pub fn start(resolver: Resolver, clock: MountClock) -> Self {
         let (req_tx, req_rx) = unbounded_channel();
         let (ans_tx, ans_rx) = unbounded_channel();
-        std::thread::Builder::new()
-            .name("naming".into())
-            .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    let _ = ans_tx.send(Named::Warning(
-                        "cannot start the naming thread: mounts are not named".into(),
-                    ));
-                    let _ = ans_tx.send(Named::Done);
-                    return;
-                };
-                let (found_tx, found_rx) = unbounded_channel();
-                rt.block_on(async {
-                    tokio::join!(
-                        MountFinder::new(ans_tx.clone(), found_tx, clock).run(req_rx),
-                        ContainerFinder::new(resolver, ans_tx).run(found_rx),
-                    )
-                });
-            })
-            .expect("spawning a thread");
+        let (found_tx, found_rx) = channel(UNCLAIMED_MAX);
+        let out = ans_tx.clone();
+        spawn_on_runtime("naming", ans_tx.clone(), move || {
+            MountFinder::new(out, found_tx, clock).run(req_rx)
+        });
+        let out = ans_tx.clone();
+        spawn_on_runtime("containers", ans_tx, move || {
+            ContainerFinder::new(resolver, out).run(found_rx)
+        });
         Self {
             requests: req_tx,
             answers: ans_rx,
@@ -134,11 +129,37 @@ impl Naming {
     }
 }
 
+/// Runs the task `make` returns on a thread of its own with a current-thread runtime. Without a
+/// runtime it says so and answers `Done`, so the run ends, unnamed.
+fn spawn_on_runtime<F, Fut>(name: &str, out: UnboundedSender<Named>, make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(make()),
+                Err(e) => {
+                    let _ = out.send(Named::Warning(format!(
+                        "cannot start a naming thread ({e}): mounts are not named"
+                    )));
+                    let _ = out.send(Named::Done);
+                }
+            }
+        })
+        .expect("spawning a thread");
+}
+
 struct Pending {
     key: MountKey,
     tgid: u32,
-    /// When its mount began (0: mounted before tracing).
-    mounted_ns: u64,
+    /// A moment it was alive (see `NewMount::alive_ns`).
+    alive_ns: u64,
     tries: u32,
     due: Instant,
 }
@@ -153,7 +174,7 @@ enum Found {
 /// Reads mountinfo for new mounts and watches named ones go away. Never waits on a runtime.
 struct MountFinder {
     out: UnboundedSender<Named>,
-    found: UnboundedSender<Found>,
+    found: Sender<Found>,
     clock: MountClock,
     pending: Vec<Pending>,
     /// Named mounts seen in our own mountinfo: dev -> (key, mount point), checked for going away.
@@ -183,12 +204,13 @@ const COPIED_MOUNTS_MAX: usize = 4096;
 /// check, after the kernel's `MountClock`, for a mount of a device number reused by the time
 /// mountinfo is read (Docker mounts a container's init layer, unmounts it, and mounts the root
 /// on the same number within milliseconds). An upper dir that cannot be opened from here
-/// (another mount namespace) is not held against it.
+/// (another mount namespace), or given relative to the mounter's directory, is not held
+/// against it.
 fn plausible(m: &OverlayMount, paths: &[String]) -> bool {
     let Some(upper) = m.upperdir.as_deref() else {
         return paths.is_empty();
     };
-    if paths.is_empty() {
+    if paths.is_empty() || !upper.starts_with('/') {
         return true;
     }
     let Ok(dir) = crate::safe_fs::open_dir(std::path::Path::new(upper)) else {
@@ -202,7 +224,7 @@ fn plausible(m: &OverlayMount, paths: &[String]) -> bool {
 }
 
 impl MountFinder {
-    fn new(out: UnboundedSender<Named>, found: UnboundedSender<Found>, clock: MountClock) -> Self {
+    fn new(out: UnboundedSender<Named>, found: Sender<Found>, clock: MountClock) -> Self {
         Self {
             out,
             found,
@@ -233,9 +255,9 @@ impl MountFinder {
                                 added = true;
                             }
                             Some(Request::CopiedUp { key, path }) => self.note_copied(key, path),
-                            Some(Request::Finish { deadline }) => {
-                                self.name_pending(true);
-                                let _ = self.found.send(Found::Finish(deadline));
+                            Some(Request::Finish { deadline, mounts }) => {
+                                self.name_pending(Some(mounts));
+                                let _ = self.found.send(Found::Finish(deadline)).await;
                                 return;
                             }
                             None => return,
@@ -246,11 +268,11 @@ impl MountFinder {
                         }
                     }
                     if added {
-                        self.name_pending(false);
+                        self.name_pending(None);
                     }
                 }
                 _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)).await }, if next_due.is_some() => {
-                    self.name_pending(false);
+                    self.name_pending(None);
                 }
                 _ = watch.tick() => self.watch(),
             }
@@ -277,30 +299,46 @@ impl MountFinder {
         NewMount {
             key,
             tgid,
-            mounted_ns,
+            alive_ns,
         }: NewMount,
     ) {
         // A newer mount of the same device number: the older one can no longer be named.
-        self.pending.retain(|p| p.key.dev != key.dev);
+        let (older, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.key.dev == key.dev);
+        self.pending = others;
+        for p in older {
+            self.send(Named::Unclaimed { key: p.key });
+        }
         self.copied.retain(|k, _| k.dev != key.dev);
         self.watched.remove(&key.dev);
         self.pending.push(Pending {
             key,
             tgid,
-            mounted_ns,
+            alive_ns,
             tries: 0,
             due: Instant::now(),
         });
     }
 
-    /// Looks for the due pending mounts in mountinfo (ours, then the triggering process's).
-    /// `all`: every pending mount, due or not, and none is retried afterwards.
-    fn name_pending(&mut self, all: bool) {
+    /// Looks for the due pending mounts in mountinfo (ours, then the triggering process's),
+    /// read only while the probes record mounts (see `MountClock`). `at_detach`: the final pass,
+    /// every pending mount looked for in our mountinfo as read before the probes were detached,
+    /// none retried afterwards.
+    fn name_pending(&mut self, at_detach: Option<BTreeMap<Dev, OverlayMount>>) {
         let now = Instant::now();
+        let all = at_detach.is_some();
         if !self.pending.iter().any(|p| all || p.due <= now) {
             return;
         }
-        let ours = read_overlay_mounts().unwrap_or_default();
+        let ours = match at_detach {
+            Some(m) => m,
+            None => match self.clock.while_recording(read_overlay_mounts) {
+                Some(m) => m.unwrap_or_default(),
+                // Detached: the final pass names them.
+                None => return,
+            },
+        };
         let mut still = Vec::new();
         for mut p in std::mem::take(&mut self.pending) {
             if !all && p.due > now {
@@ -311,14 +349,17 @@ impl MountFinder {
             let (found, in_ours) = match ours.get(&p.key.dev) {
                 Some(m) => (Some(m.clone()).filter(|m| plausible(m, copied)), true),
                 None => (
-                    foreign_mount(p.tgid, p.key.dev).filter(|m| plausible(m, copied)),
+                    self.clock
+                        .while_recording(|| foreign_mount(p.tgid, p.key.dev))
+                        .flatten()
+                        .filter(|m| plausible(m, copied)),
                     false,
                 ),
             };
             // Asked only now that mountinfo was read: if no newer mount of the number had
             // begun, what mountinfo showed for it is this mount. Once one has, this mount can
             // never be named.
-            let superseded = self.clock.superseded(p.key.dev, p.mounted_ns);
+            let superseded = self.clock.superseded(p.key.dev, p.alive_ns);
             let found = found.filter(|_| !superseded);
             if let Some(m) = found.as_ref().filter(|_| in_ours) {
                 self.watched
@@ -333,7 +374,12 @@ impl MountFinder {
                         key: p.key,
                         mount: m.clone(),
                     });
-                    let _ = self.found.send(Found::Mount(p.key, m));
+                    // Bounded when a runtime hangs: beyond, a mount stays unclaimed.
+                    if let Err(TrySendError::Full(Found::Mount(key, _))) =
+                        self.found.try_send(Found::Mount(p.key, m))
+                    {
+                        self.send(Named::Unclaimed { key });
+                    }
                 }
                 None if !superseded && !all && p.tries + 1 < TRIES_MAX => {
                     p.tries += 1;
@@ -381,7 +427,7 @@ impl ContainerFinder {
         }
     }
 
-    async fn run(mut self, mut found: UnboundedReceiver<Found>) {
+    async fn run(mut self, mut found: Receiver<Found>) {
         loop {
             let next_retry = self.retries.iter().map(|r| r.0).min();
             tokio::select! {
