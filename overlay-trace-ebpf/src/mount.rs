@@ -29,7 +29,7 @@ static MOUNT_INFLIGHT: LruHashMap<u32, MountFrame> = LruHashMap::with_max_entrie
 /// reads mountinfo, then this, and a later start than its event's means mountinfo may show a
 /// newer mount of the number. LRU: an evicted entry only means "not known".
 #[map]
-static DEV_MOUNTED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+static DEV_MOUNTED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
 #[kprobe]
 pub fn mount_entry(ctx: ProbeContext) -> u32 {
