@@ -335,8 +335,13 @@ impl MountFinder {
             Some(m) => m,
             None => match self.clock.while_recording(read_overlay_mounts) {
                 Some(m) => m.unwrap_or_default(),
-                // Detached: the final pass names them.
-                None => return,
+                // Detached: the final pass names them; until it comes, nothing is due.
+                None => {
+                    for p in &mut self.pending {
+                        p.due = now + RETRY_MAX;
+                    }
+                    return;
+                }
             },
         };
         let mut still = Vec::new();
