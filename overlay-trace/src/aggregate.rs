@@ -323,6 +323,9 @@ pub struct MountStats {
     pub layers: Vec<crate::layers::LayerInfo>,
     /// Gone: unmounted, or its device number taken by a newer mount.
     pub gone: bool,
+    /// Start of its first event (of its mount, when seen mounting): it was alive then, so any
+    /// later mount of its device number began after (see `run::kernel_side::MountClock`).
+    pub alive_ns: u64,
     /// Arrival number of its latest event: the least recently active are retired first.
     last_seq: u64,
 }
@@ -437,6 +440,9 @@ impl Aggregate {
         }
         let seq = self.seq;
         let m = self.mounts.entry(key).or_default();
+        if new_mount {
+            m.alive_ns = e.origin().start_ns;
+        }
         m.last_seq = seq;
         match e {
             Event::CopyUp(c) => m.copy_ups.add_with_layer(c, seq),

@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Instant};
 
 use crate::{
     aggregate::{Aggregate, MountKey},
-    events::{Dev, Event},
+    events::Event,
     replay::Record,
     run::{kernel_side::MountClock, naming::Named, outputs::EventsFile, timeline::TraceFile},
     serve::metrics::Shared,
@@ -28,9 +28,7 @@ pub struct Collector {
     /// Lowerdirs of mounts copied up on before the naming thread answered, read from mountinfo
     /// at their first copy-up (None: not found there).
     pub early_lowerdirs: HashMap<MountKey, Option<Vec<String>>>,
-    /// Per device number, its latest mount and a moment it was alive (see `NewMount::alive_ns`):
-    /// with `clock`, what tells it from a later mount of the number.
-    pub alive: HashMap<Dev, (MountKey, u64)>,
+    /// With each mount's `alive_ns`, what tells it from a later mount of its device number.
     pub clock: MountClock,
 }
 
@@ -40,8 +38,7 @@ pub struct NewMount {
     pub key: MountKey,
     /// The process that touched it.
     pub tgid: u32,
-    /// A moment it was alive: the start of its first event (the mount's own when it was seen
-    /// mounting). Any later mount of its device number began after it.
+    /// A moment it was alive (`MountStats::alive_ns`).
     pub alive_ns: u64,
 }
 
@@ -94,15 +91,10 @@ impl Collector {
         if !added.new_mount {
             return None;
         }
-        let alive_ns = e.origin().start_ns;
-        if self.alive.len() >= EARLY_MAX {
-            self.alive.clear();
-        }
-        self.alive.insert(added.key.dev, (added.key, alive_ns));
         Some(NewMount {
             key: added.key,
             tgid: e.origin().tgid,
-            alive_ns,
+            alive_ns: e.origin().start_ns,
         })
     }
 
@@ -133,10 +125,7 @@ impl Collector {
                 // Not a later mount of the device number (its lowerdirs may differ); asked
                 // after mountinfo was read.
                 .filter(|_| {
-                    let alive = match self.alive.get(&key.dev) {
-                        Some((k, ns)) if *k == key => *ns,
-                        _ => 0,
-                    };
+                    let alive = self.agg.mounts.get(&key).map_or(0, |m| m.alive_ns);
                     !self.clock.superseded(key.dev, alive)
                 })
                 .map(|m| m.lowerdirs);
