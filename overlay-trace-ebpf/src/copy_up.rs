@@ -155,6 +155,11 @@ fn exit(ret: i64) -> u32 {
         (*s).depth = depth as u32 - 1;
         (*s).frames[slot(depth - 1)]
     };
+    // The thread has no call in flight now: its entry goes, so the table holds only threads
+    // with calls in flight and a long call is never evicted by threads that came and went.
+    if depth_now(s) == 0 {
+        let _ = COPY_UP_INFLIGHT.remove(pid);
+    }
 
     let Some(mut entry) = EVENTS.reserve::<CopyUpEvent>(0) else {
         count(STAT_DROPPED_COPY_UP);
@@ -178,7 +183,8 @@ fn exit(ret: i64) -> u32 {
         (*ev).ret = ret as i32;
         (*ev).outcome = if cfg(|c| &c.copy_up_end_probed) == 0 {
             COPY_UP_UNKNOWN
-        } else if start.owned != 0 {
+        } else if start.owned != 0 || ret != 0 {
+            // A call that returned an error failed (before or during its copy): never a wait.
             COPY_UP_COPIED
         } else {
             COPY_UP_WAITED
@@ -318,4 +324,11 @@ impl crate::kernel::InFlight for CopyUpFrame {
     fn task(&self) -> u64 {
         self.task
     }
+}
+
+/// The depth of a thread's in-flight stack.
+#[inline(always)]
+fn depth_now(s: *const CopyUpInflight) -> u32 {
+    // SAFETY: this thread's own entry.
+    unsafe { (*s).depth }
 }

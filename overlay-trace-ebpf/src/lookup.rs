@@ -151,6 +151,11 @@ fn exit(ret: i64) -> u32 {
         (*s).depth = depth as u32 - 1;
         (*s).frames[slot(depth - 1)]
     };
+    // The thread has no call in flight now: its entry goes, so the table holds only threads
+    // with calls in flight and a long call is never evicted by threads that came and went.
+    if depth_now(s) == 0 {
+        let _ = LOOKUP_INFLIGHT.remove(pid);
+    }
 
     // NULL: the passed dentry was used; an error pointer: the lookup failed; otherwise an alias.
     let outcome = if (-4095..0).contains(&ret) {
@@ -205,4 +210,11 @@ impl crate::kernel::InFlight for LookupFrame {
     fn task(&self) -> u64 {
         self.task
     }
+}
+
+/// The depth of a thread's in-flight stack.
+#[inline(always)]
+fn depth_now(s: *const LookupInflight) -> u32 {
+    // SAFETY: this thread's own entry.
+    unsafe { (*s).depth }
 }

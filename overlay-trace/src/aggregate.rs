@@ -182,13 +182,13 @@ pub struct LayerTally {
 
 impl CopyUpStats {
     fn add(&mut self, c: &CopyUp, seq: u64) {
-        if c.waited {
+        if c.is_wait() {
             self.waited += 1;
             self.waited_ns = self.waited_ns.saturating_add(c.duration_ns);
             return;
         }
         self.count += 1;
-        if c.ret != 0 {
+        if c.kind() == crate::events::CopyUpKind::Failed {
             self.failed += 1;
         }
         // Saturating: the numbers may come from a file (`report events.ndjson`).
@@ -204,7 +204,7 @@ impl CopyUpStats {
     /// A copy-up of one mount: also tallied by its source layer.
     fn add_with_layer(&mut self, c: &CopyUp, seq: u64) {
         self.add(c, seq);
-        if !c.waited {
+        if !c.is_wait() {
             let t = self.by_layer.entry(c.layer.unwrap_or(0)).or_default();
             t.count += 1;
             t.data_bytes = t.data_bytes.saturating_add(c.data.map_or(0, |d| d.bytes));
@@ -358,6 +358,27 @@ pub struct Added {
     pub key: MountKey,
     /// First event of this mount: the caller should name it while it still exists.
     pub new_mount: bool,
+    /// The event's arrival number (the same in a replay of the run's events file).
+    pub seq: u64,
+}
+
+/// A copy-up as a later answer about it (its source layer) names it: its arrival number, and
+/// what it adds to its layer's tally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyUpRef {
+    pub seq: u64,
+    pub data_bytes: u64,
+    pub duration_ns: u64,
+}
+
+impl CopyUpRef {
+    pub fn of(c: &CopyUp, seq: u64) -> Self {
+        Self {
+            seq,
+            data_bytes: c.data.map_or(0, |d| d.bytes),
+            duration_ns: c.duration_ns,
+        }
+    }
 }
 
 /// Everything seen so far.
@@ -428,6 +449,7 @@ impl Aggregate {
                 return Added {
                     key,
                     new_mount: false,
+                    seq: self.seq,
                 };
             }
         }
@@ -453,7 +475,11 @@ impl Aggregate {
                 }
             }
         }
-        Added { key, new_mount }
+        Added {
+            key,
+            new_mount,
+            seq,
+        }
     }
 
     /// A mount known before any event (`--container`): named and attributed from the start.
@@ -477,6 +503,35 @@ impl Aggregate {
         if let Some(m) = self.mounts.get_mut(&key) {
             m.layers = layers;
         }
+    }
+
+    /// A copy-up's source layer, learned after it was added (under layer 0, unknown): its
+    /// tally moves to that layer and its row in the slowest table says so. Nothing for a mount
+    /// already folded (groups keep no layers).
+    pub fn set_source_layer(&mut self, key: MountKey, c: CopyUpRef, layer: u32) {
+        let Some(m) = self.mounts.get_mut(&key) else {
+            return;
+        };
+        let stats = &mut m.copy_ups;
+        if let Some(t) = stats.by_layer.get_mut(&0) {
+            t.count = t.count.saturating_sub(1);
+            t.data_bytes = t.data_bytes.saturating_sub(c.data_bytes);
+            t.total_ns = t.total_ns.saturating_sub(c.duration_ns);
+            if t.count == 0 {
+                stats.by_layer.remove(&0);
+            }
+        }
+        let t = stats.by_layer.entry(layer).or_default();
+        t.count += 1;
+        t.data_bytes = t.data_bytes.saturating_add(c.data_bytes);
+        t.total_ns = t.total_ns.saturating_add(c.duration_ns);
+        let mut slowest = std::mem::take(&mut stats.slowest).into_vec();
+        for Reverse(s) in &mut slowest {
+            if s.seq == c.seq {
+                s.event.layer = Some(layer);
+            }
+        }
+        stats.slowest = slowest.into();
     }
 
     pub fn set_container(&mut self, key: MountKey, container: Container) {
@@ -622,14 +677,16 @@ mod tests {
             a.add(&ev(raw::mount(9, 4242))),
             Added {
                 key: key(9, 1),
-                new_mount: true
+                new_mount: true,
+                seq: 1
             }
         );
         assert_eq!(
             a.add(&ev(raw::copy_up(9, "f", 1, 1, 5))),
             Added {
                 key: key(9, 1),
-                new_mount: false
+                new_mount: false,
+                seq: 2
             }
         );
         assert_eq!(a.mounts[&key(9, 1)].mount_ns, Some(4242));

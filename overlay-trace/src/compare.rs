@@ -13,13 +13,9 @@ use crate::report::{Report, diff, json, plot, text, timeline_svg::Timeline};
 
 fn load(path: &Path) -> Result<Report> {
     if crate::replay::is_events_file(path) {
-        let (report, incomplete) = crate::replay::replay(path)?;
-        if incomplete {
-            eprintln!(
-                "overlay-trace: warning: {} has no end record (the run was cut short): the time \
-                 traced and the kernel side's loss counts are unknown",
-                path.display()
-            );
+        let (report, warning) = crate::replay::replay(path)?;
+        if let Some(w) = warning {
+            eprintln!("overlay-trace: warning: {w}");
         }
         return Ok(report);
     }
@@ -36,16 +32,13 @@ fn load_with_timeline(path: &Path) -> Result<(Report, Timeline)> {
         ))));
     }
     let t = std::cell::RefCell::new(Timeline::default());
-    let (r, incomplete) = crate::replay::replay_with(
+    let (r, warning) = crate::replay::replay_with(
         path,
         |e, key| t.borrow_mut().add(e, key),
         |key, n, container| t.borrow_mut().name(key, n, container),
     )?;
-    if incomplete {
-        eprintln!(
-            "overlay-trace: warning: {} has no end record (the run was cut short)",
-            path.display()
-        );
+    if let Some(w) = warning {
+        eprintln!("overlay-trace: warning: {w}");
     }
     Ok((r, t.into_inner()))
 }

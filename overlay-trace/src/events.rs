@@ -110,6 +110,35 @@ pub struct CopyUp {
     pub layer: Option<u32>,
 }
 
+/// What one `ovl_copy_up_one` call did. The one definition every number uses (the report, the
+/// replay, /metrics, the timelines): a copy-up is a call that was not a wait, whether it
+/// succeeded or failed; a call that returned an error is a failure even if it never reached
+/// `ovl_copy_up_end` (it failed before it could copy, e.g. -EOVERFLOW for an unmapped owner).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyUpKind {
+    Copied,
+    Failed,
+    /// Returned 0 without copying: another thread copied the object meanwhile.
+    Waited,
+}
+
+impl CopyUp {
+    pub fn kind(&self) -> CopyUpKind {
+        if self.ret != 0 {
+            CopyUpKind::Failed
+        } else if self.waited {
+            CopyUpKind::Waited
+        } else {
+            CopyUpKind::Copied
+        }
+    }
+
+    /// A wait copied nothing and is not a copy-up.
+    pub fn is_wait(&self) -> bool {
+        self.kind() == CopyUpKind::Waited
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataCopy {
     pub bytes: u64,
@@ -280,7 +309,8 @@ impl TryFrom<&[u8]> for Event {
                     path: String::from_utf8_lossy(&path_bytes(&e.path[..used])).into_owned(),
                     path_hex: hex_if_not_utf8(&path_bytes(&e.path[..used])),
                     path_truncated: e.path_flags & (PATH_TRUNCATED | PATH_INCOMPLETE) != 0,
-                    waited: e.outcome == COPY_UP_WAITED,
+                    // A call that failed is a failure, wherever it stopped (see `CopyUpKind`).
+                    waited: e.outcome == COPY_UP_WAITED && e.ret == 0,
                     layer: None,
                 }))
             }

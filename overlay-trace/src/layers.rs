@@ -40,16 +40,33 @@ pub struct LayerInfo {
 }
 
 /// The index (1 = topmost) of the first lowerdir holding `path` (a path inside the overlay,
-/// starting with '/'), or None if none does or the path cannot be looked up safely.
-pub fn source_layer<'a>(lowerdirs: impl IntoIterator<Item = &'a str>, path: &str) -> Option<u32> {
+/// starting with '/'), or None if none does or the path cannot be looked up safely. The
+/// lowerdirs are resolved as the mount's own namespace sees them: beneath `root` (`/`, or
+/// `/proc/<pid>/root` of a process in the mount namespace the mount was made in). A relative
+/// lowerdir (relative to the mounter's directory then) cannot be resolved: None. This opens
+/// paths another user may control: run it with a budget (`enrich::budget`).
+pub fn source_layer<'a>(
+    root: &Path,
+    lowerdirs: impl IntoIterator<Item = &'a str>,
+    path: &str,
+) -> Option<u32> {
     let rel = path.trim_start_matches('/');
     if !safe_fs::is_confined(rel) {
         return None;
     }
-    lowerdirs.into_iter().enumerate().find_map(|(i, dir)| {
-        let root = safe_fs::open_dir(Path::new(dir)).ok()?;
-        safe_fs::entry_exists_beneath(&root, Path::new(rel)).then_some(i as u32 + 1)
-    })
+    let root = safe_fs::open_dir(root).ok()?;
+    for (i, dir) in lowerdirs.into_iter().enumerate() {
+        if !dir.starts_with('/') {
+            return None;
+        }
+        let Ok(layer) = safe_fs::open_dir_in_root(&root, dir) else {
+            continue;
+        };
+        if safe_fs::entry_exists_beneath(&layer, Path::new(rel)) {
+            return Some(i as u32 + 1);
+        }
+    }
+    None
 }
 
 /// A lowerdir as a path from `/`: runtimes mount long layer lists with paths relative to their
@@ -230,29 +247,37 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", a.join("etc/link")).unwrap();
         let dirs = [a.display().to_string(), b.display().to_string()];
         assert_eq!(
-            source_layer(dirs.iter().map(String::as_str), "/etc/conf"),
+            source_layer(Path::new("/"), dirs.iter().map(String::as_str), "/etc/conf"),
             Some(2)
         );
         assert_eq!(
-            source_layer(dirs.iter().map(String::as_str), "/etc/only-top"),
+            source_layer(
+                Path::new("/"),
+                dirs.iter().map(String::as_str),
+                "/etc/only-top"
+            ),
             Some(1)
         );
         assert_eq!(
-            source_layer(dirs.iter().map(String::as_str), "/etc"),
+            source_layer(Path::new("/"), dirs.iter().map(String::as_str), "/etc"),
             Some(1),
             "a directory: the topmost"
         );
         assert_eq!(
-            source_layer(dirs.iter().map(String::as_str), "/etc/link"),
+            source_layer(Path::new("/"), dirs.iter().map(String::as_str), "/etc/link"),
             Some(1),
             "the symlink itself"
         );
         assert_eq!(
-            source_layer(dirs.iter().map(String::as_str), "/nothere"),
+            source_layer(Path::new("/"), dirs.iter().map(String::as_str), "/nothere"),
             None
         );
         assert_eq!(
-            source_layer(dirs.iter().map(String::as_str), "/etc/../../x"),
+            source_layer(
+                Path::new("/"),
+                dirs.iter().map(String::as_str),
+                "/etc/../../x"
+            ),
             None,
             "never outside a layer"
         );

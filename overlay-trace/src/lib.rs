@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod compare;
 pub mod containers;
+pub mod enrich;
 pub mod events;
 pub mod layers;
 pub mod mounts;

@@ -16,6 +16,20 @@ pub struct OverlayMount {
     pub lowerdirs: Vec<String>,
     pub upperdir: Option<String>,
     pub workdir: Option<String>,
+    /// The process in whose mountinfo the mount was found, when it is not in ours (a mount
+    /// namespace of its own): its paths are resolved there, through `/proc/<pid>/root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
+}
+
+impl OverlayMount {
+    /// The root its paths are resolved from: ours, or that of a process in its namespace.
+    pub fn root(&self) -> std::path::PathBuf {
+        match self.ns_pid {
+            Some(pid) => format!("/proc/{pid}/root").into(),
+            None => "/".into(),
+        }
+    }
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
@@ -67,6 +81,7 @@ pub fn parse_mountinfo(text: &str) -> BTreeMap<Dev, OverlayMount> {
             lowerdirs: Vec::new(),
             upperdir: None,
             workdir: None,
+            ns_pid: None,
         };
         for opt in r[2].split(',') {
             if let Some(v) = opt.strip_prefix("lowerdir=") {

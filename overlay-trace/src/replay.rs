@@ -55,6 +55,14 @@ pub enum Record {
         mount_gen: u32,
         layers: Vec<crate::layers::LayerInfo>,
     },
+    /// A copy-up's source layer, found after its event was written.
+    SourceLayer {
+        dev: Dev,
+        mount_gen: u32,
+        #[serde(flatten)]
+        copy_up: crate::aggregate::CopyUpRef,
+        layer: u32,
+    },
     /// A container chosen with `--container`, known before tracing began.
     Known {
         dev: Dev,
@@ -79,9 +87,51 @@ pub fn is_events_file(path: &Path) -> bool {
     first.trim_start().starts_with('{') && first.contains("\"type\":\"header\"")
 }
 
-/// The report of the run that wrote `path`. Also says whether the file ended without its end
-/// record (an interrupted run: the loss counts and the time traced are then unknown).
-pub fn replay(path: &Path) -> Result<(Report, bool)> {
+/// Applies a naming or enrichment record: the one place such a record changes the model, for
+/// the live run (its collector applies what the naming side answers, as it writes it) and for a
+/// replay of what it wrote alike. The header and end records change no number.
+pub fn apply(agg: &mut Aggregate, rec: Record) {
+    let key = |dev, mount_gen| MountKey {
+        dev,
+        generation: mount_gen,
+    };
+    match rec {
+        Record::NamedMount {
+            dev,
+            mount_gen,
+            mount,
+        } => agg.set_mount(key(dev, mount_gen), mount),
+        Record::NamedContainer {
+            dev,
+            mount_gen,
+            container,
+        } => agg.set_container(key(dev, mount_gen), container),
+        Record::Gone { dev, mount_gen } => agg.retire(key(dev, mount_gen)),
+        Record::NamedLayers {
+            dev,
+            mount_gen,
+            layers,
+        } => agg.set_layers(key(dev, mount_gen), layers),
+        Record::SourceLayer {
+            dev,
+            mount_gen,
+            copy_up,
+            layer,
+        } => agg.set_source_layer(key(dev, mount_gen), copy_up, layer),
+        Record::Known {
+            dev,
+            mount_gen,
+            mount,
+            container,
+        } => agg.add_known(key(dev, mount_gen), mount, container),
+        Record::Header { .. } | Record::End { .. } => {}
+    }
+}
+
+/// The report of the run that wrote `path`, and a warning when the file is not whole: no end
+/// record (an interrupted run: the loss counts and the time traced are then unknown), or a last
+/// line cut short (a run killed mid-write: everything before it is replayed).
+pub fn replay(path: &Path) -> Result<(Report, Option<String>)> {
     replay_with(path, |_, _| {}, |_, _, _| {})
 }
 
@@ -91,7 +141,7 @@ pub fn replay_with(
     path: &Path,
     mut on_event: impl FnMut(&Event, MountKey),
     mut on_name: impl FnMut(MountKey, String, bool),
-) -> Result<(Report, bool)> {
+) -> Result<(Report, Option<String>)> {
     let bad =
         |line: usize, why: String| anyhow!(BadInput(format!("{}:{line}: {why}", path.display())));
     let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -101,6 +151,7 @@ pub fn replay_with(
     let mut end: Option<(f64, EventCounts, Vec<ProbeReport>)> = None;
     let mut line = String::new();
     let mut n = 0;
+    let mut cut = None;
     loop {
         line.clear();
         let read = (&mut r)
@@ -117,8 +168,15 @@ pub fn replay_with(
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
+        let v: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            // The last line, without its newline: the writer was killed mid-line.
+            Err(_) if !line.ends_with('\n') && kernel.is_some() => {
+                cut = Some(n);
+                break;
+            }
+            Err(e) => return Err(bad(n, format!("not JSON: {e}"))),
+        };
         let kind = v["type"].as_str().unwrap_or("").to_string();
         if kernel.is_none() && kind != "header" {
             return Err(bad(
@@ -145,7 +203,7 @@ pub fn replay_with(
                 match rec {
                     Record::Header {
                         schema_version,
-                        kernel: k,
+                        kernel: ref k,
                         ..
                     } => {
                         if schema_version > SCHEMA_VERSION {
@@ -156,56 +214,56 @@ pub fn replay_with(
                                 ),
                             ));
                         }
-                        kernel = Some(k);
-                    }
-                    Record::NamedMount {
-                        dev,
-                        mount_gen,
-                        mount,
-                    } => {
-                        on_name(key(dev, mount_gen), mount.mount_point.clone(), false);
-                        agg.set_mount(key(dev, mount_gen), mount)
-                    }
-                    Record::NamedContainer {
-                        dev,
-                        mount_gen,
-                        container,
-                    } => {
-                        on_name(key(dev, mount_gen), container.track_name(), true);
-                        agg.set_container(key(dev, mount_gen), container)
-                    }
-                    Record::Gone { dev, mount_gen } => agg.retire(key(dev, mount_gen)),
-                    Record::NamedLayers {
-                        dev,
-                        mount_gen,
-                        layers,
-                    } => agg.set_layers(key(dev, mount_gen), layers),
-                    Record::Known {
-                        dev,
-                        mount_gen,
-                        mount,
-                        container,
-                    } => {
-                        on_name(key(dev, mount_gen), container.track_name(), true);
-                        agg.add_known(key(dev, mount_gen), mount, container)
+                        kernel = Some(k.clone());
                     }
                     Record::End {
                         traced_seconds,
-                        events,
-                        probes,
-                    } => end = Some((traced_seconds, events, probes)),
+                        ref events,
+                        ref probes,
+                    } => end = Some((traced_seconds, events.clone(), probes.clone())),
+                    Record::NamedMount {
+                        dev,
+                        mount_gen,
+                        ref mount,
+                    } => on_name(key(dev, mount_gen), mount.mount_point.clone(), false),
+                    Record::NamedContainer {
+                        dev,
+                        mount_gen,
+                        ref container,
+                    }
+                    | Record::Known {
+                        dev,
+                        mount_gen,
+                        ref container,
+                        ..
+                    } => on_name(key(dev, mount_gen), container.track_name(), true),
+                    _ => {}
                 }
+                apply(&mut agg, rec);
             }
         }
     }
     let Some(kernel) = kernel else {
         return Err(bad(0, "empty: not an overlay-trace events file".into()));
     };
-    let complete = end.is_some();
+    let warning = match (cut, end.is_some()) {
+        (Some(line), _) => Some(format!(
+            "{}:{line}: the last line was cut short (the run was killed while writing it); \
+             everything before it is replayed, the time traced and the kernel side's loss \
+             counts are unknown",
+            path.display()
+        )),
+        (None, false) => Some(format!(
+            "{} has no end record (the run was cut short): the time traced and the kernel \
+             side's loss counts are unknown",
+            path.display()
+        )),
+        (None, true) => None,
+    };
     let (traced, counts, probes) = end.unwrap_or_default();
     let mut report = Report::build(&agg, kernel, traced, counts);
     report.probes = probes;
-    Ok((report, !complete))
+    Ok((report, warning))
 }
 
 #[cfg(test)]
@@ -245,6 +303,7 @@ mod tests {
                     lowerdirs: vec!["/l1".into(), "/l2".into()],
                     upperdir: Some(format!("/u/{g}")),
                     workdir: None,
+                    ns_pid: None,
                 },
             });
             if g % 3 == 0 {
@@ -305,8 +364,8 @@ mod tests {
         });
         assert!(out.finish().is_none());
         assert!(is_events_file(&path));
-        let (replayed, incomplete) = replay(&path).unwrap();
-        assert!(!incomplete);
+        let (replayed, warning) = replay(&path).unwrap();
+        assert_eq!(warning, None);
         assert!(!live.retired.is_empty(), "the run folded mounts");
         assert_eq!(json::to_string(&replayed), json::to_string(&live));
     }
@@ -334,8 +393,34 @@ mod tests {
             "{\"type\":\"header\",\"schema_version\":1,\"tool_version\":\"t\",\"kernel\":\"k\"}\n",
         )
         .unwrap();
-        let (r, incomplete) = replay(&p).unwrap();
-        assert!(incomplete && r.mounts.is_empty());
+        let (r, warning) = replay(&p).unwrap();
+        assert!(warning.unwrap().contains("no end record") && r.mounts.is_empty());
+
+        // A run killed mid-line: everything before the cut is replayed, the line is named.
+        let ev1 = "{\"type\":\"copy_up\",\"pid\":1,\"tgid\":1,\"comm\":\"x\",\"cgroup_id\":0,\"dev\":\"0:9\",\"start_ns\":1,\"duration_ns\":5,\"data\":null,\"size\":1,\"open_flags\":0,\"mode\":0,\"ret\":0,\"path\":\"/a\",\"path_truncated\":false,\"mount_gen\":0}\n";
+        std::fs::write(
+            &p,
+            format!(
+                "{{\"type\":\"header\",\"schema_version\":1,\"tool_version\":\"t\",\"kernel\":\"k\"}}\n{ev1}{ev1}{}",
+                &ev1[..40]
+            ),
+        )
+        .unwrap();
+        let (r, warning) = replay(&p).unwrap();
+        let w = warning.unwrap();
+        assert!(w.contains("x.ndjson:4: the last line was cut short"), "{w}");
+        assert_eq!(r.mounts[0].copy_up.count, 2);
+        // The same bytes in a line that is not the last are refused.
+        std::fs::write(
+            &p,
+            format!(
+                "{{\"type\":\"header\",\"schema_version\":1,\"tool_version\":\"t\",\"kernel\":\"k\"}}\n{}\n{ev1}",
+                &ev1[..40]
+            ),
+        )
+        .unwrap();
+        let e = replay(&p).unwrap_err();
+        assert!(format!("{e:#}").contains(":2: not JSON"), "{e:#}");
 
         // Hostile values: a container id that is not ASCII, durations that would overflow.
         let ev = |d: u64| {

@@ -82,6 +82,22 @@ pub fn open_beneath(dir: &OwnedFd, rel: &Path, flags: i32, mode: u32) -> std::io
     )
 }
 
+/// Opens the directory `path` as a process whose root is `root` sees it (`openat2` with
+/// `RESOLVE_IN_ROOT`: `..` and absolute symlinks stay inside `root`). `root` is `/` for our own
+/// mount namespace, or `/proc/<pid>/root` for a path that belongs to another one: paths from
+/// another process's mountinfo are looked up in its namespace, never as host paths.
+pub fn open_dir_in_root(root: &OwnedFd, path: &str) -> std::io::Result<OwnedFd> {
+    let rel = path.trim_start_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    openat2(
+        root,
+        Path::new(rel),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
 /// Whether `rel` names an entry beneath `dir` (of any type; a symlink itself, not followed, and
 /// no symlink on the way).
 pub fn entry_exists_beneath(dir: &OwnedFd, rel: &Path) -> bool {

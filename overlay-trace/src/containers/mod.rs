@@ -62,6 +62,9 @@ impl Container {
     }
 }
 
+/// Time a read of a path named by a mount's text may take (see `Resolver::resolve`).
+pub const IO_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Answers remembered by `Resolver` (beyond, it starts over).
 const KNOWN_MAX: usize = 4096;
 
@@ -84,14 +87,24 @@ impl Resolver {
         })
     }
 
-    pub async fn resolve(&mut self, m: &OverlayMount) -> Option<Container> {
+    /// `io` runs what opens a path the mount's text names (a containerd bundle beside its mount
+    /// point), with a budget: such a path may lie on a filesystem that never answers.
+    pub async fn resolve(
+        &mut self,
+        m: &OverlayMount,
+        io: &mut crate::enrich::budget::Budgeted,
+    ) -> Option<Container> {
         let key = (m.dev, m.mount_point.clone());
         if let Some(c) = self.known.get(&key) {
             return Some(c.clone());
         }
         let found = match self.docker.resolve(m).await {
             Some(c) => Some(c),
-            None => match containerd::from_mount_point(&m.mount_point) {
+            None => match {
+                let point = m.mount_point.clone();
+                io.run(IO_BUDGET, move || containerd::from_mount_point(&point))
+                    .flatten()
+            } {
                 Some(c) => Some(c),
                 None => self.podman.resolve(m),
             },
@@ -106,25 +119,39 @@ impl Resolver {
         found
     }
 
-    /// The mount's lower layers named after the image layers they are, where the runtime's
-    /// metadata says (Docker: layer and instruction; podman: layer digest); empty otherwise.
-    pub fn layers(&mut self, m: &OverlayMount, c: &Container) -> Vec<crate::layers::LayerInfo> {
-        match (c.runtime.as_str(), c.image_id.as_deref()) {
-            ("docker", Some(image)) => {
-                crate::layers::docker_layers(&self.docker.data_root(), image, &m.lowerdirs)
-            }
-            ("podman", _) => podman::storage_root_of(m)
-                .map(|root| crate::layers::podman_layers(&root, &m.lowerdirs))
-                .unwrap_or_default(),
-            _ => Vec::new(),
+    /// The work of naming the mount's lower layers after the runtime's (Docker: image layer and
+    /// instruction; podman: layer digest), to be run with a budget: it opens the lowerdirs,
+    /// whose paths come from mountinfo.
+    pub fn layers_job(
+        &mut self,
+        m: &OverlayMount,
+        c: &Container,
+    ) -> Option<impl FnOnce() -> Vec<crate::layers::LayerInfo> + Send + 'static> {
+        enum Job {
+            Docker(std::path::PathBuf, String),
+            Podman(std::path::PathBuf),
         }
+        let job = match (c.runtime.as_str(), c.image_id.as_deref()) {
+            ("docker", Some(image)) => Job::Docker(self.docker.data_root(), image.to_string()),
+            ("podman", _) => Job::Podman(podman::storage_root_of(m)?),
+            _ => return None,
+        };
+        let lowerdirs = m.lowerdirs.clone();
+        Some(move || match job {
+            Job::Docker(root, image) => crate::layers::docker_layers(&root, &image, &lowerdirs),
+            Job::Podman(root) => crate::layers::podman_layers(&root, &lowerdirs),
+        })
     }
 
     /// Containers whose root filesystem is mounted now, with their superblock.
-    pub async fn running(&mut self, mounts: &BTreeMap<Dev, OverlayMount>) -> Vec<(Dev, Container)> {
+    pub async fn running(
+        &mut self,
+        mounts: &BTreeMap<Dev, OverlayMount>,
+        io: &mut crate::enrich::budget::Budgeted,
+    ) -> Vec<(Dev, Container)> {
         let mut out = Vec::new();
         for m in mounts.values() {
-            if let Some(c) = self.resolve(m).await {
+            if let Some(c) = self.resolve(m, io).await {
                 out.push((m.dev, c));
             }
         }

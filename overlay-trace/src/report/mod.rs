@@ -107,6 +107,14 @@ pub struct EventCounts {
     pub dropped_exec: u64,
     /// Records userspace could not decode.
     pub decode_errors: u64,
+    /// Enrichment work (a copy-up's source layer, a mount's name) abandoned after its time
+    /// budget: a path that did not answer (FUSE, NFS). Its copy-ups stay "layer unknown".
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub enrich_abandoned: u64,
+    /// Enrichment work not attempted: its mount had work abandoned, too many were stuck at
+    /// once, or the queue was full. Numbers are unaffected; only names and layers are missing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub enrich_skipped: u64,
 }
 
 fn is_zero(v: &u64) -> bool {

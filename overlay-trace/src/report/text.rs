@@ -322,6 +322,15 @@ pub fn render(r: &Report) -> String {
             e.dropped_exec
         );
     }
+    if e.enrich_abandoned + e.enrich_skipped > 0 {
+        let _ = writeln!(
+            out,
+            "INCOMPLETE NAMES: {} lookups abandoned after their time budget (a path that did not \
+             answer: FUSE, NFS), {} not attempted; counts are exact, some mounts or source layers \
+             are unknown",
+            e.enrich_abandoned, e.enrich_skipped
+        );
+    }
     if !r.probes.is_empty() {
         let mut by_kind: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
         for p in &r.probes {
@@ -440,6 +449,7 @@ mod tests {
                 lowerdirs: vec!["/l1".into(), "/l2".into(), "/l3".into()],
                 upperdir: Some("/upper".into()),
                 workdir: Some("/work".into()),
+                ns_pid: None,
             },
         );
         a.set_container(

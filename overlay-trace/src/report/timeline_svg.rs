@@ -57,7 +57,7 @@ impl Timeline {
 
     pub fn add(&mut self, e: &Event, key: MountKey) {
         let (kind, dur) = match e {
-            Event::CopyUp(c) if c.waited => (Kind::Wait, c.duration_ns),
+            Event::CopyUp(c) if c.is_wait() => (Kind::Wait, c.duration_ns),
             Event::CopyUp(c) => (Kind::CopyUp, c.duration_ns),
             Event::Mount(m) => (Kind::Mount, m.duration_ns),
             Event::Lookup(_) => return,

@@ -1,14 +1,16 @@
 //! Turns ring buffer records into the aggregate's numbers and the `--events` lines, and applies
-//! what the naming thread found out. Bookkeeping; its only I/O besides the output files is
-//! finding a copied-up object's source layer (see `source_layer_of`).
+//! what the naming side found out. Pure bookkeeping on the drain's thread: nothing here opens a
+//! path or waits on anything outside the process; what needs the filesystem (a copy-up's source
+//! layer, a mount's name) is asked of the enrichment threads and comes back as a record.
 
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
 use crate::{
-    aggregate::{Aggregate, MountKey},
+    aggregate::{Aggregate, CopyUpRef, MountKey},
+    enrich::source_layers::LayerAsk,
     events::Event,
     replay::Record,
-    run::{kernel_side::MountClock, naming::Named, outputs::EventsFile, timeline::TraceFile},
+    run::{naming::Named, outputs::EventsFile, timeline::TraceFile},
     serve::metrics::Shared,
 };
 
@@ -22,14 +24,11 @@ pub struct Collector {
     pub trace: Option<TraceFile>,
     /// `serve`'s numbers, fed with the same events.
     pub metrics: Option<Shared>,
-    /// Paths copied up on mounts not named yet, for the naming thread (`Naming::copied_up`);
-    /// the loop empties it after each record.
+    /// Paths copied up (successfully) on mounts not named yet, for the naming thread
+    /// (`Naming::copied_up`); the loop empties it after each record.
     pub copied_unnamed: Vec<(MountKey, String)>,
-    /// Lowerdirs of mounts copied up on before the naming thread answered, read from mountinfo
-    /// at their first copy-up (None: not found there).
-    pub early_lowerdirs: HashMap<MountKey, Option<Vec<String>>>,
-    /// With each mount's `alive_ns`, what tells it from a later mount of its device number.
-    pub clock: MountClock,
+    /// Copy-ups whose source layer is to be looked up; the loop empties it after each record.
+    pub layer_asks: Vec<LayerAsk>,
 }
 
 /// A mount seen for the first time: the naming thread's `Request::Name`.
@@ -42,9 +41,6 @@ pub struct NewMount {
     pub alive_ns: u64,
 }
 
-/// Mounts whose early lowerdirs are remembered (beyond, the memory starts over).
-const EARLY_MAX: usize = 4096;
-
 impl Collector {
     /// Takes one record. Returns the mount to name when this is its first event.
     pub fn take(&mut self, record: &[u8]) -> Option<NewMount> {
@@ -54,24 +50,33 @@ impl Collector {
             }
             return None;
         }
-        let Ok(mut e) = Event::try_from(record) else {
+        let Ok(e) = Event::try_from(record) else {
             self.decode_errors += 1;
             return None;
         };
-        if let Event::CopyUp(c) = &mut e {
-            // The source layer, while the lower layers are at hand (they are read-only, so
-            // looking now or at the copy-up is the same). Not for a path that is cut short or
-            // not UTF-8: its name below is not known exactly.
-            if !c.waited && !c.path_truncated && c.path_hex.is_none() {
-                let key = self.agg.current(c.origin.dev);
-                if self.agg.mounts.get(&key).is_none_or(|m| m.mount.is_none()) {
-                    self.copied_unnamed.push((key, c.path.clone()));
-                }
-                c.layer = self.source_layer_of(key, c.origin.tgid, &c.path);
-            }
-        }
         let before = self.agg.current(e.origin().dev);
         let added = self.agg.add(&e);
+        if let Event::CopyUp(c) = &e {
+            // Its source layer, looked up beside the drain; not for a wait (it copied nothing)
+            // nor a path cut short or not UTF-8 (its name below is not known exactly).
+            if !c.is_wait() && !c.path_truncated && c.path_hex.is_none() {
+                let named = self
+                    .agg
+                    .mounts
+                    .get(&added.key)
+                    .is_some_and(|m| m.mount.is_some());
+                // Only what was copied is evidence of which mount this is (a failed copy-up
+                // may have left nothing in the upper dir).
+                if !named && c.ret == 0 {
+                    self.copied_unnamed.push((added.key, c.path.clone()));
+                }
+                self.layer_asks.push(LayerAsk::CopyUp {
+                    key: added.key,
+                    copy_up: CopyUpRef::of(c, added.seq),
+                    path: c.path.clone(),
+                });
+            }
+        }
         if let Some(out) = self.events.as_mut() {
             out.write(&e, added.key.generation);
         }
@@ -98,44 +103,13 @@ impl Collector {
         })
     }
 
-    /// Which lowerdir of `key` holds `path`. The lowerdirs, from `/`: the runtime's view once
-    /// named (mountinfo may show them relative to the runtime's layer directory), else
-    /// mountinfo's; for a mount not named yet (a runtime often copies up at once), mountinfo
-    /// read now, ours or the process's, once per mount.
-    fn source_layer_of(&mut self, key: MountKey, tgid: u32, path: &str) -> Option<u32> {
-        use crate::layers::source_layer;
-        if let Some(m) = self.agg.mounts.get(&key) {
-            if !m.layers.is_empty() {
-                return source_layer(m.layers.iter().map(|l| l.lowerdir.as_str()), path);
-            }
-            if let Some(mount) = &m.mount {
-                return source_layer(mount.lowerdirs.iter().map(String::as_str), path);
-            }
+    /// A record that changes the model (a naming or enrichment answer, or a container known
+    /// before tracing): written to `--events` as it is applied, so a replay applies the same.
+    pub fn record(&mut self, r: Record) {
+        if let Some(out) = self.events.as_mut() {
+            out.record(&r);
         }
-        if !self.early_lowerdirs.contains_key(&key) {
-            let found = self
-                .clock
-                .while_recording(|| {
-                    crate::mounts::read_overlay_mounts()
-                        .ok()
-                        .and_then(|mut all| all.remove(&key.dev))
-                        .or_else(|| crate::run::naming::foreign_mount(tgid, key.dev))
-                })
-                .flatten()
-                // Not a later mount of the device number (its lowerdirs may differ); asked
-                // after mountinfo was read.
-                .filter(|_| {
-                    let alive = self.agg.mounts.get(&key).map_or(0, |m| m.alive_ns);
-                    !self.clock.superseded(key.dev, alive)
-                })
-                .map(|m| m.lowerdirs);
-            if self.early_lowerdirs.len() >= EARLY_MAX {
-                self.early_lowerdirs.clear();
-            }
-            self.early_lowerdirs.insert(key, found);
-        }
-        let dirs = self.early_lowerdirs.get(&key)?.as_ref()?;
-        source_layer(dirs.iter().map(String::as_str), path)
+        crate::replay::apply(&mut self.agg, r);
     }
 
     /// Applies an answer of the naming thread; returns a warning to show, if any.
@@ -156,41 +130,40 @@ impl Collector {
                 _ => {}
             }
         }
-        if let Some(out) = self.events.as_mut() {
-            let record = match &n {
-                Named::Mount { key, mount } => Some(Record::NamedMount {
-                    dev: key.dev,
-                    mount_gen: key.generation,
-                    mount: mount.clone(),
-                }),
-                Named::Container { key, container } => Some(Record::NamedContainer {
-                    dev: key.dev,
-                    mount_gen: key.generation,
-                    container: container.clone(),
-                }),
-                Named::Gone { key } => Some(Record::Gone {
-                    dev: key.dev,
-                    mount_gen: key.generation,
-                }),
-                Named::Layers { key, layers } => Some(Record::NamedLayers {
-                    dev: key.dev,
-                    mount_gen: key.generation,
-                    layers: layers.clone(),
-                }),
-                _ => None,
-            };
-            if let Some(r) = record {
-                out.record(&r);
-            }
-        }
-        match n {
-            Named::Mount { key, mount } => self.agg.set_mount(key, mount),
-            Named::Container { key, container } => self.agg.set_container(key, container),
-            Named::Gone { key } => self.agg.retire(key),
-            Named::Layers { key, layers } => self.agg.set_layers(key, layers),
+        let record = match n {
+            Named::Mount { key, mount } => Record::NamedMount {
+                dev: key.dev,
+                mount_gen: key.generation,
+                mount,
+            },
+            Named::Container { key, container } => Record::NamedContainer {
+                dev: key.dev,
+                mount_gen: key.generation,
+                container,
+            },
+            Named::Gone { key } => Record::Gone {
+                dev: key.dev,
+                mount_gen: key.generation,
+            },
+            Named::Layers { key, layers } => Record::NamedLayers {
+                dev: key.dev,
+                mount_gen: key.generation,
+                layers,
+            },
+            Named::SourceLayer {
+                key,
+                copy_up,
+                layer,
+            } => Record::SourceLayer {
+                dev: key.dev,
+                mount_gen: key.generation,
+                copy_up,
+                layer,
+            },
             Named::Warning(w) => return Some(w),
-            Named::Unclaimed { .. } | Named::Done => {}
-        }
+            Named::Unclaimed { .. } | Named::Done => return None,
+        };
+        self.record(record);
         None
     }
 }

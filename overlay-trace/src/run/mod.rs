@@ -23,10 +23,13 @@ use anyhow::{Context as _, Result, anyhow};
 use overlay_trace_common::{STAT_DROPPED_COPY_UP, STAT_DROPPED_LOOKUP, STAT_DROPPED_MOUNT};
 use tokio::signal::unix::SignalKind;
 
+use std::sync::Arc;
+
 use crate::{
     btf_offsets::KernelBtf,
     cli::RunArgs,
     containers::{Container, Resolver},
+    enrich::budget::{Budgeted, EnrichCounts},
     events::Dev,
     mounts::{OverlayMount, read_overlay_mounts},
     preflight,
@@ -93,11 +96,12 @@ async fn select_containers(
     wanted: &[String],
     mounts: &BTreeMap<Dev, OverlayMount>,
     resolver: &mut Resolver,
+    io: &mut Budgeted,
 ) -> Result<Vec<(Dev, Option<Container>)>> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let running = resolver.running(mounts).await;
+    let running = resolver.running(mounts, io).await;
     let mut out = Vec::new();
     for w in wanted {
         let hits: Vec<(Dev, Option<Container>)> = running
@@ -132,6 +136,9 @@ fn take(collector: &mut Collector, naming: &Naming, record: &[u8]) {
     }
     for (key, path) in collector.copied_unnamed.drain(..) {
         naming.copied_up(key, path);
+    }
+    for ask in collector.layer_asks.drain(..) {
+        naming.layers.ask(ask);
     }
 }
 
@@ -180,7 +187,14 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
 
     let mut resolver = Resolver::new()?;
     let mounts_now = read_overlay_mounts()?;
-    let mut only_devs = select_containers(&args.containers, &mounts_now, &mut resolver).await?;
+    let enrich_counts = Arc::new(EnrichCounts::default());
+    let mut only_devs = select_containers(
+        &args.containers,
+        &mounts_now,
+        &mut resolver,
+        &mut Budgeted::new("select", enrich_counts.clone()),
+    )
+    .await?;
     only_devs.extend(only.iter().map(|d| (*d, None)));
 
     let verbose =
@@ -231,27 +245,21 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
         events: events_out,
         trace: trace_out,
         metrics: metrics.clone(),
-        clock: kernel.mount_clock.clone(),
         ..Default::default()
     };
     // Containers chosen with --container are known already.
     for (dev, c) in only_devs {
         if let Some(c) = c {
             let key = collector.agg.current(dev);
-            if let Some(e) = collector.events.as_mut() {
-                e.record(&crate::replay::Record::Known {
-                    dev,
-                    mount_gen: key.generation,
-                    mount: mounts_now.get(&dev).cloned(),
-                    container: c.clone(),
-                });
-            }
-            collector
-                .agg
-                .add_known(key, mounts_now.get(&dev).cloned(), c);
+            collector.record(crate::replay::Record::Known {
+                dev,
+                mount_gen: key.generation,
+                mount: mounts_now.get(&dev).cloned(),
+                container: c,
+            });
         }
     }
-    let mut naming = Naming::start(resolver, kernel.mount_clock.clone());
+    let mut naming = Naming::start(resolver, kernel.mount_clock.clone(), enrich_counts);
     let started = Instant::now();
     let live = !args.quiet && std::io::stderr().is_terminal();
 
@@ -289,11 +297,16 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
                 }
             }
             _ = tick.tick() => {
+                // A run killed from now on keeps what was recorded up to this second.
+                if let Some(e) = collector.events.as_mut() {
+                    e.flush();
+                }
                 if let Some(m) = &metrics {
                     let mut m = collector::lock(m);
                     m.tick(Instant::now());
                     m.health.counts = kernel_side::counts_of(&kernel.stats());
                     m.health.decode_errors = collector.decode_errors;
+                    m.health.enrich = naming.counts.tally();
                     m.health.last_tick = Some(Instant::now());
                 }
                 if live {
@@ -373,6 +386,9 @@ pub async fn trace(args: &RunArgs, only: &[Dev], metrics: Option<Shared>) -> Res
     }
     let mut counts = stopped.counts;
     counts.decode_errors = collector.decode_errors;
+    let enriched = naming.counts.tally();
+    counts.enrich_abandoned = enriched.abandoned;
+    counts.enrich_skipped = enriched.skipped;
     let mut report = Report::build(&collector.agg, caps.kernel.clone(), traced, counts);
     report.probes = stopped.probes;
     if let Some(e) = collector.events.as_mut() {

@@ -26,9 +26,15 @@ use tokio::{
     time::Instant,
 };
 
+use std::sync::Arc;
+
 use crate::{
     aggregate::MountKey,
-    containers::{Container, Resolver},
+    containers::{Container, IO_BUDGET, Resolver},
+    enrich::{
+        budget::{Budgeted, EnrichCounts},
+        source_layers::{self, LayerAsk, LayerAsks},
+    },
     events::Dev,
     mounts::{OverlayMount, parse_mountinfo, read_overlay_mounts},
     run::{collector::NewMount, kernel_side::MountClock},
@@ -91,6 +97,12 @@ pub enum Named {
     Gone {
         key: MountKey,
     },
+    /// The source layer (1 = topmost lowerdir) of a copy-up.
+    SourceLayer {
+        key: MountKey,
+        copy_up: crate::aggregate::CopyUpRef,
+        layer: u32,
+    },
     Warning(String),
     Done,
 }
@@ -99,24 +111,33 @@ pub enum Named {
 pub struct Naming {
     pub requests: UnboundedSender<Request>,
     pub answers: UnboundedReceiver<Named>,
+    /// Source-layer lookups of copy-ups (`enrich::source_layers`).
+    pub layers: LayerAsks,
+    /// How enrichment fell short: work abandoned or skipped (shared with its threads).
+    pub counts: Arc<EnrichCounts>,
 }
 
 impl Naming {
-    pub fn start(resolver: Resolver, clock: MountClock) -> Self {
+    pub fn start(resolver: Resolver, clock: MountClock, counts: Arc<EnrichCounts>) -> Self {
         let (req_tx, req_rx) = unbounded_channel();
         let (ans_tx, ans_rx) = unbounded_channel();
         let (found_tx, found_rx) = channel(UNCLAIMED_MAX);
+        let layers = source_layers::start(ans_tx.clone(), counts.clone());
         let out = ans_tx.clone();
+        let (l, c) = (layers.clone(), counts.clone());
         spawn_on_runtime("naming", ans_tx.clone(), move || {
-            MountFinder::new(out, found_tx, clock).run(req_rx)
+            MountFinder::new(out, found_tx, clock, l, Budgeted::new("naming", c)).run(req_rx)
         });
         let out = ans_tx.clone();
+        let (l, c) = (layers.clone(), counts.clone());
         spawn_on_runtime("containers", ans_tx, move || {
-            ContainerFinder::new(resolver, out).run(found_rx)
+            ContainerFinder::new(resolver, out, l, Budgeted::new("containers", c)).run(found_rx)
         });
         Self {
             requests: req_tx,
             answers: ans_rx,
+            layers,
+            counts,
         }
     }
 
@@ -176,6 +197,9 @@ struct MountFinder {
     out: UnboundedSender<Named>,
     found: Sender<Found>,
     clock: MountClock,
+    layers: LayerAsks,
+    /// Opens upper dirs (paths another user may control) with a budget.
+    io: Budgeted,
     pending: Vec<Pending>,
     /// Named mounts seen in our own mountinfo: dev -> (key, mount point), checked for going away.
     watched: HashMap<Dev, (MountKey, String)>,
@@ -187,6 +211,8 @@ struct MountFinder {
 struct ContainerFinder {
     resolver: Resolver,
     out: UnboundedSender<Named>,
+    layers: LayerAsks,
+    io: Budgeted,
     to_resolve: VecDeque<(MountKey, OverlayMount)>,
     /// Mounts no runtime claimed yet, to be asked again: (due, tries so far, key, mount).
     retries: Vec<(Instant, u32, MountKey, OverlayMount)>,
@@ -203,32 +229,44 @@ const COPIED_MOUNTS_MAX: usize = 4096;
 /// (copied-up objects stay there: as themselves, or as a whiteout once deleted). The second
 /// check, after the kernel's `MountClock`, for a mount of a device number reused by the time
 /// mountinfo is read (Docker mounts a container's init layer, unmounts it, and mounts the root
-/// on the same number within milliseconds). An upper dir that cannot be opened from here
-/// (another mount namespace), or given relative to the mounter's directory, is not held
-/// against it.
-fn plausible(m: &OverlayMount, paths: &[String]) -> bool {
-    let Some(upper) = m.upperdir.as_deref() else {
+/// on the same number within milliseconds). The upper dir is looked up in the mount's own
+/// namespace, with a budget; one that cannot be opened, does not answer in time, or is given
+/// relative to the mounter's directory, is not held against it.
+fn plausible(m: &OverlayMount, paths: &[String], io: &mut Budgeted) -> bool {
+    let Some(upper) = m.upperdir.clone() else {
         return paths.is_empty();
     };
     if paths.is_empty() || !upper.starts_with('/') {
         return true;
     }
-    let Ok(dir) = crate::safe_fs::open_dir(std::path::Path::new(upper)) else {
-        return true;
-    };
-    paths.iter().any(|p| {
-        let rel = p.trim_start_matches('/');
-        crate::safe_fs::is_confined(rel)
-            && crate::safe_fs::entry_exists_beneath(&dir, std::path::Path::new(rel))
+    let (root, paths) = (m.root(), paths.to_vec());
+    io.run(IO_BUDGET, move || {
+        let root = crate::safe_fs::open_dir(&root).ok()?;
+        let dir = crate::safe_fs::open_dir_in_root(&root, &upper).ok()?;
+        Some(paths.iter().any(|p| {
+            let rel = p.trim_start_matches('/');
+            crate::safe_fs::is_confined(rel)
+                && crate::safe_fs::entry_exists_beneath(&dir, std::path::Path::new(rel))
+        }))
     })
+    .flatten()
+    .unwrap_or(true)
 }
 
 impl MountFinder {
-    fn new(out: UnboundedSender<Named>, found: Sender<Found>, clock: MountClock) -> Self {
+    fn new(
+        out: UnboundedSender<Named>,
+        found: Sender<Found>,
+        clock: MountClock,
+        layers: LayerAsks,
+        io: Budgeted,
+    ) -> Self {
         Self {
             out,
             found,
             clock,
+            layers,
+            io,
             pending: Vec::new(),
             watched: HashMap::new(),
             copied: HashMap::new(),
@@ -351,13 +389,14 @@ impl MountFinder {
                 continue;
             }
             let copied = self.copied.get(&p.key).map(Vec::as_slice).unwrap_or(&[]);
+            let io = &mut self.io;
             let (found, in_ours) = match ours.get(&p.key.dev) {
-                Some(m) => (Some(m.clone()).filter(|m| plausible(m, copied)), true),
+                Some(m) => (Some(m.clone()).filter(|m| plausible(m, copied, io)), true),
                 None => (
                     self.clock
                         .while_recording(|| foreign_mount(p.tgid, p.key.dev))
                         .flatten()
-                        .filter(|m| plausible(m, copied)),
+                        .filter(|m| plausible(m, copied, io)),
                     false,
                 ),
             };
@@ -379,6 +418,15 @@ impl MountFinder {
                         key: p.key,
                         mount: m.clone(),
                     });
+                    // Its copy-ups' source layers, from its lowerdirs as its namespace sees
+                    // them; relative ones (long Docker layer lists) wait for the runtime's.
+                    if m.lowerdirs.iter().all(|d| d.starts_with('/')) {
+                        self.layers.tell(LayerAsk::Lowerdirs {
+                            key: p.key,
+                            root: m.root(),
+                            dirs: m.lowerdirs.clone(),
+                        });
+                    }
                     // Bounded when a runtime hangs: beyond, a mount stays unclaimed.
                     if let Err(TrySendError::Full(Found::Mount(key, _))) =
                         self.found.try_send(Found::Mount(p.key, m))
@@ -421,10 +469,17 @@ impl MountFinder {
 }
 
 impl ContainerFinder {
-    fn new(resolver: Resolver, out: UnboundedSender<Named>) -> Self {
+    fn new(
+        resolver: Resolver,
+        out: UnboundedSender<Named>,
+        layers: LayerAsks,
+        io: Budgeted,
+    ) -> Self {
         Self {
             resolver,
             out,
+            layers,
+            io,
             to_resolve: VecDeque::new(),
             retries: Vec::new(),
             unclaimed: BTreeMap::new(),
@@ -489,11 +544,21 @@ impl ContainerFinder {
 
     /// Asks the runtimes for the mount's container; `tries` earlier asks found none.
     async fn resolve(&mut self, key: MountKey, m: OverlayMount, budget: Duration, tries: u32) {
-        match tokio::time::timeout(budget, self.resolver.resolve(&m)).await {
+        match tokio::time::timeout(budget, self.resolver.resolve(&m, &mut self.io)).await {
             Ok(Some(c)) => {
-                let layers = self.resolver.layers(&m, &c);
+                let layers = self
+                    .resolver
+                    .layers_job(&m, &c)
+                    .and_then(|job| self.io.run(IO_BUDGET, job))
+                    .unwrap_or_default();
                 self.send(Named::Container { key, container: c });
                 if !layers.is_empty() {
+                    // The runtime's view of the lowerdirs, from `/`.
+                    self.layers.tell(LayerAsk::Lowerdirs {
+                        key,
+                        root: "/".into(),
+                        dirs: layers.iter().map(|l| l.lowerdir.clone()).collect(),
+                    });
                     self.send(Named::Layers { key, layers });
                 }
             }
@@ -529,7 +594,8 @@ impl ContainerFinder {
             self.resolve(key, m, left.min(NAME_BUDGET), CLAIM_RETRIES)
                 .await;
         }
-        self.send(Named::Done);
+        // The source-layer thread says `Done` once it has answered what was asked before.
+        self.layers.tell(LayerAsk::Finish);
     }
 }
 
@@ -547,6 +613,10 @@ pub fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
         if let Some(m) =
             crate::safe_fs::read_small_file(std::path::Path::new(&format!("/proc/{pid}/mountinfo")))
                 .and_then(|t| parse_mountinfo(&t).remove(&dev))
+                .map(|m| OverlayMount {
+                    ns_pid: Some(pid),
+                    ..m
+                })
         {
             if m.mount_point != "/" {
                 return Some(m);

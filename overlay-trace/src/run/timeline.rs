@@ -123,13 +123,13 @@ impl TraceFile {
         }
         let slice = match e {
             Event::CopyUp(c) => Some(json!({
-                "name": c.path, "cat": if c.waited { "copy_up_wait" } else { "copy_up" },
+                "name": c.path, "cat": if c.is_wait() { "copy_up_wait" } else { "copy_up" },
                 "ph": "X", "ts": us(o.start_ns), "dur": us(c.duration_ns),
                 "pid": track, "tid": o.pid,
                 "args": {
                     "bytes": c.data.map(|d| d.bytes),
                     "data_copy_us": c.data.map(|d| us(d.ns)),
-                    "size": c.size, "ret": c.ret, "waited": c.waited, "layer": c.layer,
+                    "size": c.size, "ret": c.ret, "waited": c.is_wait(), "layer": c.layer,
                 },
             })),
             Event::Mount(m) => Some(json!({

@@ -26,7 +26,7 @@ use prometheus_client::{
 use crate::{
     aggregate::MountKey,
     containers::Container,
-    events::{Event, LookupOutcome},
+    events::{CopyUpKind, Event, LookupOutcome},
     report::EventCounts,
 };
 
@@ -148,10 +148,13 @@ fn secs(ns: u64) -> f64 {
 impl Series {
     fn observe(&mut self, e: &Event) {
         match e {
-            Event::CopyUp(c) if c.waited => self.copy_up_waits += 1,
-            Event::CopyUp(c) if c.ret != 0 => self.copy_up_failures += 1,
+            Event::CopyUp(c) if c.is_wait() => self.copy_up_waits += 1,
+            // A failed copy-up is a copy-up (counted, timed) that also failed, as in the report.
             Event::CopyUp(c) => {
                 self.copy_ups += 1;
+                if c.kind() == CopyUpKind::Failed {
+                    self.copy_up_failures += 1;
+                }
                 self.copy_up_seconds.observe(secs(c.duration_ns));
                 if let Some(d) = c.data {
                     self.copy_up_bytes += d.bytes;
@@ -287,6 +290,8 @@ struct Kept {
 pub struct Health {
     pub counts: EventCounts,
     pub decode_errors: u64,
+    /// Enrichment work abandoned or skipped (see `enrich::budget`).
+    pub enrich: crate::enrich::budget::EnrichTally,
     /// (function, probe kind) of every attached probe.
     pub probes: Vec<(String, String)>,
     pub attached: bool,
@@ -554,7 +559,7 @@ impl Collector for View {
         counter(
             &mut enc,
             "copy_ups",
-            "Objects copied up from a lower layer to the upper one",
+            "Copy-ups (ovl_copy_up_one calls that did not only wait), failed ones included",
             None,
             &c(|s| s.copy_ups),
         )?;
@@ -683,6 +688,20 @@ impl Collector for View {
             "Records userspace could not decode",
             None,
             &[(vec![], m.health.decode_errors)],
+        )?;
+        counter(
+            &mut enc,
+            "enrichment_abandoned",
+            "Name and source-layer lookups abandoned after their time budget (a path that did not answer)",
+            None,
+            &[(vec![], m.health.enrich.abandoned)],
+        )?;
+        counter(
+            &mut enc,
+            "enrichment_skipped",
+            "Name and source-layer lookups not attempted (their mount did not answer before, or too many were stuck)",
+            None,
+            &[(vec![], m.health.enrich.skipped)],
         )?;
         let probes: Vec<(Pairs, i64)> = m
             .health

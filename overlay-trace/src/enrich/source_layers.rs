@@ -1,0 +1,183 @@
+//! The source layer of each copy-up, found off the drain's thread: the drain asks (mount, the
+//! copy-up's arrival number, its path), the naming side says where the mount's lowerdirs are
+//! (and in which mount namespace), and this thread looks the path up beneath each lowerdir with a
+//! time budget per lookup (`Budgeted`). Each answer is a `Named::SourceLayer` record that the
+//! model applies, live and in a replay alike.
+//!
+//! A lookup that overruns its budget is abandoned (its thread may be stuck in the kernel for
+//! good) and its mount's later copy-ups are not looked up at all: they stay "layer unknown",
+//! counted as skipped. Everything is bounded: mounts remembered, asks waiting for a mount's
+//! lowerdirs, and the queue from the drain (a full queue is counted, never waited on).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::PathBuf,
+    sync::{
+        Arc,
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{
+    aggregate::{CopyUpRef, MountKey},
+    enrich::budget::{Budgeted, EnrichCounts},
+    run::naming::Named,
+};
+
+/// Time one lookup (a few `openat2` calls) may take before it is abandoned.
+pub const LOOKUP_BUDGET: Duration = Duration::from_secs(1);
+/// Messages queued from the drain and the naming threads.
+const QUEUE_MAX: usize = 65_536;
+/// Mounts whose lowerdirs are remembered; asks waiting for lowerdirs, in all.
+const MOUNTS_MAX: usize = 4096;
+const WAITING_MAX: usize = 65_536;
+
+pub enum LayerAsk {
+    /// A copy-up whose source layer is wanted.
+    CopyUp {
+        key: MountKey,
+        copy_up: CopyUpRef,
+        path: String,
+    },
+    /// A mount's lowerdirs (topmost first) and the root they are resolved from.
+    Lowerdirs {
+        key: MountKey,
+        root: PathBuf,
+        dirs: Vec<String>,
+    },
+    /// The last ask has come: say `Named::Done` (asks still waiting for lowerdirs stay unknown).
+    Finish,
+}
+
+/// The drain's and the naming threads' end of the source-layer thread.
+#[derive(Clone)]
+pub struct LayerAsks {
+    tx: SyncSender<LayerAsk>,
+    counts: Arc<EnrichCounts>,
+}
+
+impl LayerAsks {
+    /// Never blocks: a full queue (the thread far behind) counts the ask as skipped.
+    pub fn ask(&self, a: LayerAsk) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(a) {
+            self.counts.skip();
+        }
+    }
+
+    /// For the naming threads, whose messages must not be lost (`Finish`, lowerdirs): waits
+    /// for room (the thread answers within a lookup's budget).
+    pub fn tell(&self, a: LayerAsk) {
+        let _ = self.tx.send(a);
+    }
+}
+
+/// Starts the thread; it answers on `out`.
+pub fn start(out: UnboundedSender<Named>, counts: Arc<EnrichCounts>) -> LayerAsks {
+    let (tx, rx) = sync_channel(QUEUE_MAX);
+    let worker = Budgeted::new("layers", counts.clone());
+    let finder = LayerFinder {
+        out,
+        worker,
+        counts: counts.clone(),
+        mounts: HashMap::new(),
+        order: VecDeque::new(),
+        waiting: HashMap::new(),
+        waiting_total: 0,
+        stuck: HashSet::new(),
+    };
+    let spawned = std::thread::Builder::new()
+        .name("layers".into())
+        .spawn(move || finder.run(rx));
+    if spawned.is_err() {
+        // No thread: every ask is skipped (counted) and the final pass answers nothing.
+        counts.skip();
+    }
+    LayerAsks { tx, counts }
+}
+
+struct LayerFinder {
+    out: UnboundedSender<Named>,
+    worker: Budgeted,
+    counts: Arc<EnrichCounts>,
+    /// Mount -> (root, lowerdirs).
+    mounts: HashMap<MountKey, (PathBuf, Arc<Vec<String>>)>,
+    order: VecDeque<MountKey>,
+    /// Asks of mounts whose lowerdirs are not known yet.
+    waiting: HashMap<MountKey, Vec<(CopyUpRef, String)>>,
+    waiting_total: usize,
+    /// Mounts one of whose lookups was abandoned: not looked up again.
+    stuck: HashSet<MountKey>,
+}
+
+impl LayerFinder {
+    fn run(mut self, rx: Receiver<LayerAsk>) {
+        for a in rx {
+            match a {
+                LayerAsk::CopyUp { key, copy_up, path } => self.copy_up(key, copy_up, path),
+                LayerAsk::Lowerdirs { key, root, dirs } => self.lowerdirs(key, root, dirs),
+                LayerAsk::Finish => {
+                    let _ = self.out.send(Named::Done);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn copy_up(&mut self, key: MountKey, copy_up: CopyUpRef, path: String) {
+        if self.stuck.contains(&key) {
+            self.counts.skip();
+            return;
+        }
+        if self.mounts.contains_key(&key) {
+            self.look_up(key, copy_up, path);
+        } else if self.waiting_total < WAITING_MAX {
+            self.waiting.entry(key).or_default().push((copy_up, path));
+            self.waiting_total += 1;
+        } else {
+            self.counts.skip();
+        }
+    }
+
+    fn lowerdirs(&mut self, key: MountKey, root: PathBuf, dirs: Vec<String>) {
+        if !self.mounts.contains_key(&key) {
+            if self.order.len() >= MOUNTS_MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.mounts.remove(&old);
+                    self.stuck.remove(&old);
+                }
+            }
+            self.order.push_back(key);
+        }
+        self.mounts.insert(key, (root, Arc::new(dirs)));
+        for (copy_up, path) in self.waiting.remove(&key).unwrap_or_default() {
+            self.waiting_total -= 1;
+            self.copy_up(key, copy_up, path);
+        }
+    }
+
+    fn look_up(&mut self, key: MountKey, copy_up: CopyUpRef, path: String) {
+        let Some((root, dirs)) = self.mounts.get(&key).cloned() else {
+            return;
+        };
+        let found = self.worker.run(LOOKUP_BUDGET, move || {
+            crate::layers::source_layer(&root, dirs.iter().map(String::as_str), &path)
+        });
+        match found {
+            Some(Some(layer)) => {
+                let _ = self.out.send(Named::SourceLayer {
+                    key,
+                    copy_up,
+                    layer,
+                });
+            }
+            Some(None) => {}
+            // Abandoned or skipped (counted): this mount's paths do not answer.
+            None => {
+                self.stuck.insert(key);
+            }
+        }
+    }
+}
