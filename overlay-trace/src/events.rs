@@ -373,6 +373,19 @@ pub mod raw {
 
     /// `path` is given root first ("a/b/c"); it is stored leaf first like the kernel does.
     pub fn copy_up(dev: u32, path: &str, size: i64, data_bytes: i64, duration_ns: u64) -> Vec<u8> {
+        copy_up_ending(dev, path, size, data_bytes, duration_ns, 0, 0)
+    }
+
+    /// A copy-up that returned `ret`, with the kernel's `outcome` (`COPY_UP_COPIED`, ...).
+    pub fn copy_up_ending(
+        dev: u32,
+        path: &str,
+        size: i64,
+        data_bytes: i64,
+        duration_ns: u64,
+        ret: i32,
+        outcome: u32,
+    ) -> Vec<u8> {
         let mut buf = [0u8; PATH_BUF_LEN];
         let mut off = 0;
         let mut depth = 0;
@@ -389,8 +402,8 @@ pub mod raw {
             size,
             flags: 0,
             mode: 0o100644,
-            ret: 0,
-            outcome: 0,
+            ret,
+            outcome,
             _pad: 0,
             path_len: off as u32,
             path_depth: depth,
@@ -401,10 +414,15 @@ pub mod raw {
     }
 
     pub fn mount(dev: u32, duration_ns: u64) -> Vec<u8> {
+        mount_ending(dev, duration_ns, 0)
+    }
+
+    /// A mount that returned `ret`.
+    pub fn mount_ending(dev: u32, duration_ns: u64, ret: i32) -> Vec<u8> {
         let e = MountEvent {
             header: header(EVENT_MOUNT, dev, "dockerd"),
             duration_ns,
-            ret: 0,
+            ret,
             _pad: 0,
         };
         bytes_of(&e)
