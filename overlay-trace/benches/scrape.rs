@@ -13,7 +13,10 @@ use overlay_trace::{
     aggregate::MountKey,
     containers::Container,
     events::{Dev, Event, raw},
-    serve::metrics::{Metrics, openmetrics, prometheus_text, registry},
+    serve::{
+        exposition::{openmetrics, prometheus_text, registry},
+        metrics::Metrics,
+    },
 };
 use overlay_trace_common::{LOOKUP_LOWER, LOOKUP_NEGATIVE};
 

@@ -18,7 +18,10 @@ use overlay_trace::{
     replay::{self, Record},
     report::{EventCounts, Report, json},
     run::{collector::Collector, naming::Named, outputs::EventsFile},
-    serve::metrics::{self, Metrics, SETTLE_AFTER},
+    serve::{
+        exposition,
+        metrics::{Metrics, SETTLE_AFTER},
+    },
 };
 use overlay_trace_common::{
     COPY_UP_COPIED, COPY_UP_WAITED, LOOKUP_ERROR, LOOKUP_LOWER, LOOKUP_NEGATIVE,
@@ -152,7 +155,9 @@ fn fold(ops: &[Op]) -> (Report, String, Report) {
                 };
                 let outcome = if *kind == 1 { COPY_UP_WAITED } else { outcome };
                 let data = if *bytes % 3 == 0 { -1 } else { *bytes };
-                c.take(&raw::copy_up_ending(*dev, &path, *bytes, data, *ns, ret, outcome));
+                c.take(&raw::copy_up_ending(
+                    *dev, &path, *bytes, data, *ns, ret, outcome,
+                ));
             }
             Op::Lookup {
                 dev,
@@ -160,7 +165,13 @@ fn fold(ops: &[Op]) -> (Report, String, Report) {
                 layers,
                 ns,
             } => {
-                c.take(&raw::lookup(*dev, "n", OUTCOMES[*outcome as usize], *layers, *ns));
+                c.take(&raw::lookup(
+                    *dev,
+                    "n",
+                    OUTCOMES[*outcome as usize],
+                    *layers,
+                    *ns,
+                ));
             }
             Op::Mount { dev, failed, ns } => {
                 c.take(&raw::mount_ending(*dev, *ns, if *failed { -12 } else { 0 }));
@@ -212,7 +223,7 @@ fn fold(ops: &[Op]) -> (Report, String, Report) {
     assert_eq!(out.finish(), None);
     let (replayed, warning) = replay::replay(&path).unwrap();
     assert_eq!(warning, None);
-    let text = metrics::openmetrics(&metrics::registry(shared));
+    let text = exposition::openmetrics(&exposition::registry(shared));
     (live, text, replayed)
 }
 

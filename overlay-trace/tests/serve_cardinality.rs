@@ -18,7 +18,10 @@ use overlay_trace::{
         collector::{Collector, lock},
         naming::Named,
     },
-    serve::metrics::{Metrics, openmetrics, prometheus_text, registry},
+    serve::{
+        exposition::{openmetrics, prometheus_text, registry},
+        metrics::Metrics,
+    },
 };
 
 fn sum(text: &str, name: &str) -> f64 {

@@ -16,7 +16,10 @@ use overlay_trace::{
     aggregate::MountKey,
     containers::Container,
     events::{Dev, Event, raw},
-    serve::metrics::{Metrics, openmetrics, registry},
+    serve::{
+        exposition::{openmetrics, registry},
+        metrics::Metrics,
+    },
 };
 
 fn repo() -> PathBuf {

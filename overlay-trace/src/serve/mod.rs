@@ -5,6 +5,7 @@
 //! before it loads anything. The HTTP server (axum) runs on the drain loop's own runtime: a
 //! scrape encodes under the metrics lock, between two drains.
 
+pub mod exposition;
 pub mod metrics;
 
 use std::{
@@ -31,10 +32,15 @@ use metrics::{Metrics, Shared};
 /// `/healthz` fails when the drain loop's 1 s tick is older than this.
 const STALLED_AFTER: Duration = Duration::from_secs(10);
 
+/// Scrapes encoded at once; a further one gets 503 at once rather than queueing (each holds a
+/// body of up to tens of MiB while a slow client reads it).
+const SCRAPES_MAX: usize = 4;
+
 #[derive(Clone)]
 struct AppState {
     metrics: Shared,
     registry: Arc<Registry>,
+    scrapes: Arc<tokio::sync::Semaphore>,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -47,7 +53,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     )));
     let state = AppState {
         metrics: shared.clone(),
-        registry: Arc::new(metrics::registry(shared.clone())),
+        registry: Arc::new(exposition::registry(shared.clone())),
+        scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX)),
     };
     let app = Router::new()
         .route("/metrics", get(scrape))
@@ -91,33 +98,41 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 /// OpenMetrics when the scraper accepts it (Prometheus asks for it first), the Prometheus text
-/// format otherwise.
+/// format otherwise. Encoded on a blocking thread from a snapshot (see `exposition`): never on
+/// the runtime thread the drain loop uses.
 async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{SCRAPES_MAX} scrapes in progress; try again\n"),
+        )
+            .into_response();
+    };
     let wants_openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    let body = metrics::openmetrics(&s.registry);
-    if wants_openmetrics {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response()
+    let registry = s.registry.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let body = exposition::openmetrics(&registry);
+        if wants_openmetrics {
+            body
+        } else {
+            exposition::prometheus_text(&body)
+        }
+    })
+    .await;
+    drop(permit);
+    let Ok(body) = body else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
+    };
+    let kind = if wants_openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     } else {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            metrics::prometheus_text(&body),
-        )
-            .into_response()
-    }
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
 }
 
 /// 200 while the probes are attached and the drain loop ticks; 503 otherwise (starting,
