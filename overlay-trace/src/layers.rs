@@ -42,11 +42,11 @@ pub struct LayerInfo {
 /// The index (1 = topmost) of the first lowerdir holding `path` (a path inside the overlay,
 /// starting with '/'), or None if none does or the path cannot be looked up safely. The
 /// lowerdirs are resolved as the mount's own namespace sees them: beneath `root` (`/`, or
-/// `/proc/<pid>/root` of a process in the mount namespace the mount was made in). A relative
-/// lowerdir (relative to the mounter's directory then) cannot be resolved: None. This opens
-/// paths another user may control: run it with a budget (`enrich::budget`).
+/// `/proc/<pid>/root` of a process in the mount namespace the mount was made in, held open). A
+/// relative lowerdir (relative to the mounter's directory then) cannot be resolved: None. This
+/// opens paths another user may control: run it with a budget (`enrich::budget`).
 pub fn source_layer<'a>(
-    root: &Path,
+    root: &std::os::fd::OwnedFd,
     lowerdirs: impl IntoIterator<Item = &'a str>,
     path: &str,
 ) -> Option<u32> {
@@ -54,12 +54,11 @@ pub fn source_layer<'a>(
     if !safe_fs::is_confined(rel) {
         return None;
     }
-    let root = safe_fs::open_dir(root).ok()?;
     for (i, dir) in lowerdirs.into_iter().enumerate() {
         if !dir.starts_with('/') {
             return None;
         }
-        let Ok(layer) = safe_fs::open_dir_in_root(&root, dir) else {
+        let Ok(layer) = safe_fs::open_dir_in_root(root, dir) else {
             continue;
         };
         if safe_fs::entry_exists_beneath(&layer, Path::new(rel)) {
@@ -246,35 +245,36 @@ mod tests {
         fs::write(a.join("etc/only-top"), "x").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", a.join("etc/link")).unwrap();
         let dirs = [a.display().to_string(), b.display().to_string()];
+        let root = safe_fs::open_dir(Path::new("/")).unwrap();
         assert_eq!(
-            source_layer(Path::new("/"), dirs.iter().map(String::as_str), "/etc/conf"),
+            source_layer(&root, dirs.iter().map(String::as_str), "/etc/conf"),
             Some(2)
         );
         assert_eq!(
             source_layer(
-                Path::new("/"),
+                &root,
                 dirs.iter().map(String::as_str),
                 "/etc/only-top"
             ),
             Some(1)
         );
         assert_eq!(
-            source_layer(Path::new("/"), dirs.iter().map(String::as_str), "/etc"),
+            source_layer(&root, dirs.iter().map(String::as_str), "/etc"),
             Some(1),
             "a directory: the topmost"
         );
         assert_eq!(
-            source_layer(Path::new("/"), dirs.iter().map(String::as_str), "/etc/link"),
+            source_layer(&root, dirs.iter().map(String::as_str), "/etc/link"),
             Some(1),
             "the symlink itself"
         );
         assert_eq!(
-            source_layer(Path::new("/"), dirs.iter().map(String::as_str), "/nothere"),
+            source_layer(&root, dirs.iter().map(String::as_str), "/nothere"),
             None
         );
         assert_eq!(
             source_layer(
-                Path::new("/"),
+                &root,
                 dirs.iter().map(String::as_str),
                 "/etc/../../x"
             ),
@@ -361,5 +361,21 @@ mod tests {
                 .created_by
                 .is_none()
         );
+    }
+
+    #[test]
+    fn lowerdirs_are_resolved_beneath_the_mounts_own_root() {
+        // As /proc/<pid>/root of a process in another mount namespace: "/x/lower" means
+        // <root>/x/lower, and an absolute symlink in the layer path stays beneath the root.
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().join("root");
+        fs::create_dir_all(r.join("x/lower/etc")).unwrap();
+        fs::write(r.join("x/lower/etc/conf"), "x").unwrap();
+        std::os::unix::fs::symlink("/x/lower", r.join("link")).unwrap();
+        let root = safe_fs::open_dir(&r).unwrap();
+        assert_eq!(source_layer(&root, ["/x/lower"], "/etc/conf"), Some(1));
+        assert_eq!(source_layer(&root, ["/link"], "/etc/conf"), Some(1));
+        assert_eq!(source_layer(&root, ["/nope", "/x/lower"], "/etc/conf"), Some(2));
+        assert_eq!(source_layer(&root, ["x/lower"], "/etc/conf"), None, "relative: unknown");
     }
 }

@@ -11,7 +11,6 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    path::PathBuf,
     sync::{
         Arc,
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
@@ -24,15 +23,16 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::{
     aggregate::{CopyUpRef, MountKey},
     enrich::budget::{Budgeted, EnrichCounts},
-    run::naming::Named,
+    run::naming::{MountRoot, Named},
 };
 
 /// Time one lookup (a few `openat2` calls) may take before it is abandoned.
 pub const LOOKUP_BUDGET: Duration = Duration::from_secs(1);
 /// Messages queued from the drain and the naming threads.
 const QUEUE_MAX: usize = 65_536;
-/// Mounts whose lowerdirs are remembered; asks waiting for lowerdirs, in all.
-const MOUNTS_MAX: usize = 4096;
+/// Mounts whose lowerdirs (and root, an open file) are remembered; asks waiting for lowerdirs,
+/// in all.
+const MOUNTS_MAX: usize = 512;
 const WAITING_MAX: usize = 65_536;
 
 pub enum LayerAsk {
@@ -45,7 +45,7 @@ pub enum LayerAsk {
     /// A mount's lowerdirs (topmost first) and the root they are resolved from.
     Lowerdirs {
         key: MountKey,
-        root: PathBuf,
+        root: MountRoot,
         dirs: Vec<String>,
     },
     /// The last ask has come: say `Named::Done` (asks still waiting for lowerdirs stay unknown).
@@ -103,7 +103,7 @@ struct LayerFinder {
     worker: Budgeted,
     counts: Arc<EnrichCounts>,
     /// Mount -> (root, lowerdirs).
-    mounts: HashMap<MountKey, (PathBuf, Arc<Vec<String>>)>,
+    mounts: HashMap<MountKey, (MountRoot, Arc<Vec<String>>)>,
     order: VecDeque<MountKey>,
     /// Asks of mounts whose lowerdirs are not known yet.
     waiting: HashMap<MountKey, Vec<(CopyUpRef, String)>>,
@@ -141,7 +141,7 @@ impl LayerFinder {
         }
     }
 
-    fn lowerdirs(&mut self, key: MountKey, root: PathBuf, dirs: Vec<String>) {
+    fn lowerdirs(&mut self, key: MountKey, root: MountRoot, dirs: Vec<String>) {
         if !self.mounts.contains_key(&key) {
             if self.order.len() >= MOUNTS_MAX {
                 if let Some(old) = self.order.pop_front() {

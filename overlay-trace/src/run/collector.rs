@@ -26,7 +26,7 @@ pub struct Collector {
     pub metrics: Option<Shared>,
     /// Paths copied up (successfully) on mounts not named yet, for the naming thread
     /// (`Naming::copied_up`); the loop empties it after each record.
-    pub copied_unnamed: Vec<(MountKey, String)>,
+    pub copied_unnamed: Vec<(MountKey, String, u32)>,
     /// Copy-ups whose source layer is to be looked up; the loop empties it after each record.
     pub layer_asks: Vec<LayerAsk>,
 }
@@ -68,7 +68,8 @@ impl Collector {
                 // Only what was copied is evidence of which mount this is (a failed copy-up
                 // may have left nothing in the upper dir).
                 if !named && c.ret == 0 {
-                    self.copied_unnamed.push((added.key, c.path.clone()));
+                    self.copied_unnamed
+                        .push((added.key, c.path.clone(), c.origin.tgid));
                 }
                 self.layer_asks.push(LayerAsk::CopyUp {
                     key: added.key,

@@ -134,8 +134,8 @@ fn take(collector: &mut Collector, naming: &Naming, record: &[u8]) {
     if let Some(m) = collector.take(record) {
         naming.name(m);
     }
-    for (key, path) in collector.copied_unnamed.drain(..) {
-        naming.copied_up(key, path);
+    for (key, path, tgid) in collector.copied_unnamed.drain(..) {
+        naming.copied_up(key, path, tgid);
     }
     for ask in collector.layer_asks.drain(..) {
         naming.layers.ask(ask);

@@ -65,7 +65,11 @@ pub enum Request {
     Name(NewMount),
     /// A path copied up on a mount not named yet: the mount's upper dir must hold it, which
     /// tells a mount from a newer one on the same device number (see `plausible`).
-    CopiedUp { key: MountKey, path: String },
+    CopiedUp {
+        key: MountKey,
+        path: String,
+        tgid: u32,
+    },
     /// Name what can be named before `deadline`, then answer `Done`. The probes are detached by
     /// now: mounts still pending are named from `mounts`, our mountinfo read before they were.
     Finish {
@@ -145,8 +149,8 @@ impl Naming {
         let _ = self.requests.send(Request::Name(m));
     }
 
-    pub fn copied_up(&self, key: MountKey, path: String) {
-        let _ = self.requests.send(Request::CopiedUp { key, path });
+    pub fn copied_up(&self, key: MountKey, path: String, tgid: u32) {
+        let _ = self.requests.send(Request::CopiedUp { key, path, tgid });
     }
 }
 
@@ -176,9 +180,14 @@ where
         .expect("spawning a thread");
 }
 
+/// Processes remembered per pending mount whose mountinfo may show it.
+const TGIDS_PER_MOUNT: usize = 4;
+
 struct Pending {
     key: MountKey,
-    tgid: u32,
+    /// Processes that did something on it, first one first: the mount's own namespace is
+    /// theirs (the one that mounted it may have exited already; a writer lives on).
+    tgids: Vec<u32>,
     /// A moment it was alive (see `NewMount::alive_ns`).
     alive_ns: u64,
     tries: u32,
@@ -232,16 +241,15 @@ const COPIED_MOUNTS_MAX: usize = 4096;
 /// on the same number within milliseconds). The upper dir is looked up in the mount's own
 /// namespace, with a budget; one that cannot be opened, does not answer in time, or is given
 /// relative to the mounter's directory, is not held against it.
-fn plausible(m: &OverlayMount, paths: &[String], io: &mut Budgeted) -> bool {
+fn plausible(m: &OverlayMount, root: &MountRoot, paths: &[String], io: &mut Budgeted) -> bool {
     let Some(upper) = m.upperdir.clone() else {
         return paths.is_empty();
     };
     if paths.is_empty() || !upper.starts_with('/') {
         return true;
     }
-    let (root, paths) = (m.root(), paths.to_vec());
+    let (root, paths) = (root.clone(), paths.to_vec());
     io.run(IO_BUDGET, move || {
-        let root = crate::safe_fs::open_dir(&root).ok()?;
         let dir = crate::safe_fs::open_dir_in_root(&root, &upper).ok()?;
         Some(paths.iter().any(|p| {
             let rel = p.trim_start_matches('/');
@@ -251,6 +259,18 @@ fn plausible(m: &OverlayMount, paths: &[String], io: &mut Budgeted) -> bool {
     })
     .flatten()
     .unwrap_or(true)
+}
+
+/// The root a mount's paths are resolved from, held open: ours, or that of the process in whose
+/// mountinfo it was found (opened now, while that process lives; the mounter is often gone a
+/// moment later, its namespace kept by others).
+pub type MountRoot = Arc<std::os::fd::OwnedFd>;
+
+fn mount_root(m: &OverlayMount, io: &mut Budgeted) -> Option<MountRoot> {
+    let path = m.root();
+    io.run(IO_BUDGET, move || crate::safe_fs::open_dir(&path).ok())
+        .flatten()
+        .map(Arc::new)
 }
 
 impl MountFinder {
@@ -292,7 +312,9 @@ impl MountFinder {
                                 self.add(m);
                                 added = true;
                             }
-                            Some(Request::CopiedUp { key, path }) => self.note_copied(key, path),
+                            Some(Request::CopiedUp { key, path, tgid }) => {
+                                self.note_copied(key, path, tgid)
+                            }
                             Some(Request::Finish { deadline, mounts }) => {
                                 self.name_pending(Some(mounts));
                                 let _ = self.found.send(Found::Finish(deadline)).await;
@@ -317,7 +339,12 @@ impl MountFinder {
         }
     }
 
-    fn note_copied(&mut self, key: MountKey, path: String) {
+    fn note_copied(&mut self, key: MountKey, path: String, tgid: u32) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.key == key) {
+            if p.tgids.len() < TGIDS_PER_MOUNT && !p.tgids.contains(&tgid) {
+                p.tgids.push(tgid);
+            }
+        }
         if self.pending.iter().any(|p| p.key == key)
             && (self.copied.len() < COPIED_MOUNTS_MAX || self.copied.contains_key(&key))
         {
@@ -352,7 +379,7 @@ impl MountFinder {
         self.watched.remove(&key.dev);
         self.pending.push(Pending {
             key,
-            tgid,
+            tgids: vec![tgid],
             alive_ns,
             tries: 0,
             due: Instant::now(),
@@ -391,15 +418,18 @@ impl MountFinder {
             let copied = self.copied.get(&p.key).map(Vec::as_slice).unwrap_or(&[]);
             let io = &mut self.io;
             let (found, in_ours) = match ours.get(&p.key.dev) {
-                Some(m) => (Some(m.clone()).filter(|m| plausible(m, copied, io)), true),
+                Some(m) => (Some(m.clone()), true),
                 None => (
                     self.clock
-                        .while_recording(|| foreign_mount(p.tgid, p.key.dev))
-                        .flatten()
-                        .filter(|m| plausible(m, copied, io)),
+                        .while_recording(|| {
+                            p.tgids.iter().find_map(|t| foreign_mount(*t, p.key.dev))
+                        })
+                        .flatten(),
                     false,
                 ),
             };
+            let root = found.as_ref().and_then(|m| mount_root(m, io));
+            let found = found.filter(|m| root.as_ref().is_none_or(|r| plausible(m, r, copied, io)));
             // Asked only now that mountinfo was read: if no newer mount of the number had
             // begun, what mountinfo showed for it is this mount. Once one has, this mount can
             // never be named.
@@ -420,10 +450,11 @@ impl MountFinder {
                     });
                     // Its copy-ups' source layers, from its lowerdirs as its namespace sees
                     // them; relative ones (long Docker layer lists) wait for the runtime's.
-                    if m.lowerdirs.iter().all(|d| d.starts_with('/')) {
+                    if let Some(root) = root.filter(|_| m.lowerdirs.iter().all(|d| d.starts_with('/')))
+                    {
                         self.layers.tell(LayerAsk::Lowerdirs {
                             key: p.key,
-                            root: m.root(),
+                            root,
                             dirs: m.lowerdirs.clone(),
                         });
                     }
@@ -554,11 +585,13 @@ impl ContainerFinder {
                 self.send(Named::Container { key, container: c });
                 if !layers.is_empty() {
                     // The runtime's view of the lowerdirs, from `/`.
-                    self.layers.tell(LayerAsk::Lowerdirs {
-                        key,
-                        root: "/".into(),
-                        dirs: layers.iter().map(|l| l.lowerdir.clone()).collect(),
-                    });
+                    if let Ok(root) = crate::safe_fs::open_dir(std::path::Path::new("/")) {
+                        self.layers.tell(LayerAsk::Lowerdirs {
+                            key,
+                            root: Arc::new(root),
+                            dirs: layers.iter().map(|l| l.lowerdir.clone()).collect(),
+                        });
+                    }
                     self.send(Named::Layers { key, layers });
                 }
             }
