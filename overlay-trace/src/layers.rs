@@ -251,11 +251,7 @@ mod tests {
             Some(2)
         );
         assert_eq!(
-            source_layer(
-                &root,
-                dirs.iter().map(String::as_str),
-                "/etc/only-top"
-            ),
+            source_layer(&root, dirs.iter().map(String::as_str), "/etc/only-top"),
             Some(1)
         );
         assert_eq!(
@@ -273,11 +269,7 @@ mod tests {
             None
         );
         assert_eq!(
-            source_layer(
-                &root,
-                dirs.iter().map(String::as_str),
-                "/etc/../../x"
-            ),
+            source_layer(&root, dirs.iter().map(String::as_str), "/etc/../../x"),
             None,
             "never outside a layer"
         );
@@ -375,7 +367,14 @@ mod tests {
         let root = safe_fs::open_dir(&r).unwrap();
         assert_eq!(source_layer(&root, ["/x/lower"], "/etc/conf"), Some(1));
         assert_eq!(source_layer(&root, ["/link"], "/etc/conf"), Some(1));
-        assert_eq!(source_layer(&root, ["/nope", "/x/lower"], "/etc/conf"), Some(2));
-        assert_eq!(source_layer(&root, ["x/lower"], "/etc/conf"), None, "relative: unknown");
+        assert_eq!(
+            source_layer(&root, ["/nope", "/x/lower"], "/etc/conf"),
+            Some(2)
+        );
+        assert_eq!(
+            source_layer(&root, ["x/lower"], "/etc/conf"),
+            None,
+            "relative: unknown"
+        );
     }
 }

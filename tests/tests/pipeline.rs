@@ -89,13 +89,24 @@ fn listed(text: &str, dir: &str) -> Vec<String> {
     v
 }
 
-fn mount_of<'a>(report: &'a Value, dev: &str) -> &'a Value {
+/// The mount of `dev` in a report; of those, the one whose mount point ends in `point`.
+fn mount_at<'a>(report: &'a Value, dev: &str, point: &str) -> &'a Value {
     report["mounts"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["dev"] == dev)
-        .unwrap_or_else(|| panic!("no mount {dev} in {report:#}"))
+        .find(|m| {
+            m["dev"] == dev
+                && (point.is_empty()
+                    || m["mount"]["mount_point"]
+                        .as_str()
+                        .is_some_and(|p| p.ends_with(point)))
+        })
+        .unwrap_or_else(|| panic!("no mount {dev} at {point:?} in {report:#}"))
+}
+
+fn mount_of<'a>(report: &'a Value, dev: &str) -> &'a Value {
+    mount_at(report, dev, "")
 }
 
 /// A process in a private mount namespace mounts overlays whose paths do not answer from here:
@@ -268,25 +279,42 @@ sleep 8
 
     let report: Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
     let lines = read_events(&events);
-    let copied = |dev: &str| -> Vec<String> {
+    // Device numbers are reused (C may get A's): a mount is its device and generation.
+    let gen_of = |dev: &str, point: &str| -> u64 {
+        report["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| {
+                m["dev"] == dev
+                    && m["mount"]["mount_point"]
+                        .as_str()
+                        .is_some_and(|p| p.ends_with(point))
+            })
+            .and_then(|m| m["mount_gen"].as_u64())
+            .unwrap_or_else(|| panic!("no mount {dev} at {point}: {report:#}"))
+    };
+    let copied = |dev: &str, point: &str| -> Vec<String> {
+        let generation = gen_of(dev, point);
         let mut v: Vec<String> = lines
             .iter()
-            .filter(|e| e["type"] == "copy_up" && e["dev"] == dev)
+            .filter(|e| e["type"] == "copy_up" && e["dev"] == dev && e["mount_gen"] == generation)
             .map(|e| e["path"].as_str().unwrap().to_string())
             .collect();
         v.sort();
         v
     };
-    assert_eq!(copied(&dev_a), upper_a);
-    assert_eq!(copied(&dev_b), upper_b);
-    assert_eq!(copied(&c.dev()), upper_c);
+    let point_c = c.merged().display().to_string();
+    assert_eq!(copied(&dev_a, "/fz/merged"), upper_a);
+    assert_eq!(copied(&dev_b, "/b/merged"), upper_b);
+    assert_eq!(copied(&c.dev(), &point_c), upper_c);
     let ev = &report["events"];
     assert_eq!(ev["dropped_copy_up"], 0);
     assert_eq!(ev["missed_return_copy_up"], 0);
     assert!(ev["enrich_abandoned"].as_u64().unwrap_or(0) >= 1, "{ev}");
 
     // A: found in its own namespace (a host-path lookup would have hung on FUSE).
-    let a = mount_of(&report, &dev_a);
+    let a = mount_at(&report, &dev_a, "/fz/merged");
     assert_eq!(a["copy_up"]["count"], 9);
     let by_layer = a["copy_up"]["by_layer"].as_array().unwrap();
     assert_eq!(by_layer.len(), 1, "{a:#}");
@@ -295,7 +323,7 @@ sleep 8
         (Some(1), Some(9))
     );
     // B: counted exactly, its layers unknown.
-    let b = mount_of(&report, &dev_b);
+    let b = mount_at(&report, &dev_b, "/b/merged");
     assert_eq!(b["copy_up"]["count"], 7);
     assert!(
         b["copy_up"]["by_layer"]
@@ -305,7 +333,7 @@ sleep 8
             .all(|l| l["layer"] == 0)
     );
     // C: named after its mount point, its source layer found.
-    let cm = mount_of(&report, &c.dev());
+    let cm = mount_at(&report, &c.dev(), &point_c);
     assert_eq!(
         cm["mount"]["mount_point"].as_str(),
         Some(c.merged().to_str().unwrap())

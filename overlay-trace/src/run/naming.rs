@@ -417,18 +417,34 @@ impl MountFinder {
             }
             let copied = self.copied.get(&p.key).map(Vec::as_slice).unwrap_or(&[]);
             let io = &mut self.io;
-            let (found, in_ours) = match ours.get(&p.key.dev) {
-                Some(m) => (Some(m.clone()), true),
-                None => (
-                    self.clock
-                        .while_recording(|| {
-                            p.tgids.iter().find_map(|t| foreign_mount(*t, p.key.dev))
-                        })
-                        .flatten(),
-                    false,
-                ),
+            let (found, in_ours, root) = match ours.get(&p.key.dev) {
+                Some(m) => (Some(m.clone()), true, mount_root(m, io)),
+                None => {
+                    // The first process whose namespace shows it and whose root can still be
+                    // held (the mounter may exit between the two).
+                    let mut hit = (None, None);
+                    for t in &p.tgids {
+                        let Some(m) = self
+                            .clock
+                            .while_recording(|| foreign_mount(*t, p.key.dev))
+                            .flatten()
+                        else {
+                            continue;
+                        };
+                        let root = mount_root(&m, io);
+                        let held = root.is_some();
+                        hit = (Some(m), root);
+                        if held {
+                            break;
+                        }
+                    }
+                    (hit.0, false, hit.1)
+                }
             };
-            let root = found.as_ref().and_then(|m| mount_root(m, io));
+            // Found, but no process of its namespace could be held (they exited): asked again
+            // later, when a process that copies up on it may have been heard of.
+            let found =
+                found.filter(|_| in_ours || root.is_some() || all || p.tries + 1 >= TRIES_MAX);
             let found = found.filter(|m| root.as_ref().is_none_or(|r| plausible(m, r, copied, io)));
             // Asked only now that mountinfo was read: if no newer mount of the number had
             // begun, what mountinfo showed for it is this mount. Once one has, this mount can
@@ -450,7 +466,8 @@ impl MountFinder {
                     });
                     // Its copy-ups' source layers, from its lowerdirs as its namespace sees
                     // them; relative ones (long Docker layer lists) wait for the runtime's.
-                    if let Some(root) = root.filter(|_| m.lowerdirs.iter().all(|d| d.starts_with('/')))
+                    if let Some(root) =
+                        root.filter(|_| m.lowerdirs.iter().all(|d| d.starts_with('/')))
                     {
                         self.layers.tell(LayerAsk::Lowerdirs {
                             key: p.key,
