@@ -4,10 +4,8 @@
 use std::{hint::black_box, time::Instant};
 
 use criterion::{Criterion, Throughput};
-use overlay_trace::{
-    aggregate::Aggregate,
-    events::{Event, raw},
-};
+use overlay_trace::model::aggregate::Aggregate;
+use overlay_trace::stream::event::{Event, raw};
 use overlay_trace_common::{LOOKUP_LOWER, LOOKUP_NEGATIVE, NO_DATA_COPY};
 
 const GOAL_EVENTS_PER_SEC: f64 = 2_000_000.0;

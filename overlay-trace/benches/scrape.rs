@@ -9,15 +9,11 @@ use std::{
 };
 
 use criterion::Criterion;
-use overlay_trace::{
-    aggregate::MountKey,
-    containers::Container,
-    events::{Dev, Event, raw},
-    serve::{
-        exposition::{openmetrics, prometheus_text, registry},
-        metrics::Metrics,
-    },
-};
+use overlay_trace::model::series::Metrics;
+use overlay_trace::stream::event::{Dev, Event, raw};
+use overlay_trace::stream::names::Container;
+use overlay_trace::stream::record::MountKey;
+use overlay_trace::views::prometheus::{openmetrics, prometheus_text, registry};
 use overlay_trace_common::{LOOKUP_LOWER, LOOKUP_NEGATIVE};
 
 const CONTAINERS: u32 = 1_000;

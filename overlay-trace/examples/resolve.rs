@@ -1,9 +1,9 @@
 //! Prints each overlay mount and the container it belongs to: `cargo run --example resolve`.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let mut r = overlay_trace::containers::Resolver::new()?;
+    let mut r = overlay_trace::enrich::containers::Resolver::new()?;
     let mut io = overlay_trace::enrich::budget::Budgeted::new("resolve", Default::default());
-    for m in overlay_trace::mounts::read_overlay_mounts()?.values() {
+    for m in overlay_trace::enrich::mountinfo::read_overlay_mounts()?.values() {
         println!(
             "{} {} -> {:?}",
             m.dev,

@@ -15,16 +15,16 @@ fn rss() -> String {
 
 fn main() -> anyhow::Result<()> {
     println!("start:                       {}", rss());
-    let btf = overlay_trace::btf_offsets::KernelBtf::load()?;
+    let btf = overlay_trace::kernel::btf_offsets::KernelBtf::load()?;
     println!("kernel BTF parsed (btf-rs):  {}", rss());
     let config = btf.config(0)?;
     drop(btf);
     println!("BTF dropped:                 {}", rss());
-    overlay_trace::run::kernel_side::release_freed_memory();
+    overlay_trace::kernel::session::release_freed_memory();
     println!("freed memory returned:       {}", rss());
-    let ebpf = overlay_trace::probes::open(config)?;
+    let ebpf = overlay_trace::kernel::probes::open(config)?;
     println!("eBPF object loaded (aya):    {}", rss());
-    overlay_trace::run::kernel_side::release_freed_memory();
+    overlay_trace::kernel::session::release_freed_memory();
     println!("freed memory returned:       {}", rss());
     drop(ebpf);
     Ok(())

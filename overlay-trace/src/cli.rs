@@ -4,18 +4,6 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-/// An error in what the user gave (a scenario, an option): exit status 2, like bad usage.
-#[derive(Debug)]
-pub struct BadInput(pub String);
-
-impl std::fmt::Display for BadInput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BadInput {}
-
 #[derive(Parser, Debug)]
 #[command(
     name = "overlay-trace",
@@ -104,8 +92,8 @@ pub struct RunArgs {
     pub maxactive: u32,
     /// Kind of probe: fentry/fexit where this kernel allows it for that function and kprobes
     /// elsewhere (auto), or one kind everywhere. `check` shows what auto picks, and why.
-    #[arg(long, value_enum, default_value_t = crate::probes::ProbesArg::Auto)]
-    pub probes: crate::probes::ProbesArg,
+    #[arg(long, value_enum, default_value_t = crate::kernel::probes::ProbesArg::Auto)]
+    pub probes: crate::kernel::probes::ProbesArg,
     /// Run CMD with the probes attached; trace until it exits and exit with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -132,8 +120,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub maxactive: u32,
     /// Kind of probe, as for `run`.
-    #[arg(long, value_enum, default_value_t = crate::probes::ProbesArg::Auto)]
-    pub probes: crate::probes::ProbesArg,
+    #[arg(long, value_enum, default_value_t = crate::kernel::probes::ProbesArg::Auto)]
+    pub probes: crate::kernel::probes::ProbesArg,
 }
 
 #[derive(Args, Debug)]
@@ -142,8 +130,8 @@ pub struct BenchArgs {
     /// log-append, chmod-r, rename-dirs.
     pub scenario: String,
     /// Kind of probe, as for `run`.
-    #[arg(long, value_enum, default_value_t = crate::probes::ProbesArg::Auto)]
-    pub probes: crate::probes::ProbesArg,
+    #[arg(long, value_enum, default_value_t = crate::kernel::probes::ProbesArg::Auto)]
+    pub probes: crate::kernel::probes::ProbesArg,
     /// Runs; the report keeps medians and the spread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,

@@ -1,23 +1,19 @@
 //! overlay-trace: an eBPF tracer for Linux overlayfs.
 //!
-//! Data flows one way: `probes` (kernel programs, loaded with offsets from `btf_offsets`) ->
-//! `events` (decode) -> `aggregate` (pure) -> `report` (text, JSON). `mounts` names superblocks.
+//! One pipeline, data flowing one way, a folder per stage (each imports only those below it):
+//!
+//! ```text
+//! kernel (programs, ring buffer) -> stream (decode, records) -> model (the fold) -> views
+//!                 enrich (names, source layers: beside the drain) --^
+//! ```
+//!
+//! `base` is beneath them all; `cmd` (the commands) and `cli` above.
 
-pub mod aggregate;
-pub mod bench;
-pub mod btf_offsets;
-pub mod check;
+pub mod base;
 pub mod cli;
-pub mod compare;
-pub mod containers;
+pub mod cmd;
 pub mod enrich;
-pub mod events;
-pub mod layers;
-pub mod mounts;
-pub mod preflight;
-pub mod probes;
-pub mod replay;
-pub mod report;
-pub mod run;
-pub mod safe_fs;
-pub mod serve;
+pub mod kernel;
+pub mod model;
+pub mod stream;
+pub mod views;

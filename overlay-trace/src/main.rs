@@ -4,11 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use overlay_trace::{
-    bench, check,
-    cli::{Cli, Command},
-    compare, run, serve,
-};
+use overlay_trace::cli::{Cli, Command};
+use overlay_trace::cmd::{bench, check, report, run, serve};
 
 fn main() -> ExitCode {
     // Output piped into `head` and closed early: end quietly like other command-line tools
@@ -24,9 +21,9 @@ fn main() -> ExitCode {
             svg,
             html,
         } => {
-            return compare::report(
+            return report::report(
                 &files,
-                compare::Outputs {
+                report::Outputs {
                     json: json.as_deref(),
                     timeline: timeline.as_deref(),
                     svg: svg.as_deref(),
@@ -38,7 +35,7 @@ fn main() -> ExitCode {
             base,
             new,
             max_regression,
-        } => return compare::diff(&base, &new, &max_regression),
+        } => return report::diff(&base, &new, &max_regression),
         Command::Bench(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -73,7 +70,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("overlay-trace: error: {e:#}");
             // Bad input (a scenario, an option) is a usage error, as clap's own.
-            if e.chain().any(|c| c.is::<overlay_trace::cli::BadInput>()) {
+            if e.chain().any(|c| c.is::<overlay_trace::base::BadInput>()) {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

@@ -10,19 +10,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_trace::{
-    aggregate::MountKey,
-    containers::Container,
-    enrich::source_layers::LayerAsk,
-    events::{Dev, raw},
-    replay::{self, Record},
-    report::{EventCounts, Report, json},
-    run::{collector::Collector, naming::Named, outputs::EventsFile},
-    serve::{
-        exposition,
-        metrics::{Metrics, SETTLE_AFTER},
-    },
-};
+use overlay_trace::stream::record::{EventCounts, MountKey, Record};
+
+use overlay_trace::stream::names::Container;
+
+use overlay_trace::enrich::source_layers::LayerAsk;
+
+use overlay_trace::stream::event::{Dev, raw};
+
+use overlay_trace::model::replay;
+
+use overlay_trace::views::report::Report;
+
+use overlay_trace::views::{json, prometheus};
+
+use overlay_trace::model::fold::Collector;
+
+use overlay_trace::enrich::naming::Named;
+
+use overlay_trace::stream::output::EventsFile;
+
+use overlay_trace::model::series::{Metrics, SETTLE_AFTER};
 use overlay_trace_common::{
     COPY_UP_COPIED, COPY_UP_WAITED, LOOKUP_ERROR, LOOKUP_LOWER, LOOKUP_NEGATIVE,
     LOOKUP_POSITIVE_UNKNOWN_LAYER, LOOKUP_UPPER,
@@ -132,7 +140,7 @@ fn fold(ops: &[Op]) -> (Report, String, Report) {
         ..Default::default()
     };
     c.events.as_mut().unwrap().record(&Record::Header {
-        schema_version: overlay_trace::report::SCHEMA_VERSION,
+        schema_version: overlay_trace::stream::record::SCHEMA_VERSION,
         tool_version: "t".into(),
         kernel: "k".into(),
     });
@@ -221,9 +229,10 @@ fn fold(ops: &[Op]) -> (Report, String, Report) {
         probes: Vec::new(),
     });
     assert_eq!(out.finish(), None);
-    let (replayed, warning) = replay::replay(&path).unwrap();
-    assert_eq!(warning, None);
-    let text = exposition::openmetrics(&exposition::registry(shared));
+    let replayed = replay::replay(&path).unwrap();
+    assert_eq!(replayed.warning, None);
+    let replayed = Report::replayed(replayed);
+    let text = prometheus::openmetrics(&prometheus::registry(shared));
     (live, text, replayed)
 }
 

@@ -11,18 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_trace::{
-    containers::Container,
-    events::{Dev, raw},
-    run::{
-        collector::{Collector, lock},
-        naming::Named,
-    },
-    serve::{
-        exposition::{openmetrics, prometheus_text, registry},
-        metrics::Metrics,
-    },
-};
+use overlay_trace::stream::names::Container;
+
+use overlay_trace::stream::event::{Dev, raw};
+
+use overlay_trace::model::fold::{Collector, lock};
+
+use overlay_trace::enrich::naming::Named;
+
+use overlay_trace::views::prometheus::{openmetrics, prometheus_text, registry};
+
+use overlay_trace::model::series::Metrics;
 
 fn sum(text: &str, name: &str) -> f64 {
     text.lines()

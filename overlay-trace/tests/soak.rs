@@ -6,13 +6,21 @@
 mod common;
 use common::vm_hwm_kib;
 
-use overlay_trace::{
-    aggregate::{GONE_DETAIL_MAX, GROUPS_MAX, LIVE_MOUNTS_MAX},
-    containers::Container,
-    events::{Dev, raw},
-    report::{EventCounts, Report, text},
-    run::{collector::Collector, naming::Named},
-};
+use overlay_trace::model::aggregate::{GONE_DETAIL_MAX, GROUPS_MAX, LIVE_MOUNTS_MAX};
+
+use overlay_trace::stream::names::Container;
+
+use overlay_trace::stream::event::{Dev, raw};
+
+use overlay_trace::stream::record::EventCounts;
+
+use overlay_trace::views::report::Report;
+
+use overlay_trace::views::text;
+
+use overlay_trace::model::fold::Collector;
+
+use overlay_trace::enrich::naming::Named;
 use overlay_trace_common::{LOOKUP_LOWER, LOOKUP_NEGATIVE};
 
 #[test]

@@ -12,15 +12,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_trace::{
-    aggregate::MountKey,
-    containers::Container,
-    events::{Dev, Event, raw},
-    serve::{
-        exposition::{openmetrics, registry},
-        metrics::Metrics,
-    },
-};
+use overlay_trace::stream::record::MountKey;
+
+use overlay_trace::stream::names::Container;
+
+use overlay_trace::stream::event::{Dev, Event, raw};
+
+use overlay_trace::views::prometheus::{openmetrics, registry};
+
+use overlay_trace::model::series::Metrics;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

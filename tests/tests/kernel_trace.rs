@@ -431,7 +431,7 @@ fn mountinfo_names_an_overlay_mounted_for_the_test() {
         .status()
         .unwrap();
     assert!(st.success());
-    let mounts = overlay_trace::mounts::read_overlay_mounts().unwrap();
+    let mounts = overlay_trace::enrich::mountinfo::read_overlay_mounts().unwrap();
     let _ = Command::new("umount").arg(spaced.join("m")).status();
     let find = |dir: &std::path::Path| {
         use std::os::unix::fs::MetadataExt as _;

@@ -5,4 +5,8 @@
 //! `source_layers` finds each copy-up's source layer.
 
 pub mod budget;
+pub mod containers;
+pub mod layers;
+pub mod mountinfo;
+pub mod naming;
 pub mod source_layers;

@@ -20,11 +20,11 @@ use std::{
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::{
-    aggregate::{CopyUpRef, MountKey},
-    enrich::budget::{Budgeted, EnrichCounts},
-    run::naming::{MountRoot, Named},
-};
+use crate::stream::record::{CopyUpRef, MountKey};
+
+use crate::enrich::budget::{Budgeted, EnrichCounts};
+
+use crate::enrich::naming::{MountRoot, Named};
 
 /// Time one lookup (a few `openat2` calls) may take before it is abandoned.
 pub const LOOKUP_BUDGET: Duration = Duration::from_secs(1);
@@ -163,7 +163,7 @@ impl LayerFinder {
             return;
         };
         let found = self.worker.run(LOOKUP_BUDGET, move || {
-            crate::layers::source_layer(&root, dirs.iter().map(String::as_str), &path)
+            crate::enrich::layers::source_layer(&root, dirs.iter().map(String::as_str), &path)
         });
         match found {
             Some(Some(layer)) => {

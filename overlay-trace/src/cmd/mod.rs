@@ -1,0 +1,9 @@
+//! The commands, thin drivers that assemble the stages they need.
+
+pub mod bench;
+pub mod check;
+pub mod child;
+pub mod report;
+pub mod run;
+pub mod serve;
+pub mod session;

@@ -1,0 +1,144 @@
+//! `report` and `diff`: reading saved reports. Bad input (unreadable, malformed, unknown schema
+//! version, bad limits) exits 2; a regression exits 1.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::views::report::Report;
+
+use crate::views::{diff, json, plot, text};
+
+use crate::views::timeline_svg::Timeline;
+
+fn load(path: &Path) -> Result<Report> {
+    if crate::stream::input::is_events_file(path) {
+        let r = crate::model::replay::replay(path)?;
+        if let Some(w) = &r.warning {
+            eprintln!("overlay-trace: warning: {w}");
+        }
+        return Ok(Report::replayed(r));
+    }
+    let t = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    json::from_str(&t).with_context(|| format!("{}", path.display()))
+}
+
+/// An events file replayed into its report, its timeline drawn from the events on the way.
+fn load_with_timeline(path: &Path) -> Result<(Report, Timeline)> {
+    if !crate::stream::input::is_events_file(path) {
+        return Err(anyhow::anyhow!(crate::base::BadInput(format!(
+            "--timeline needs an events file (`run --events`); {} is not one",
+            path.display()
+        ))));
+    }
+    let t = std::cell::RefCell::new(Timeline::default());
+    let r = crate::model::replay::replay_with(
+        path,
+        |e, key| t.borrow_mut().add(e, key),
+        |key, n, container| t.borrow_mut().name(key, n, container),
+    )?;
+    if let Some(w) = &r.warning {
+        eprintln!("overlay-trace: warning: {w}");
+    }
+    Ok((Report::replayed(r), t.into_inner()))
+}
+
+fn bad_input(e: anyhow::Error) -> ExitCode {
+    eprintln!("overlay-trace: error: {e:#}");
+    ExitCode::from(2)
+}
+
+/// What `report` writes besides the text.
+pub struct Outputs<'a> {
+    pub json: Option<&'a Path>,
+    pub timeline: Option<&'a Path>,
+    pub svg: Option<&'a Path>,
+    pub html: Option<&'a Path>,
+}
+
+pub fn report(files: &[PathBuf], outputs: Outputs<'_>) -> ExitCode {
+    let Outputs {
+        json: json_out,
+        timeline,
+        svg,
+        html,
+    } = outputs;
+    let mut picture = None;
+    let reports: Result<Vec<(String, Report)>> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let name = f.file_name().map_or_else(
+                || f.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            if i == 0 && timeline.is_some() {
+                let (r, t) = load_with_timeline(f)?;
+                picture = Some(t);
+                return Ok((name, r));
+            }
+            Ok((name, load(f)?))
+        })
+        .collect();
+    let reports = match reports {
+        Ok(r) => r,
+        Err(e) => return bad_input(e),
+    };
+    for (_, r) in &reports {
+        print!("{}", text::render(r));
+    }
+    if let (Some(path), Some(t)) = (timeline, picture.as_ref()) {
+        let written = t.svg().and_then(|doc| {
+            crate::stream::output::write_file(path, "the timeline", doc.as_bytes())
+        });
+        if let Err(e) = written {
+            eprintln!("overlay-trace: error: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
+    if let (Some(path), Some((_, r))) = (json_out, reports.first()) {
+        let written = crate::stream::output::write_file(
+            path,
+            "the JSON report",
+            json::to_string(r).as_bytes(),
+        );
+        if let Err(e) = written {
+            eprintln!("overlay-trace: error: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
+    let pictures = [
+        (svg, plot::svg as fn(&[(String, Report)]) -> Result<String>),
+        (html, plot::html),
+    ];
+    for (path, render) in pictures {
+        let Some(path) = path else { continue };
+        let written = render(&reports)
+            .and_then(|doc| crate::stream::output::write_file(path, "the picture", doc.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("overlay-trace: error: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn diff(base: &Path, new: &Path, limits: &str) -> ExitCode {
+    let inputs =
+        (|| Ok::<_, anyhow::Error>((load(base)?, load(new)?, diff::parse_limits(limits)?)))();
+    let (b, n, limits) = match inputs {
+        Ok(x) => x,
+        Err(e) => return bad_input(e),
+    };
+    let rows = diff::compare(&b, &n, &limits);
+    print!("{}", diff::render(&rows));
+    if rows.iter().any(|r| r.regressed) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

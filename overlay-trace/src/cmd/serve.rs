@@ -1,0 +1,177 @@
+//! `overlay-trace serve`: `run`'s probes, filters and naming, running until SIGTERM, with the
+//! numbers on `/metrics` for Prometheus and `/healthz` for whatever keeps the tracer alive.
+//!
+//! The listening socket is bound first, so a second `serve` on the same port fails at once,
+//! before it loads anything. The HTTP server (axum) runs on the drain loop's own runtime: a
+//! scrape encodes under the metrics lock, between two drains.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::registry::Registry;
+
+use tokio::signal::unix::SignalKind;
+
+use crate::cli::ServeArgs;
+
+use crate::cmd::session::{Options, Session};
+
+use crate::views::report::Report;
+
+use crate::model::fold::lock;
+use crate::model::series::{Metrics, Shared};
+
+/// `/healthz` fails when the drain loop's 1 s tick is older than this.
+const STALLED_AFTER: Duration = Duration::from_secs(10);
+
+/// Scrapes encoded at once; a further one gets 503 at once rather than queueing (each holds a
+/// body of up to tens of MiB while a slow client reads it).
+const SCRAPES_MAX: usize = 4;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Shared,
+    registry: Arc<Registry>,
+    scrapes: Arc<tokio::sync::Semaphore>,
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let shared: Shared = Arc::new(Mutex::new(Metrics::new(
+        args.forget_after,
+        args.max_series as usize,
+    )));
+    let state = AppState {
+        metrics: shared.clone(),
+        registry: Arc::new(crate::views::prometheus::registry(shared.clone())),
+        scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX)),
+    };
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    eprintln!(
+        "overlay-trace: serving http://{}/metrics (and /healthz)",
+        args.listen
+    );
+    let traced = trace(&args, shared).await;
+    let _ = stop_tx.send(());
+    // Scrapes in progress get a moment to finish; the process ends either way.
+    let _ = tokio::time::timeout(Duration::from_millis(500), server).await;
+    let report = traced?;
+    let c = &report.events;
+    eprintln!(
+        "overlay-trace: stopped; {} copy-ups, {} lookups, {} mounts traced",
+        c.copy_up, c.lookup, c.mount
+    );
+    Ok(())
+}
+
+/// The session behind the endpoint, until SIGTERM or SIGINT; no last naming pass (no report
+/// waits for names).
+async fn trace(args: &ServeArgs, metrics: Shared) -> Result<Report> {
+    let mut session = Session::start(Options {
+        pid: args.pid,
+        containers: &args.containers,
+        maxactive: args.maxactive,
+        probes: args.probes,
+        metrics: Some(metrics),
+        ..Default::default()
+    })
+    .await?;
+    let mut sigterm =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint =
+        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    loop {
+        tokio::select! {
+            r = session.step() => r?,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    session.finish(Duration::ZERO).await
+}
+
+/// OpenMetrics when the scraper accepts it (Prometheus asks for it first), the Prometheus text
+/// format otherwise. Encoded on a blocking thread from a snapshot (see `exposition`): never on
+/// the runtime thread the drain loop uses.
+async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{SCRAPES_MAX} scrapes in progress; try again\n"),
+        )
+            .into_response();
+    };
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let registry = s.registry.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let body = crate::views::prometheus::openmetrics(&registry);
+        if wants_openmetrics {
+            body
+        } else {
+            crate::views::prometheus::prometheus_text(&body)
+        }
+    })
+    .await;
+    drop(permit);
+    let Ok(body) = body else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
+    };
+    let kind = if wants_openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+/// 200 while the probes are attached and the drain loop ticks; 503 otherwise (starting,
+/// stopping, or stalled).
+async fn healthz(State(s): State<AppState>) -> Response {
+    let m = lock(&s.metrics);
+    let ticking = m
+        .health
+        .last_tick
+        .is_some_and(|t| t.elapsed() < STALLED_AFTER);
+    if m.health.attached && ticking {
+        (StatusCode::OK, "ok\n").into_response()
+    } else if !m.health.attached {
+        (StatusCode::SERVICE_UNAVAILABLE, "probes not attached\n").into_response()
+    } else {
+        let since = m
+            .health
+            .last_tick
+            .map_or(0, |t| Instant::now().duration_since(t).as_secs());
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the drain loop has not ticked for {since} s\n"),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,395 @@
+//! A tracing session: the stages a command assembles (the kernel side, the fold, naming and
+//! enrichment beside it, the output files), and the steps every command takes with them:
+//! `start`, `step` (one wake-up of the drain loop), `finish`. `run`, `serve` and `bench` each
+//! drive one in a loop of their own; nothing here decides when tracing ends.
+//!
+//! On the drain's thread records are only decoded and folded: everything that may wait on a
+//! filesystem or a runtime is asked of the enrichment threads, and their answers come back here
+//! as records.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use overlay_trace_common::{STAT_DROPPED_COPY_UP, STAT_DROPPED_LOOKUP, STAT_DROPPED_MOUNT};
+use tokio::time::Interval;
+
+use crate::{
+    enrich::{
+        budget::{Budgeted, EnrichCounts},
+        containers::Resolver,
+        mountinfo::read_overlay_mounts,
+        naming::{Named, Naming, Request},
+    },
+    kernel::{
+        btf_offsets::KernelBtf,
+        preflight,
+        probes::ProbesArg,
+        session::{self as kernel_side, KernelSide},
+    },
+    model::{
+        fold::{Collector, lock},
+        series::Shared,
+    },
+    stream::{
+        event::{Dev, decode_exec},
+        names::{Container, OverlayMount},
+        output::{EventsFile, PendingFile},
+        record::{Record, SCHEMA_VERSION},
+    },
+    views::{chrome_trace::TraceFile, json, report::Report},
+};
+
+/// How often the ring buffer is drained when the kernel did not wake us.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+/// What a command asks of its session.
+#[derive(Default)]
+pub struct Options<'a> {
+    pub pid: Option<u32>,
+    /// `--container` arguments: traced exclusively, by superblock.
+    pub containers: &'a [String],
+    /// Superblocks traced exclusively besides (bench's private overlay).
+    pub only: &'a [Dev],
+    pub maxactive: u32,
+    pub probes: ProbesArg,
+    pub json: Option<&'a Path>,
+    pub events: Option<&'a Path>,
+    pub trace: Option<&'a Path>,
+    /// `serve`'s numbers: fed by the same fold, their health kept current.
+    pub metrics: Option<Shared>,
+}
+
+pub struct Session {
+    kernel: KernelSide,
+    pub fold: Collector,
+    naming: Naming,
+    trace: Option<TraceFile>,
+    json_out: Option<PendingFile>,
+    pub kernel_version: String,
+    pub started: Instant,
+    drain_tick: Interval,
+    tick: Interval,
+}
+
+impl Session {
+    /// Preflight, outputs, the containers to trace, the kernel side loaded and attached, naming
+    /// started. Bad input and a machine that cannot trace are refused before anything is made.
+    pub async fn start(o: Options<'_>) -> Result<Self> {
+        crate::enrich::containers::docker::socket_path()?;
+        let mut caps = preflight::inspect();
+        preflight::ensure_overlay_loaded(&mut caps);
+        preflight::require_for_run(&caps)?;
+
+        // Outputs exist only once preflight passed.
+        let json_out = o
+            .json
+            .map(|p| PendingFile::create(p, "the JSON report"))
+            .transpose()?;
+        let mut events = o.events.map(EventsFile::create).transpose()?;
+        if let Some(e) = events.as_mut() {
+            e.record(&Record::Header {
+                schema_version: SCHEMA_VERSION,
+                tool_version: env!("CARGO_PKG_VERSION").to_string(),
+                kernel: caps.kernel.clone(),
+            });
+        }
+        let trace = o.trace.map(TraceFile::create).transpose()?;
+
+        let mut resolver = Resolver::new()?;
+        let mounts_now = read_overlay_mounts()?;
+        let enrich_counts = Arc::new(EnrichCounts::default());
+        let mut only = select_containers(
+            o.containers,
+            &mounts_now,
+            &mut resolver,
+            &mut Budgeted::new("select", enrich_counts.clone()),
+        )
+        .await?;
+        only.extend(o.only.iter().map(|d| (*d, None)));
+
+        let verbose = verbose();
+        let btf = KernelBtf::load()?;
+        let mut config = btf.config(o.pid.unwrap_or(0))?;
+        config.data_len_arg = crate::kernel::probes::PROBES
+            .iter()
+            .find(|p| p.entry == "copy_up_data_entry")
+            .and_then(|p| crate::kernel::probes::target_for(p, &caps.symbols))
+            .and_then(|f| btf.param_position(f, "len"))
+            .unwrap_or(0);
+        config.filter_devs = u32::from(!only.is_empty());
+        config.verbose = u32::from(verbose);
+        config.copy_up_end_probed = u32::from(caps.symbols.contains("ovl_copy_up_end"));
+        let facts = crate::kernel::probes::BtfFacts::of(&btf);
+        // The parsed BTF (about 40 MiB) goes before aya parses it again to load the programs,
+        // so the two never add up.
+        drop(btf);
+        kernel_side::release_freed_memory();
+        let devs: Vec<Dev> = only.iter().map(|(d, _)| *d).collect();
+        let kernel = KernelSide::start(
+            config,
+            &caps.symbols,
+            &devs,
+            o.maxactive,
+            &facts,
+            o.probes,
+            trace.is_some(),
+        )?;
+        // aya's own parse of the BTF is gone too: give that memory back.
+        kernel_side::release_freed_memory();
+        for w in &kernel.warnings {
+            eprintln!("warning: {w}");
+        }
+        if let Some(m) = &o.metrics {
+            let mut m = lock(m);
+            m.health.probes = kernel
+                .probes()
+                .into_iter()
+                .map(|p| (p.function, p.kind))
+                .collect();
+            m.health.attached = true;
+        }
+        let mut fold = Collector {
+            events,
+            metrics: o.metrics,
+            ..Default::default()
+        };
+        // Containers chosen with --container are known already.
+        for (dev, c) in only {
+            if let Some(c) = c {
+                let key = fold.agg.current(dev);
+                fold.record(Record::Known {
+                    dev,
+                    mount_gen: key.generation,
+                    mount: mounts_now.get(&dev).cloned(),
+                    container: c,
+                });
+            }
+        }
+        let naming = Naming::start(resolver, kernel.mount_clock.clone(), enrich_counts);
+        Ok(Self {
+            kernel,
+            fold,
+            naming,
+            trace,
+            json_out,
+            kernel_version: caps.kernel,
+            started: Instant::now(),
+            drain_tick: tokio::time::interval(DRAIN_EVERY),
+            tick: tokio::time::interval(Duration::from_secs(1)),
+        })
+    }
+
+    /// One wake-up of the drain loop: records waiting in the ring buffer (the kernel woke us, or
+    /// 100 ms passed), an answer of the naming side, or the 1 s tick. Cancel-safe: a command
+    /// selects it against its own ends (signals, a deadline, its child).
+    pub async fn step(&mut self) -> Result<()> {
+        tokio::select! {
+            r = self.kernel.readable() => {
+                r?;
+                self.drain();
+            }
+            _ = self.drain_tick.tick() => {
+                self.drain();
+                self.kernel.flush_logs();
+            }
+            Some(n) = self.naming.answers.recv() => answer(&mut self.fold, &mut self.trace, n),
+            _ = self.tick.tick() => self.second(),
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) {
+        let (fold, naming, trace) = (&mut self.fold, &self.naming, &mut self.trace);
+        self.kernel.drain(|r| take(fold, naming, trace, r));
+    }
+
+    /// Once a second: the events file handed what it holds (a run killed from now on keeps
+    /// what was recorded up to this second), and serve's health brought up to date.
+    fn second(&mut self) {
+        if let Some(e) = self.fold.events.as_mut() {
+            e.flush();
+        }
+        if let Some(m) = &self.fold.metrics {
+            let mut m = lock(m);
+            m.tick(Instant::now());
+            m.health.counts = kernel_side::counts_of(&self.kernel.stats());
+            m.health.decode_errors = self.fold.decode_errors;
+            m.health.enrich = self.naming.counts.tally();
+            m.health.last_tick = Some(Instant::now());
+        }
+    }
+
+    /// The live status line: what was seen and what was lost so far.
+    pub fn status_line(&self) -> String {
+        let s = self.kernel.stats();
+        let dropped = s[STAT_DROPPED_COPY_UP as usize]
+            + s[STAT_DROPPED_LOOKUP as usize]
+            + s[STAT_DROPPED_MOUNT as usize];
+        format!(
+            "\r[overlay-trace] {:>5.0}s  copy-ups {}  lookups {}  dropped {}  missed returns {}   ",
+            self.started.elapsed().as_secs_f64(),
+            self.fold.agg.copy_up_events,
+            self.fold.agg.lookup_events,
+            dropped,
+            kernel_side::missed_returns(&s),
+        )
+    }
+
+    /// Detaches every probe, takes what is still in the ring buffer and the calls left in
+    /// flight, gives naming `naming_budget` for a last pass (a hung runtime delays the report by
+    /// that much at most), and writes the outputs. The report, and the time traced.
+    pub async fn finish(self, naming_budget: Duration) -> Result<Report> {
+        let Session {
+            kernel,
+            mut fold,
+            mut naming,
+            mut trace,
+            json_out,
+            kernel_version,
+            started,
+            ..
+        } = self;
+        let traced = started.elapsed().as_secs_f64();
+        let ended = Instant::now();
+        // Our mountinfo while the probes still record mounts: the last naming pass names mounts
+        // from it (see `MountClock`).
+        let mounts_at_detach = read_overlay_mounts().unwrap_or_default();
+        let stopped = kernel.stop(|r| take(&mut fold, &naming, &mut trace, r));
+        let detached = ended.elapsed();
+        if let Some(m) = &fold.metrics {
+            let mut m = lock(m);
+            m.health.attached = false;
+            m.health.counts = stopped.counts.clone();
+        }
+        let _ = naming.requests.send(Request::Finish {
+            deadline: tokio::time::Instant::now() + naming_budget,
+            mounts: mounts_at_detach,
+        });
+        let give_up = tokio::time::Instant::now() + naming_budget + Duration::from_millis(400);
+        loop {
+            match tokio::time::timeout_at(give_up, naming.answers.recv()).await {
+                Ok(Some(Named::Done)) | Ok(None) | Err(_) => break,
+                Ok(Some(n)) => answer(&mut fold, &mut trace, n),
+            }
+        }
+        if verbose() {
+            eprintln!(
+                "overlay-trace: detaching took {} ms, the last naming pass {} ms",
+                detached.as_millis(),
+                (ended.elapsed() - detached).as_millis()
+            );
+        }
+        let mut counts = stopped.counts;
+        counts.decode_errors = fold.decode_errors;
+        let enriched = naming.counts.tally();
+        counts.enrich_abandoned = enriched.abandoned;
+        counts.enrich_skipped = enriched.skipped;
+        let mut report = Report::build(&fold.agg, kernel_version, traced, counts);
+        report.probes = stopped.probes;
+        if let Some(e) = fold.events.as_mut() {
+            e.record(&Record::End {
+                traced_seconds: report.traced_seconds,
+                events: report.events.clone(),
+                probes: report.probes.clone(),
+            });
+        }
+        report.events_file_error = fold.events.take().and_then(EventsFile::finish);
+        report.trace_file_error = trace.take().and_then(TraceFile::finish);
+        if let Some(mut out) = json_out {
+            use std::io::Write as _;
+            out.writer()
+                .write_all(json::to_string(&report).as_bytes())
+                .context("writing the JSON report")?;
+            out.commit()?;
+        }
+        Ok(report)
+    }
+}
+
+/// An answer of the naming side: the timeline's track names, then the fold.
+fn answer(fold: &mut Collector, trace: &mut Option<TraceFile>, n: Named) {
+    if let Some(t) = trace.as_mut() {
+        match &n {
+            Named::Container { key, container } => t.name(*key, container.track_name(), true),
+            Named::Mount { key, mount } => t.name(*key, mount.mount_point.clone(), false),
+            _ => {}
+        }
+    }
+    if let Some(w) = fold.apply(n) {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// One record through the fold, the timeline and to the naming side.
+fn take(fold: &mut Collector, naming: &Naming, trace: &mut Option<TraceFile>, record: &[u8]) {
+    if let Some(o) = decode_exec(record) {
+        if let Some(t) = trace.as_mut() {
+            t.exec(&o);
+        }
+        return;
+    }
+    let Some(taken) = fold.take(record) else {
+        return;
+    };
+    if let Some(t) = trace.as_mut() {
+        t.write(&taken.event, taken.key);
+    }
+    if let Some(m) = taken.new_mount {
+        naming.name(m);
+    }
+    for (key, path, tgid) in fold.copied_unnamed.drain(..) {
+        naming.copied_up(key, path, tgid);
+    }
+    for ask in fold.layer_asks.drain(..) {
+        naming.layers.ask(ask);
+    }
+}
+
+fn verbose() -> bool {
+    std::env::var_os("OVERLAY_TRACE_VERBOSE").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
+/// Resolves `--container` arguments to the superblocks of running containers. An argument that
+/// matches none is an error listing what is running.
+async fn select_containers(
+    wanted: &[String],
+    mounts: &BTreeMap<Dev, OverlayMount>,
+    resolver: &mut Resolver,
+    io: &mut Budgeted,
+) -> Result<Vec<(Dev, Option<Container>)>> {
+    use crate::base::escape::escape;
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let running = resolver.running(mounts, io).await;
+    let mut out = Vec::new();
+    for w in wanted {
+        let hits: Vec<(Dev, Option<Container>)> = running
+            .iter()
+            .filter(|(_, c)| c.matches(w))
+            .map(|(d, c)| (*d, Some(c.clone())))
+            .collect();
+        if hits.is_empty() {
+            let list: Vec<String> = running
+                .iter()
+                .map(|(_, c)| format!("{} ({})", escape(&c.name), c.short_id()))
+                .collect();
+            return Err(anyhow!(
+                "no running container matches {:?}; running containers: {}",
+                escape(w),
+                if list.is_empty() {
+                    "none found".to_string()
+                } else {
+                    list.join(", ")
+                }
+            ));
+        }
+        out.extend(hits);
+    }
+    Ok(out)
+}

@@ -1,0 +1,459 @@
+//! Docker with the overlay2 graph driver. First the Engine API on /var/run/docker.sock (bollard,
+//! every call under a timeout so a hung daemon never hangs the tracer), matching a mount by its
+//! upperdir (`GraphDriver.Data.UpperDir`); when the API does not answer, Docker's on-disk
+//! metadata: `image/overlay2/layerdb/mounts/<container>/mount-id` holds the overlay2 directory
+//! name and `containers/<container>/config.v2.json` the name and image.
+//! Docker with the containerd image store mounts at `<root>/rootfs/overlayfs/<container-id>`.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bollard::query_parameters::ListContainersOptions;
+use serde_json::Value;
+
+use crate::base::safe_fs;
+use crate::stream::names::Container;
+use crate::stream::names::OverlayMount;
+
+const API_TIMEOUT: Duration = Duration::from_secs(3);
+/// After the API failed to answer, it is left alone this long (on-disk metadata meanwhile): a
+/// daemon that accepts and never answers costs one timeout, not one per container.
+const API_BACKOFF: Duration = Duration::from_secs(30);
+const DEFAULT_ROOT: &str = "/var/lib/docker";
+
+/// What a Docker container looks like to us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerContainer {
+    pub container: Container,
+    /// Absolute upperdir, or None (containerd image store).
+    pub upperdir: Option<String>,
+}
+
+pub struct Docker {
+    api: Option<bollard::Docker>,
+    /// Inspected containers by id (inspect results never change for a given container).
+    inspected: HashMap<String, DockerContainer>,
+    warning: Option<String>,
+    api_down_until: Option<std::time::Instant>,
+    /// The API failed to answer at least once in this run.
+    api_failed: bool,
+    /// Set for the last naming pass: an API that failed before is not waited for again.
+    final_pass: bool,
+    /// The data root, once known (from the API, or from a trusted dockerd).
+    root: Option<PathBuf>,
+}
+
+/// The `<id>` of an overlay2 upperdir `<root>/overlay2/<id>/diff` (also when relative: `<id>/diff`).
+pub fn overlay2_id(upperdir: &str) -> Option<&str> {
+    let p = upperdir.strip_suffix("/diff")?;
+    Some(p.rsplit('/').next().unwrap_or(p)).filter(|s| !s.is_empty())
+}
+
+/// The Docker socket: `$DOCKER_HOST` when it is a `unix://` socket, the default one when it is
+/// unset. Any other scheme is refused rather than silently replaced.
+pub fn socket_path() -> anyhow::Result<String> {
+    match std::env::var("DOCKER_HOST") {
+        Err(_) => Ok("/var/run/docker.sock".to_string()),
+        Ok(h) if h.is_empty() => Ok("/var/run/docker.sock".to_string()),
+        Ok(h) => match h.strip_prefix("unix://") {
+            Some(p) if !p.is_empty() => Ok(p.to_string()),
+            _ => Err(crate::base::BadInput(format!(
+                "DOCKER_HOST={:?} is not supported: overlay-trace reads container names from a local unix:// \
+                 socket only (unset DOCKER_HOST or set it to unix:///path/to/docker.sock)",
+                crate::base::escape::escape(&h)
+            ))
+            .into()),
+        },
+    }
+}
+
+/// Is process `pid` a dockerd we can trust with our data root: running as root, from an
+/// executable owned by root that nobody else may write? Any local user can start a program named
+/// `dockerd` with `--data-root` pointing at files of their choosing.
+fn trusted_dockerd(pid: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let runs_as_root = safe_fs::read_small_file(&pid.join("status")).is_some_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|u| u.split_whitespace().all(|id| id == "0"))
+    });
+    let exe_owned_by_root =
+        fs::metadata(pid.join("exe")).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    runs_as_root && exe_owned_by_root
+}
+
+/// Data root from a trusted running dockerd's command line, /etc/docker/daemon.json, or the
+/// default. (The Engine API's `DockerRootDir` comes first when the API answers: see `Docker`.)
+pub fn data_root() -> PathBuf {
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Some(cmd) = safe_fs::read_small_file(&p.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&str> = cmd.split('\0').collect();
+            if !args.first().is_some_and(|a| a.ends_with("dockerd")) || !trusted_dockerd(&p.path())
+            {
+                continue;
+            }
+            for (i, a) in args.iter().enumerate() {
+                if let Some(v) = a.strip_prefix("--data-root=") {
+                    return PathBuf::from(v);
+                }
+                if *a == "--data-root" {
+                    if let Some(v) = args.get(i + 1) {
+                        return PathBuf::from(v);
+                    }
+                }
+            }
+        }
+    }
+    safe_fs::read_small_file(Path::new("/etc/docker/daemon.json"))
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["data-root"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+}
+
+/// Reads every container from Docker's on-disk metadata under `root`.
+pub fn from_disk(root: &Path) -> Vec<DockerContainer> {
+    let mut out = Vec::new();
+    let Ok(dirs) = fs::read_dir(root.join("containers")) else {
+        return out;
+    };
+    for d in dirs.flatten() {
+        let id = d.file_name().to_string_lossy().into_owned();
+        // Container ids are hex; anything else is not Docker's.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        // Regular files beneath the data root only, size-capped, never blocking.
+        let Some(text) = safe_fs::read_metadata(
+            root,
+            &Path::new("containers").join(&id).join("config.v2.json"),
+        ) else {
+            continue;
+        };
+        let Ok(cfg) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let mount_id = safe_fs::read_metadata(
+            root,
+            &Path::new("image/overlay2/layerdb/mounts")
+                .join(&id)
+                .join("mount-id"),
+        )
+        .map(|s| s.trim().to_string())
+        .filter(|m| !m.is_empty() && !m.contains('/'));
+        out.push(DockerContainer {
+            container: Container {
+                runtime: "docker".into(),
+                id: id.clone(),
+                name: cfg["Name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_start_matches('/')
+                    .to_string(),
+                image: cfg["Config"]["Image"].as_str().unwrap_or("").to_string(),
+                namespace: None,
+                role: None,
+                pod: None,
+                image_id: cfg["Image"].as_str().map(str::to_string),
+            },
+            upperdir: mount_id.map(|m| {
+                root.join("overlay2")
+                    .join(m)
+                    .join("diff")
+                    .display()
+                    .to_string()
+            }),
+        });
+    }
+    out
+}
+
+/// Converts an inspect response (API JSON) into our view of the container.
+pub fn from_inspect(v: &bollard::models::ContainerInspectResponse) -> Option<DockerContainer> {
+    let id = v.id.clone()?;
+    Some(DockerContainer {
+        container: Container {
+            runtime: "docker".into(),
+            id,
+            name: v
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .trim_start_matches('/')
+                .to_string(),
+            image: v
+                .config
+                .as_ref()
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default(),
+            namespace: None,
+            role: None,
+            pod: None,
+            image_id: v.image.clone(),
+        },
+        upperdir: v
+            .graph_driver
+            .as_ref()
+            .and_then(|g| g.data.get("UpperDir").cloned()),
+    })
+}
+
+/// Does `c` own mount `m`? By overlay2 directory name (works for relative upperdirs and for a
+/// data root seen under another path), or by the containerd-store mount point.
+pub fn owns(c: &DockerContainer, m: &OverlayMount) -> bool {
+    if let (Some(cu), Some(mu)) = (c.upperdir.as_deref(), m.upperdir.as_deref()) {
+        if cu == mu || (overlay2_id(cu).is_some() && overlay2_id(cu) == overlay2_id(mu)) {
+            return true;
+        }
+    }
+    m.mount_point.contains("/rootfs/overlayfs/") && m.mount_point.ends_with(&c.container.id)
+}
+
+/// The container whose root (or init layer) `m` is.
+pub fn find<'a>(
+    all: impl Iterator<Item = &'a DockerContainer> + Clone,
+    m: &OverlayMount,
+) -> Option<Container> {
+    if let Some(c) = all.clone().find(|c| owns(c, m)) {
+        return Some(c.container.clone());
+    }
+    all.into_iter()
+        .find(|c| owns_init_layer(c, m))
+        .map(|c| Container {
+            role: Some("init-layer".into()),
+            pod: None,
+            ..c.container.clone()
+        })
+}
+
+/// Is `m` the init layer (`<overlay2 id>-init`) of `c`, mounted while Docker creates it?
+pub fn owns_init_layer(c: &DockerContainer, m: &OverlayMount) -> bool {
+    match (
+        c.upperdir.as_deref().and_then(overlay2_id),
+        m.upperdir.as_deref().and_then(overlay2_id),
+    ) {
+        (Some(cid), Some(mid)) => mid.strip_suffix("-init") == Some(cid),
+        _ => false,
+    }
+}
+
+impl Docker {
+    /// Fails only on a `DOCKER_HOST` we cannot honour.
+    pub fn new() -> anyhow::Result<Self> {
+        let path = socket_path()?;
+        let (api, warning) = if Path::new(&path).exists() {
+            match bollard::Docker::connect_with_unix(
+                &path,
+                API_TIMEOUT.as_secs(),
+                bollard::API_DEFAULT_VERSION,
+            ) {
+                Ok(d) => (Some(d), None),
+                Err(e) => (
+                    None,
+                    Some(format!("cannot use the Docker API at {path}: {e}")),
+                ),
+            }
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            api,
+            inspected: HashMap::new(),
+            warning,
+            api_down_until: None,
+            api_failed: false,
+            final_pass: false,
+            root: None,
+        })
+    }
+
+    /// Docker's data root, as the resolver uses it.
+    pub fn data_root(&mut self) -> PathBuf {
+        self.root()
+    }
+
+    /// Docker's data root: the API's `DockerRootDir` once it answered, otherwise `data_root()`.
+    fn root(&mut self) -> PathBuf {
+        self.root.get_or_insert_with(data_root).clone()
+    }
+
+    /// The last naming pass of a run: an API that failed to answer before is not asked again.
+    pub fn final_pass(&mut self) {
+        self.final_pass = true;
+    }
+
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
+    /// All containers the API knows, inspecting the ones not seen before. None when the API
+    /// is absent, fails or times out.
+    async fn ask_api(&mut self) -> Option<Vec<DockerContainer>> {
+        if self
+            .api_down_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+            || (self.final_pass && self.api_failed)
+        {
+            return None;
+        }
+        let api = self.api.as_ref()?;
+        let list = tokio::time::timeout(
+            API_TIMEOUT,
+            api.list_containers(Some(ListContainersOptions {
+                all: true,
+                ..Default::default()
+            })),
+        )
+        .await;
+        let list = match list {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                self.warning = Some(format!("Docker API: {e}; using Docker's on-disk metadata"));
+                self.api_failed = true;
+                self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
+                return None;
+            }
+            Err(_) => {
+                self.warning = Some(
+                    "Docker API did not answer in 3 s; using Docker's on-disk metadata".into(),
+                );
+                self.api_failed = true;
+                self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
+                return None;
+            }
+        };
+        if self.root.is_none() {
+            if let Ok(Ok(info)) = tokio::time::timeout(API_TIMEOUT, api.info()).await {
+                self.root = info.docker_root_dir.map(PathBuf::from);
+            }
+        }
+        for s in list {
+            let Some(id) = s.id else { continue };
+            if self.inspected.contains_key(&id) {
+                continue;
+            }
+            match tokio::time::timeout(API_TIMEOUT, api.inspect_container(&id, None)).await {
+                Ok(Ok(v)) => {
+                    if let Some(c) = from_inspect(&v) {
+                        self.inspected.insert(id, c);
+                    }
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    self.api_failed = true;
+                    self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
+                    break;
+                }
+            }
+        }
+        Some(self.inspected.values().cloned().collect())
+    }
+
+    pub async fn resolve(&mut self, m: &OverlayMount) -> Option<crate::stream::names::Container> {
+        if let Some(c) = find(self.inspected.values(), m) {
+            return Some(c);
+        }
+        // The API can miss a container that is being started (inspect waits for its lock and
+        // times out): Docker's on-disk metadata exists from creation on.
+        if let Some(all) = self.ask_api().await {
+            if let Some(c) = find(all.iter(), m) {
+                return Some(c);
+            }
+        }
+        let root = self.root();
+        find(from_disk(&root).iter(), m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::mountinfo::parse_mountinfo;
+
+    // Captured from a real dockerd (Debian docker.io 20.10, data root /tmp/dk/data).
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/docker");
+    const CID: &str = "153bf8403972b4a60b573a9e331118a8d092d693bba049f105e24cb201a77b9f";
+
+    fn mount() -> OverlayMount {
+        let text = fs::read_to_string(format!("{FIXTURES}/mountinfo")).unwrap();
+        parse_mountinfo(&text).into_values().next().unwrap()
+    }
+
+    #[test]
+    fn on_disk_metadata_names_the_mount() {
+        let all = from_disk(Path::new(&format!("{FIXTURES}/root")));
+        assert_eq!(all.len(), 1);
+        let c = &all[0];
+        assert_eq!(c.container.id, CID);
+        assert_eq!(c.container.name, "web");
+        assert_eq!(c.container.image, "base:1");
+        assert!(
+            owns(c, &mount()),
+            "fixture data root differs from the live one: matched by overlay2 id"
+        );
+    }
+
+    #[test]
+    fn api_inspect_response_names_the_mount() {
+        let text = fs::read_to_string(format!("{FIXTURES}/inspect.json")).unwrap();
+        let v: bollard::models::ContainerInspectResponse = serde_json::from_str(&text).unwrap();
+        let c = from_inspect(&v).unwrap();
+        assert_eq!(c.container.name, "web");
+        assert_eq!(c.container.image, "base:1");
+        assert_eq!(c.container.short_id(), "153bf8403972");
+        assert_eq!(c.upperdir.as_deref(), mount().upperdir.as_deref());
+        assert!(owns(&c, &mount()));
+    }
+
+    #[test]
+    fn relative_upperdir_and_containerd_store() {
+        assert_eq!(
+            overlay2_id("/var/lib/docker/overlay2/abc/diff"),
+            Some("abc")
+        );
+        assert_eq!(overlay2_id("abc/diff"), Some("abc"));
+        assert_eq!(overlay2_id("/x/upper"), None);
+        let mut m = mount();
+        let c = DockerContainer {
+            container: Container {
+                runtime: "docker".into(),
+                id: "f00d".repeat(16),
+                name: "n".into(),
+                image: "i".into(),
+                namespace: None,
+                role: None,
+                pod: None,
+                image_id: None,
+            },
+            upperdir: None,
+        };
+        assert!(!owns(&c, &m));
+        let mut init = mount();
+        init.upperdir = Some(init.upperdir.unwrap().replace("/diff", "-init/diff"));
+        let web = from_disk(Path::new(&format!("{FIXTURES}/root"))).remove(0);
+        assert!(!owns(&web, &init) && owns_init_layer(&web, &init));
+        let found = find([web.clone()].iter(), &init).unwrap();
+        assert_eq!(
+            (found.name.as_str(), found.role.as_deref()),
+            ("web", Some("init-layer"))
+        );
+        assert_eq!(find([web].iter(), &mount()).unwrap().role, None);
+        m.mount_point = format!("/var/lib/docker/rootfs/overlayfs/{}", "f00d".repeat(16));
+        assert!(owns(&c, &m));
+    }
+
+    #[test]
+    fn container_matching_by_name_and_id() {
+        let c = from_disk(Path::new(&format!("{FIXTURES}/root")))
+            .remove(0)
+            .container;
+        assert!(c.matches("web") && c.matches("/web") && c.matches("153bf840") && c.matches(CID));
+        assert!(!c.matches("153") && !c.matches("db"));
+    }
+}

@@ -1,0 +1,8 @@
+//! The kernel side: what this kernel offers (`preflight`), struct offsets from its BTF
+//! (`btf_offsets`), the probe table and how each probe is made (`probes`), and the loaded
+//! programs with their maps and ring buffer (`session`).
+
+pub mod btf_offsets;
+pub mod preflight;
+pub mod probes;
+pub mod session;

@@ -1,0 +1,164 @@
+//! Turns ring buffer records into the aggregate's numbers and the `--events` lines, and applies
+//! what the naming side found out. Pure bookkeeping on the drain's thread: nothing here opens a
+//! path or waits on anything outside the process; what needs the filesystem (a copy-up's source
+//! layer, a mount's name) is asked of the enrichment threads and comes back as a record.
+
+use crate::enrich::naming::NewMount;
+use std::time::Instant;
+
+use crate::model::aggregate::Aggregate;
+
+use crate::stream::record::{CopyUpRef, MountKey, Record};
+
+use crate::enrich::source_layers::LayerAsk;
+
+use crate::stream::event::Event;
+
+use crate::enrich::naming::Named;
+
+use crate::stream::output::EventsFile;
+
+use crate::model::series::Shared;
+
+#[derive(Default)]
+pub struct Collector {
+    pub agg: Aggregate,
+    /// Records userspace could not decode.
+    pub decode_errors: u64,
+    pub events: Option<EventsFile>,
+    /// `serve`'s numbers, fed with the same events.
+    pub metrics: Option<Shared>,
+    /// Paths copied up (successfully) on mounts not named yet, for the naming thread
+    /// (`Naming::copied_up`); the loop empties it after each record.
+    pub copied_unnamed: Vec<(MountKey, String, u32)>,
+    /// Copy-ups whose source layer is to be looked up; the loop empties it after each record.
+    pub layer_asks: Vec<LayerAsk>,
+}
+
+/// An event the fold took.
+pub struct Taken {
+    pub event: Event,
+    /// The mount it went to.
+    pub key: MountKey,
+    /// Set on the mount's first event: the mount to name while it still exists.
+    pub new_mount: Option<NewMount>,
+}
+
+impl Collector {
+    /// Takes one kernel event (None: a record that is not one, counted when undecodable).
+    pub fn take(&mut self, record: &[u8]) -> Option<Taken> {
+        let Ok(e) = Event::try_from(record) else {
+            self.decode_errors += 1;
+            return None;
+        };
+        let before = self.agg.current(e.origin().dev);
+        let added = self.agg.add(&e);
+        if let Event::CopyUp(c) = &e {
+            // Its source layer, looked up beside the drain; not for a wait (it copied nothing)
+            // nor a path cut short or not UTF-8 (its name below is not known exactly).
+            if !c.is_wait() && !c.path_truncated && c.path_hex.is_none() {
+                let named = self
+                    .agg
+                    .mounts
+                    .get(&added.key)
+                    .is_some_and(|m| m.mount.is_some());
+                // Only what was copied is evidence of which mount this is (a failed copy-up
+                // may have left nothing in the upper dir).
+                if !named && c.ret == 0 {
+                    self.copied_unnamed
+                        .push((added.key, c.path.clone(), c.origin.tgid));
+                }
+                self.layer_asks.push(LayerAsk::CopyUp {
+                    key: added.key,
+                    copy_up: CopyUpRef::of(c, added.seq),
+                    path: c.path.clone(),
+                });
+            }
+        }
+        if let Some(out) = self.events.as_mut() {
+            out.write(&e, added.key.generation);
+        }
+        if let Some(m) = &self.metrics {
+            let now = Instant::now();
+            let mut m = lock(m);
+            // A new mount on this device number: the one before is gone, whether or not the
+            // naming thread saw it leave (it may have lived in another mount namespace).
+            if added.key != before {
+                m.gone(before, now);
+            }
+            m.observe(added.key, &e, now);
+        }
+        let new_mount = added.new_mount.then(|| NewMount {
+            key: added.key,
+            tgid: e.origin().tgid,
+            alive_ns: e.origin().start_ns,
+        });
+        Some(Taken {
+            event: e,
+            key: added.key,
+            new_mount,
+        })
+    }
+
+    /// A record that changes the model (a naming or enrichment answer, or a container known
+    /// before tracing): written to `--events` as it is applied, so a replay applies the same.
+    pub fn record(&mut self, r: Record) {
+        if let Some(out) = self.events.as_mut() {
+            out.record(&r);
+        }
+        crate::model::replay::apply(&mut self.agg, r);
+    }
+
+    /// Applies an answer of the naming thread; returns a warning to show, if any.
+    pub fn apply(&mut self, n: Named) -> Option<String> {
+        if let Some(m) = &self.metrics {
+            let now = Instant::now();
+            match &n {
+                Named::Container { key, container } => lock(m).named(*key, container, now),
+                Named::Unclaimed { key } => lock(m).unclaimed(*key, now),
+                Named::Gone { key } => lock(m).gone(*key, now),
+                _ => {}
+            }
+        }
+        let record = match n {
+            Named::Mount { key, mount } => Record::NamedMount {
+                dev: key.dev,
+                mount_gen: key.generation,
+                mount,
+            },
+            Named::Container { key, container } => Record::NamedContainer {
+                dev: key.dev,
+                mount_gen: key.generation,
+                container,
+            },
+            Named::Gone { key } => Record::Gone {
+                dev: key.dev,
+                mount_gen: key.generation,
+            },
+            Named::Layers { key, layers } => Record::NamedLayers {
+                dev: key.dev,
+                mount_gen: key.generation,
+                layers,
+            },
+            Named::SourceLayer {
+                key,
+                copy_up,
+                layer,
+            } => Record::SourceLayer {
+                dev: key.dev,
+                mount_gen: key.generation,
+                copy_up,
+                layer,
+            },
+            Named::Warning(w) => return Some(w),
+            Named::Unclaimed { .. } | Named::Done => return None,
+        };
+        self.record(record);
+        None
+    }
+}
+
+/// The metrics, even when a thread panicked while holding them (numbers stay usable).
+pub fn lock(m: &Shared) -> std::sync::MutexGuard<'_, crate::model::series::Metrics> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,571 @@
+//! Human-readable rendering. Only formats; every number comes from the report.
+
+use std::fmt::Write as _;
+
+use super::report::{CopyUpReport, GroupReport, LookupReport, MountReport, Report};
+use crate::base::escape::escape;
+use crate::model::latency::Latency;
+
+/// Mounts shown in detail; the rest get one summary line (all of them are in `--json`).
+pub const DETAIL_MOUNTS: usize = 10;
+/// Summaries of gone mounts shown one line each; the rest get one line together.
+pub const DETAIL_GROUPS: usize = 10;
+
+/// "1.23 ms" style durations.
+pub fn ns(v: u64) -> String {
+    match v {
+        0..1_000 => format!("{v} ns"),
+        1_000..1_000_000 => format!("{:.1} µs", v as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} ms", v as f64 / 1e6),
+        _ => format!("{:.2} s", v as f64 / 1e9),
+    }
+}
+
+pub fn bytes(v: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut f = v as f64;
+    let mut u = 0;
+    while f >= 1024.0 && u < UNITS.len() - 1 {
+        f /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v} B")
+    } else {
+        format!("{f:.1} {}", UNITS[u])
+    }
+}
+
+fn latency_line(l: &Latency) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        ns(l.p50_ns),
+        ns(l.p90_ns),
+        ns(l.p99_ns),
+        ns(l.p99_9_ns),
+        ns(l.max_ns)
+    )
+}
+
+fn mount(out: &mut String, m: &MountReport) {
+    if m.gone {
+        let _ = writeln!(out, "(unmounted while tracing)");
+    }
+    if let Some(c) = &m.container {
+        let _ = writeln!(
+            out,
+            "container {}{} ({}, {}{}) image {}",
+            escape(&c.name),
+            c.role
+                .as_deref()
+                .map(|r| format!(" [{r}]"))
+                .unwrap_or_default(),
+            c.short_id(),
+            c.runtime,
+            c.namespace
+                .as_deref()
+                .map(|n| format!(" namespace {n}"))
+                .unwrap_or_default(),
+            if c.image.is_empty() {
+                "-".to_string()
+            } else {
+                escape(&c.image)
+            }
+        );
+    }
+    if let Some(t) = m.mount_ns {
+        let _ = writeln!(
+            out,
+            "  mounted in {}{}",
+            ns(t),
+            m.layers
+                .map(|l| format!(" ({l} lower layers)"))
+                .unwrap_or_default()
+        );
+    }
+    match &m.mount {
+        Some(mi) => {
+            let _ = writeln!(out, "overlay {} (dev {})", escape(&mi.mount_point), m.dev);
+            let _ = writeln!(
+                out,
+                "  upperdir {}  lower layers {}",
+                mi.upperdir
+                    .as_deref()
+                    .map(escape)
+                    .unwrap_or_else(|| "(none, read-only)".into()),
+                mi.lowerdirs.len()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "overlay dev {} (not named: gone from mountinfo before it was read)",
+                m.dev
+            );
+        }
+    }
+    copy_ups(out, &m.copy_up);
+    lookups(out, &m.lookup);
+}
+
+fn copy_ups(out: &mut String, c: &CopyUpReport) {
+    if c.count == 0 {
+        let _ = writeln!(out, "  copy-ups: none");
+    }
+    if c.waited > 0 {
+        let _ = writeln!(
+            out,
+            "  waits: {} calls waited {} for another thread's copy-up of the same object",
+            c.waited,
+            ns(c.waited_ns)
+        );
+    }
+    if c.count > 0 {
+        let _ = writeln!(
+            out,
+            "  copy-ups: {}{}  data {}  total {}  (data copy {})",
+            c.count,
+            if c.failed > 0 {
+                format!(" ({} failed)", c.failed)
+            } else {
+                String::new()
+            },
+            bytes(c.data_bytes),
+            ns(c.total_ns),
+            ns(c.data_ns)
+        );
+        let _ = writeln!(out, "    latency {}", latency_line(&c.latency));
+        let _ = writeln!(out, "    slowest:");
+        let _ = writeln!(
+            out,
+            "    {:>10} {:>10} {:>10} {:>10}  {:<16} path",
+            "total", "data", "size", "copied", "process"
+        );
+        for s in &c.slowest {
+            let _ = writeln!(
+                out,
+                "    {:>10} {:>10} {:>10} {:>10}  {:<16} {}{}",
+                ns(s.total_ns),
+                s.data_ns.map(ns).unwrap_or_else(|| "-".into()),
+                if s.mode & 0o170000 == 0o040000 {
+                    "dir".to_string()
+                } else {
+                    bytes(s.size.max(0) as u64)
+                },
+                s.data_bytes.map(bytes).unwrap_or_else(|| "-".into()),
+                format!("{}[{}]", escape(&s.comm), s.pid),
+                // A path cut short keeps its leaf end: mark the missing start.
+                if s.path_truncated {
+                    format!("...{}", escape(&s.path))
+                } else {
+                    escape(&s.path)
+                },
+                if s.path_truncated {
+                    " (path cut short)"
+                } else {
+                    ""
+                },
+            );
+        }
+        by_layer(out, &c.by_layer);
+    }
+}
+
+/// `layer 3/5  RUN pip install -r requirements.txt  412 copy-ups  38.2 MiB  1.9 s`: where the
+/// copied-up objects came from, heaviest first.
+fn by_layer(out: &mut String, layers: &[crate::views::report::LayerReport]) {
+    if layers.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "    by source layer:");
+    for l in layers {
+        let which = match (l.layer, l.image_layer) {
+            (0, _) => "layer unknown".to_string(),
+            (_, Some((k, n))) => format!("layer {k}/{n}"),
+            (i, None) => format!("lower {i}/{}", l.of),
+        };
+        let what = match (&l.created_by, &l.lowerdir) {
+            (Some(c), _) => c.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => String::new(),
+        };
+        // An instruction can be long (a whole shell script): its start says enough.
+        let mut what = escape(&what);
+        if what.chars().count() > 70 {
+            what = format!("{}...", what.chars().take(67).collect::<String>());
+        }
+        let _ = writeln!(
+            out,
+            "      {which:<14} {what:<70}  {:>5} copy-up{}  {:>9}  {:>9}",
+            l.count,
+            if l.count == 1 { " " } else { "s" },
+            bytes(l.data_bytes),
+            ns(l.total_ns),
+        );
+    }
+}
+
+fn lookups(out: &mut String, l: &LookupReport) {
+    if l.count == 0 {
+        let _ = writeln!(out, "  lookups: none");
+    } else {
+        let _ = writeln!(
+            out,
+            "  lookups: {}  negative {:.1}%",
+            l.count,
+            l.negative_share * 100.0
+        );
+        let _ = writeln!(out, "    latency {}", latency_line(&l.latency));
+        let outcomes: Vec<String> = l.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(out, "    outcomes: {}", outcomes.join(", "));
+        let layers: Vec<String> = l
+            .layers_consulted
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let _ = writeln!(out, "    layers consulted: {}", layers.join(", "));
+    }
+}
+
+/// "12 copy-ups 3.0 MiB 45.00 ms, 800 lookups": the one-line form of a group of mounts.
+fn totals_line(copy_ups: u64, data: u64, total_ns: u64, lookups: u64) -> String {
+    format!(
+        "{copy_ups} copy-ups  {}  {},  {lookups} lookups",
+        bytes(data),
+        ns(total_ns)
+    )
+}
+
+fn group(out: &mut String, g: &GroupReport) {
+    let _ = writeln!(
+        out,
+        "  {}{}: {} mount{}{}  {}",
+        escape(&g.group),
+        g.container
+            .as_ref()
+            .filter(|c| !c.image.is_empty())
+            .map(|c| format!(" image {}", escape(&c.image)))
+            .unwrap_or_default(),
+        g.mounts,
+        if g.mounts == 1 { "" } else { "s" },
+        g.mount_ns_total
+            .checked_div(g.mounts_timed)
+            .map(|avg| format!(" (mounting {} on average)", ns(avg)))
+            .unwrap_or_default(),
+        totals_line(
+            g.copy_up.count,
+            g.copy_up.data_bytes,
+            g.copy_up.total_ns,
+            g.lookup.count
+        ),
+    );
+    if g.copy_up.count > 0 {
+        let _ = writeln!(
+            out,
+            "    copy-up latency {}",
+            latency_line(&g.copy_up.latency)
+        );
+    }
+}
+
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    let e = &r.events;
+    let _ = writeln!(
+        out,
+        "overlay-trace {} on kernel {}: traced {:.1} s, {} copy-ups, {} lookups",
+        r.tool_version, r.kernel, r.traced_seconds, e.copy_up, e.lookup
+    );
+    if e.lost() > 0 || e.kernel_read_errors > 0 {
+        let _ = writeln!(
+            out,
+            "LOST: {} copy-up and {} lookup events dropped (ring buffer full), {} missed returns \
+             (copy-up {}, lookup {}, mount {}), {} calls untracked, {} undecodable records, {} failed kernel reads",
+            e.dropped_copy_up,
+            e.dropped_lookup + e.dropped_mount,
+            e.missed_returns(),
+            e.missed_return_copy_up,
+            e.missed_return_lookup,
+            e.missed_return_mount,
+            e.untracked_calls,
+            e.decode_errors,
+            e.kernel_read_errors
+        );
+    } else {
+        let _ = writeln!(out, "no events lost");
+    }
+    if e.dropped_exec > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} process starts not in the timeline (ring buffer full)",
+            e.dropped_exec
+        );
+    }
+    if e.enrich_abandoned + e.enrich_skipped > 0 {
+        let _ = writeln!(
+            out,
+            "INCOMPLETE NAMES: {} lookups abandoned after their time budget (a path that did not \
+             answer: FUSE, NFS), {} not attempted; counts are exact, some mounts or source layers \
+             are unknown",
+            e.enrich_abandoned, e.enrich_skipped
+        );
+    }
+    if !r.probes.is_empty() {
+        let mut by_kind: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for p in &r.probes {
+            let kind = if p.kind.starts_with('f') {
+                "fentry/fexit"
+            } else {
+                "kprobes"
+            };
+            let fns = by_kind.entry(kind).or_default();
+            if !fns.contains(&p.function.as_str()) {
+                fns.push(&p.function);
+            }
+        }
+        let parts: Vec<String> = by_kind
+            .iter()
+            .map(|(k, f)| format!("{k} on {}", f.join(", ")))
+            .collect();
+        let _ = writeln!(out, "probes: {}", parts.join("; "));
+    }
+    if e.missed_return_data > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} data copies returned unseen: their copy-ups lack that data time",
+            e.missed_return_data
+        );
+    }
+    if let Some(err) = &r.events_file_error {
+        let _ = writeln!(out, "EVENTS FILE INCOMPLETE: {}", escape(err));
+    }
+    if let Some(err) = &r.trace_file_error {
+        let _ = writeln!(out, "TRACE FILE INCOMPLETE: {}", escape(err));
+    }
+    if r.mounts.is_empty() && r.retired.is_empty() {
+        let _ = writeln!(out, "\nno overlayfs activity seen");
+    }
+    for m in r.mounts.iter().take(DETAIL_MOUNTS) {
+        out.push('\n');
+        mount(&mut out, m);
+    }
+    if r.mounts.len() > DETAIL_MOUNTS {
+        let rest = &r.mounts[DETAIL_MOUNTS..];
+        let sum = |f: fn(&MountReport) -> u64| rest.iter().map(f).sum::<u64>();
+        let _ = writeln!(
+            out,
+            "\n... and {} more mounts: {} (all of them in --json)",
+            rest.len(),
+            totals_line(
+                sum(|m| m.copy_up.count),
+                sum(|m| m.copy_up.data_bytes),
+                sum(|m| m.copy_up.total_ns),
+                sum(|m| m.lookup.count)
+            )
+        );
+    }
+    if !r.retired.is_empty() {
+        let n: u64 = r.retired.iter().map(|g| g.mounts).sum();
+        let _ = writeln!(
+            out,
+            "\n{n} more mounts (gone long before the end), by container:"
+        );
+        for g in r.retired.iter().take(DETAIL_GROUPS) {
+            group(&mut out, g);
+        }
+        if r.retired.len() > DETAIL_GROUPS {
+            let rest = &r.retired[DETAIL_GROUPS..];
+            let sum = |f: fn(&GroupReport) -> u64| rest.iter().map(f).sum::<u64>();
+            let _ = writeln!(
+                out,
+                "  ... and {} more containers, {} mounts: {}",
+                rest.len(),
+                sum(|g| g.mounts),
+                totals_line(
+                    sum(|g| g.copy_up.count),
+                    sum(|g| g.copy_up.data_bytes),
+                    sum(|g| g.copy_up.total_ns),
+                    sum(|g| g.lookup.count)
+                )
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::aggregate::Aggregate;
+    use crate::stream::event::{Dev, Event, raw};
+    use crate::stream::names::OverlayMount;
+    use crate::stream::record::EventCounts;
+    use crate::views::json;
+    use overlay_trace_common::{LOOKUP_NEGATIVE, LOOKUP_UPPER};
+
+    fn sample() -> Report {
+        let mut a = Aggregate::default();
+        a.add(&Event::try_from(raw::mount(52, 2_500_000).as_slice()).unwrap());
+        for (p, d) in [("etc/passwd", 3_000u64), ("var/log/big.log", 9_000_000)] {
+            a.add(&Event::try_from(raw::copy_up(52, p, 1 << 20, 1 << 20, d).as_slice()).unwrap());
+        }
+        a.add(
+            &Event::try_from(raw::lookup(52, "nope", LOOKUP_NEGATIVE, 3, 800).as_slice()).unwrap(),
+        );
+        a.add(
+            &Event::try_from(raw::lookup(52, "passwd", LOOKUP_UPPER, 1, 400).as_slice()).unwrap(),
+        );
+        let key = crate::stream::record::MountKey {
+            dev: Dev::from_kernel(52),
+            generation: 1,
+        };
+        a.set_mount(
+            key,
+            OverlayMount {
+                dev: Dev::from_kernel(52),
+                mount_point: "/merged".into(),
+                lowerdirs: vec!["/l1".into(), "/l2".into(), "/l3".into()],
+                upperdir: Some("/upper".into()),
+                workdir: Some("/work".into()),
+                ns_pid: None,
+            },
+        );
+        a.set_container(
+            key,
+            crate::stream::names::Container {
+                runtime: "docker".into(),
+                id: "153bf8403972b4a60b573a9e331118a8".into(),
+                name: "web".into(),
+                image: "base:1".into(),
+                namespace: None,
+                role: None,
+                pod: None,
+                image_id: None,
+            },
+        );
+        Report::build(
+            &a,
+            "6.1.0".into(),
+            2.0,
+            EventCounts {
+                dropped_lookup: 3,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn text_names_mount_slowest_first_and_losses() {
+        let t = render(&sample());
+        assert!(t.contains("container web (153bf8403972, docker) image base:1\n  mounted in 2.50 ms (3 lower layers)\noverlay /merged (dev 0:52)"), "{t}");
+        assert!(t.contains("lower layers 3"), "{t}");
+        assert!(t.contains("copy-ups: 2  data 2.0 MiB"), "{t}");
+        let big = t.find("/var/log/big.log").unwrap();
+        let small = t.find("/etc/passwd").unwrap();
+        assert!(big < small, "slowest first:\n{t}");
+        assert!(
+            t.contains("LOST: 0 copy-up and 3 lookup events dropped"),
+            "{t}"
+        );
+        assert!(
+            t.contains("0 missed returns (copy-up 0, lookup 0, mount 0)"),
+            "{t}"
+        );
+        assert!(t.contains("negative 50.0%"), "{t}");
+        assert!(t.contains("layers consulted: 1: 1, 3: 1"), "{t}");
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let r = sample();
+        let back = json::from_str(&json::to_string(&r)).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.mounts[0].copy_up.slowest[0].path, "/var/log/big.log");
+    }
+
+    #[test]
+    fn json_rejects_bad_input_clearly() {
+        assert_eq!(
+            json::from_str("{").unwrap_err().to_string(),
+            "not valid JSON"
+        );
+        assert!(
+            json::from_str("{\"schema_version\": 99}")
+                .unwrap_err()
+                .to_string()
+                .contains("schema_version 99 is not supported")
+        );
+        assert!(
+            json::from_str("{}")
+                .unwrap_err()
+                .to_string()
+                .contains("no schema_version")
+        );
+        assert_eq!(
+            json::from_str("{\"schema_version\": 1}")
+                .unwrap_err()
+                .to_string(),
+            "malformed overlay-trace report"
+        );
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(escape("a\x1b[2Jb\nc\\d\u{7f}"), "a\\033[2Jb\\nc\\\\d\\177");
+        let mut a = Aggregate::default();
+        a.add(
+            &Event::try_from(
+                raw::copy_up(52, "evil\x1b]0;owned\x07\nLOST: none", 1, 1, 5).as_slice(),
+            )
+            .unwrap(),
+        );
+        let t = render(&Report::build(
+            &a,
+            "6.1.0".into(),
+            1.0,
+            EventCounts::default(),
+        ));
+        assert!(!t.bytes().any(|b| b == 0x1b || b == 0x07), "{t:?}");
+        assert!(t.contains("/evil\\033]0;owned\\007\\nLOST: none"), "{t}");
+        assert!(
+            !t.lines().any(|l| l.starts_with("LOST")),
+            "no forged line: {t}"
+        );
+    }
+
+    #[test]
+    fn a_long_run_stays_readable() {
+        let mut a = Aggregate::default();
+        for dev in 0..40u32 {
+            a.add(
+                &Event::try_from(raw::copy_up(100 + dev, "f", 1, 1, 5 + dev as u64).as_slice())
+                    .unwrap(),
+            );
+        }
+        for _ in 0..30 {
+            a.add(&Event::try_from(raw::copy_up(7, "g", 1, 1, 5).as_slice()).unwrap());
+            a.add(&Event::try_from(raw::mount(7, 9).as_slice()).unwrap());
+        }
+        let t = render(&Report::build(
+            &a,
+            "6.1.0".into(),
+            1.0,
+            EventCounts::default(),
+        ));
+        assert!(t.lines().count() < 250, "{} lines", t.lines().count());
+        assert!(t.contains("... and 61 more mounts: 60 copy-ups"), "{t}");
+        assert!(
+            !t.contains("more mounts (gone"),
+            "30 gone mounts are still in detail: {t}"
+        );
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(ns(999), "999 ns");
+        assert_eq!(ns(1_500), "1.5 µs");
+        assert_eq!(ns(2_500_000), "2.50 ms");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(16 << 20), "16.0 MiB");
+    }
+}
