@@ -26,7 +26,7 @@ use overlay_trace::views::{json, prometheus};
 
 use overlay_trace::model::fold::Collector;
 
-use overlay_trace::enrich::naming::Named;
+use overlay_trace::enrich::answer::Named;
 
 use overlay_trace::stream::output::EventsFile;
 

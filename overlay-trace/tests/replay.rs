@@ -2,7 +2,7 @@
 //! refused with their line, a cut last line is replayed up to the cut.
 
 use overlay_trace::{
-    enrich::naming::Named,
+    enrich::answer::Named,
     model::{fold::Collector, replay},
     stream::{
         event::{Dev, raw},

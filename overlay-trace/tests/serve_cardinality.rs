@@ -17,7 +17,7 @@ use overlay_trace::stream::event::{Dev, raw};
 
 use overlay_trace::model::fold::{Collector, lock};
 
-use overlay_trace::enrich::naming::Named;
+use overlay_trace::enrich::answer::Named;
 
 use overlay_trace::views::prometheus::{openmetrics, prometheus_text, registry};
 

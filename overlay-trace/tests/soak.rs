@@ -20,7 +20,7 @@ use overlay_trace::views::text;
 
 use overlay_trace::model::fold::Collector;
 
-use overlay_trace::enrich::naming::Named;
+use overlay_trace::enrich::answer::Named;
 use overlay_trace_common::{LOOKUP_LOWER, LOOKUP_NEGATIVE};
 
 #[test]

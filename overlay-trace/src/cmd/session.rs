@@ -20,10 +20,11 @@ use tokio::time::Interval;
 
 use crate::{
     enrich::{
+        answer::Named,
         budget::{Budgeted, EnrichCounts},
         containers::Resolver,
         mountinfo::read_overlay_mounts,
-        naming::{Named, Naming, Request},
+        naming::{Naming, Request},
     },
     kernel::{
         btf_offsets::KernelBtf,

@@ -4,6 +4,7 @@
 //! `budget` runs filesystem work with a time budget (a path on FUSE or NFS may never answer);
 //! `source_layers` finds each copy-up's source layer.
 
+pub mod answer;
 pub mod budget;
 pub mod containers;
 pub mod layers;

@@ -24,7 +24,7 @@ use crate::stream::record::{CopyUpRef, MountKey};
 
 use crate::enrich::budget::{Budgeted, EnrichCounts};
 
-use crate::enrich::naming::{MountRoot, Named};
+use crate::enrich::answer::{MountRoot, Named};
 
 /// Time one lookup (a few `openat2` calls) may take before it is abandoned.
 pub const LOOKUP_BUDGET: Duration = Duration::from_secs(1);

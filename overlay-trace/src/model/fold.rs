@@ -3,7 +3,7 @@
 //! path or waits on anything outside the process; what needs the filesystem (a copy-up's source
 //! layer, a mount's name) is asked of the enrichment threads and comes back as a record.
 
-use crate::enrich::naming::NewMount;
+use crate::enrich::answer::NewMount;
 use std::time::Instant;
 
 use crate::model::aggregate::Aggregate;
@@ -14,7 +14,7 @@ use crate::enrich::source_layers::LayerAsk;
 
 use crate::stream::event::Event;
 
-use crate::enrich::naming::Named;
+use crate::enrich::answer::Named;
 
 use crate::stream::output::EventsFile;
 

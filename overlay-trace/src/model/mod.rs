@@ -3,7 +3,9 @@
 //! fold of a record stream, live or replayed (`replay`).
 
 pub mod aggregate;
+pub mod counters;
 pub mod fold;
 pub mod latency;
 pub mod replay;
 pub mod series;
+pub mod stats;

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::aggregate::{
-    Aggregate, CopyUpStats, Group, LookupStats, MountStats, outcome_of_key,
-};
+use crate::model::aggregate::{Aggregate, Group, MountStats};
+use crate::model::stats::{CopyUpStats, LookupStats, outcome_of_key};
 
 use crate::model::latency::Latency;
 

@@ -1,0 +1,83 @@
+use super::*;
+use crate::enrich::mountinfo::parse_mountinfo;
+
+// Captured from a real dockerd (Debian docker.io 20.10, data root /tmp/dk/data).
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/docker");
+const CID: &str = "153bf8403972b4a60b573a9e331118a8d092d693bba049f105e24cb201a77b9f";
+
+fn mount() -> OverlayMount {
+    let text = fs::read_to_string(format!("{FIXTURES}/mountinfo")).unwrap();
+    parse_mountinfo(&text).into_values().next().unwrap()
+}
+
+#[test]
+fn on_disk_metadata_names_the_mount() {
+    let all = from_disk(Path::new(&format!("{FIXTURES}/root")));
+    assert_eq!(all.len(), 1);
+    let c = &all[0];
+    assert_eq!(c.container.id, CID);
+    assert_eq!(c.container.name, "web");
+    assert_eq!(c.container.image, "base:1");
+    assert!(
+        owns(c, &mount()),
+        "fixture data root differs from the live one: matched by overlay2 id"
+    );
+}
+
+#[test]
+fn api_inspect_response_names_the_mount() {
+    let text = fs::read_to_string(format!("{FIXTURES}/inspect.json")).unwrap();
+    let v: bollard::models::ContainerInspectResponse = serde_json::from_str(&text).unwrap();
+    let c = from_inspect(&v).unwrap();
+    assert_eq!(c.container.name, "web");
+    assert_eq!(c.container.image, "base:1");
+    assert_eq!(c.container.short_id(), "153bf8403972");
+    assert_eq!(c.upperdir.as_deref(), mount().upperdir.as_deref());
+    assert!(owns(&c, &mount()));
+}
+
+#[test]
+fn relative_upperdir_and_containerd_store() {
+    assert_eq!(
+        overlay2_id("/var/lib/docker/overlay2/abc/diff"),
+        Some("abc")
+    );
+    assert_eq!(overlay2_id("abc/diff"), Some("abc"));
+    assert_eq!(overlay2_id("/x/upper"), None);
+    let mut m = mount();
+    let c = DockerContainer {
+        container: Container {
+            runtime: "docker".into(),
+            id: "f00d".repeat(16),
+            name: "n".into(),
+            image: "i".into(),
+            namespace: None,
+            role: None,
+            pod: None,
+            image_id: None,
+        },
+        upperdir: None,
+    };
+    assert!(!owns(&c, &m));
+    let mut init = mount();
+    init.upperdir = Some(init.upperdir.unwrap().replace("/diff", "-init/diff"));
+    let web = from_disk(Path::new(&format!("{FIXTURES}/root"))).remove(0);
+    assert!(!owns(&web, &init) && owns_init_layer(&web, &init));
+    let found = find([web.clone()].iter(), &init).unwrap();
+    assert_eq!(
+        (found.name.as_str(), found.role.as_deref()),
+        ("web", Some("init-layer"))
+    );
+    assert_eq!(find([web].iter(), &mount()).unwrap().role, None);
+    m.mount_point = format!("/var/lib/docker/rootfs/overlayfs/{}", "f00d".repeat(16));
+    assert!(owns(&c, &m));
+}
+
+#[test]
+fn container_matching_by_name_and_id() {
+    let c = from_disk(Path::new(&format!("{FIXTURES}/root")))
+        .remove(0)
+        .container;
+    assert!(c.matches("web") && c.matches("/web") && c.matches("153bf840") && c.matches(CID));
+    assert!(!c.matches("153") && !c.matches("db"));
+}
