@@ -30,11 +30,63 @@ pub fn bin() -> PathBuf {
     p
 }
 
+/// An invocation of the tracer, the one way the tests build one: a `Command` for the binary
+/// (every `Command` method works on it), with the flags the tests use spelled once.
+///
+/// `tracer().run().json(&p).events(&e).sh("echo x >> f").output()`
+pub struct Tracer(Command);
+
+pub fn tracer() -> Tracer {
+    Tracer(Command::new(bin()))
+}
+
+impl Tracer {
+    /// `run -q`: tracing without the live status line.
+    pub fn run(mut self) -> Self {
+        self.0.args(["run", "-q"]);
+        self
+    }
+    pub fn json(mut self, p: &Path) -> Self {
+        self.0.arg("--json").arg(p);
+        self
+    }
+    pub fn events(mut self, p: &Path) -> Self {
+        self.0.arg("--events").arg(p);
+        self
+    }
+    /// `-- sh -c SCRIPT`: the traced command.
+    pub fn sh(mut self, script: &str) -> Self {
+        self.0.args(["--", "sh", "-c", script]);
+        self
+    }
+}
+
+impl std::ops::Deref for Tracer {
+    type Target = Command;
+    fn deref(&self) -> &Command {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Tracer {
+    fn deref_mut(&mut self) -> &mut Command {
+        &mut self.0
+    }
+}
+
 pub fn overlay_trace(args: &[&str]) -> Output {
-    Command::new(bin())
+    tracer()
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin().display()))
+}
+
+/// A JSON file written by the tracer (a report).
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_str(
+        &fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -52,9 +104,14 @@ pub fn out_dir() -> PathBuf {
     d
 }
 
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "failed: {cmd}");
+/// Runs a shell command that must succeed (its stderr in the panic when it does not).
+pub fn sh(cmd: &str) {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A real overlay mount with `lowers` lower layers on its own tmpfs under /run (guest-private in
@@ -176,7 +233,7 @@ pub fn read_events(path: &Path) -> Vec<Value> {
 /// `report events.ndjson --json` rebuilds the live `--json` report of the same run.
 pub fn assert_replay_equals_live(events: &std::path::Path, live: &std::path::Path) {
     let replayed = events.with_extension("replayed.json");
-    let o = std::process::Command::new(bin())
+    let o = tracer()
         .arg("report")
         .arg(events)
         .arg("--json")

@@ -1,13 +1,14 @@
 //! `bench`, `report` and `diff`. The bench runs need kprobes (VM); bad input to `report` and
 //! `diff` is checked natively too.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, path::Path};
 
-use overlay_trace_tests::{bin, out_dir, overlay_trace, stderr, stdout};
+use overlay_trace_tests::tracer;
+use overlay_trace_tests::{out_dir, overlay_trace, stderr, stdout};
 use serde_json::Value;
 
 fn bench(scenario: &str, json: &Path, repeat: u32) -> Value {
-    let o = Command::new(bin())
+    let o = tracer()
         .args([
             "bench",
             scenario,

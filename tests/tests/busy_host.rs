@@ -12,17 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_trace_tests::{
-    Bpftrace, Overlay, bin, bpftrace_map, out_dir, read_events, stderr, stdout,
-};
+use overlay_trace_tests::{Bpftrace, Overlay, bpftrace_map, out_dir, read_events, stderr, stdout};
+use overlay_trace_tests::{read_json, sh, tracer};
 use serde_json::Value;
-
-fn report(path: &Path) -> Value {
-    serde_json::from_str(
-        &fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
-}
 
 /// Copy-ups, waits and missed returns of one device in a report.
 fn copy_up_totals(r: &Value, dev: &str) -> (u64, u64) {
@@ -83,7 +75,7 @@ fn copy_up_storm(
         &fifo,
         &format!("echo x >> {}/d/f$i", ov.merged().display()),
     );
-    let o = Command::new(bin())
+    let o = tracer()
         .args([
             "run",
             "-q",
@@ -111,7 +103,7 @@ fn copy_up_storm(
         .get(&ov.kernel_dev().to_string())
         .copied()
         .unwrap_or(0);
-    (report(&json), read_events(&events), entries)
+    (read_json(&json), read_events(&events), entries)
 }
 
 #[test]
@@ -271,15 +263,6 @@ impl Drop for SlowDisk {
     }
 }
 
-fn sh(cmd: &str) {
-    let o = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn lookup_storm_on_a_slow_disk_reports_every_lookup() {
@@ -324,7 +307,7 @@ fn lookup_storm_on_a_slow_disk_reports_every_lookup() {
         &format!("cat {}/d$i/f > /dev/null", merged.display()),
     );
     let started = Instant::now();
-    let o = Command::new(bin())
+    let o = tracer()
         .args([
             "run",
             "-q",
@@ -346,7 +329,7 @@ fn lookup_storm_on_a_slow_disk_reports_every_lookup() {
     let _ = Command::new("umount").arg(&merged).status();
     let _ = Command::new("umount").arg(root).status();
     assert!(o.status.success(), "{}", stderr(&o));
-    let r = report(&json);
+    let r = read_json(&json);
     let entries = bpftrace_map(&bt_out, "entries")
         .get(&dev.1.to_string())
         .copied()
@@ -400,7 +383,7 @@ fn a_storm_running_while_the_tracer_attaches_loses_no_later_lookup() {
         marker = marker.display(),
         root = ov.root.display()
     );
-    let o = Command::new(bin())
+    let o = tracer()
         .args([
             "run",
             "-q",
@@ -473,7 +456,7 @@ fn soak_of_short_lived_overlays_keeps_memory_flat_and_totals_exact() {
         rss = rss.display()
     );
     let started = Instant::now();
-    let mut child = Command::new(bin())
+    let mut child = tracer()
         .args([
             "run",
             "-q",
@@ -506,7 +489,7 @@ fn soak_of_short_lived_overlays_keeps_memory_flat_and_totals_exact() {
         hwm
     );
     assert!(st.success());
-    let r = report(&json);
+    let r = read_json(&json);
     let live: u64 = r["mounts"]
         .as_array()
         .unwrap()
@@ -598,7 +581,7 @@ fn a_docker_socket_that_never_answers_costs_no_events_and_little_time() {
         r = root.display(),
         end = end_mark.display()
     );
-    let o = Command::new(bin())
+    let o = tracer()
         .env("DOCKER_HOST", format!("unix://{}", sock.display()))
         .env("OVERLAY_TRACE_VERBOSE", "1")
         .args([
@@ -634,7 +617,7 @@ fn a_docker_socket_that_never_answers_costs_no_events_and_little_time() {
         stderr(&o)
     );
     assert!(delay <= 5.0, "the report came {delay:.2} s after the end");
-    let r = report(&json);
+    let r = read_json(&json);
     assert_eq!(r["events"]["copy_up"], MOUNTS as u64);
     assert_eq!(r["events"]["dropped_copy_up"], 0);
     let named = r["mounts"]
@@ -653,7 +636,7 @@ fn a_docker_socket_that_never_answers_costs_no_events_and_little_time() {
 fn interrupted_command(signal: i32, expected: i32) {
     let pidfile = out_dir().join(format!("child-{signal}.pid"));
     let _ = fs::remove_file(&pidfile);
-    let mut tracer = Command::new(bin())
+    let mut tracer = tracer()
         .args([
             "run",
             "-q",

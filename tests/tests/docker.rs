@@ -5,17 +5,19 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
 };
 
-use overlay_trace_tests::{bin, copy_ups_by_container, out_dir, read_events, stderr, stdout};
+use overlay_trace_tests::{
+    Tracer, copy_ups_by_container, out_dir, read_events, read_json, stderr, stdout,
+};
 use serde_json::Value;
 
 use overlay_trace_tests::runtimes::{Dockerd, ROOT, docker_ok, host, sh};
 
-fn tracer() -> Command {
-    let mut c = Command::new(bin());
+/// The tracer, told where the test's dockerd listens.
+fn tracer() -> Tracer {
+    let mut c = overlay_trace_tests::tracer();
     c.env("DOCKER_HOST", host());
     c
 }
@@ -67,10 +69,6 @@ fn build_image() {
 }
 
 /// What `docker diff` says a container changed that already existed below: its copy-ups.
-fn report_json(path: &Path) -> Value {
-    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn changed_by_docker_diff(name: &str) -> BTreeSet<String> {
     docker_ok(&["diff", name])
         .lines()
@@ -111,7 +109,7 @@ fn containers_are_attributed_and_filtered() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     println!("{}", stdout(&o));
-    let by = copy_ups_by_container(&report_json(&report), &read_events(&events));
+    let by = copy_ups_by_container(&read_json(&report), &read_events(&events));
     for name in ["alpha", "beta"] {
         let (m, traced) = by
             .get(name)
@@ -196,7 +194,7 @@ fn containers_are_attributed_and_filtered() {
         changed_by_docker_diff("delta").contains("/etc/motd"),
         "delta did copy up"
     );
-    let by = copy_ups_by_container(&report_json(&report), &read_events(&events));
+    let by = copy_ups_by_container(&read_json(&report), &read_events(&events));
     assert_eq!(by["gamma"].1, changed_by_docker_diff("gamma"));
     assert!(
         by.get("delta").is_none_or(|(_, p)| p.is_empty()),
@@ -275,7 +273,7 @@ fn copy_ups_are_attributed_to_their_image_layer_and_instruction() {
     }
 
     // The container's root mounts, and their copy-ups by source layer.
-    let r = report_json(&report);
+    let r = read_json(&report);
     let mounts: Vec<&Value> = r["mounts"]
         .as_array()
         .unwrap()

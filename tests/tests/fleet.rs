@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use overlay_trace_tests::tracer;
 use overlay_trace_tests::{
     bin, out_dir,
     runtimes::{Dockerd, ROOT, busybox_rootfs, docker_ok, host, sh},
@@ -42,7 +43,7 @@ impl Serve {
     fn start(addr: &str, extra: &[&str]) -> Self {
         let log = fs::File::create(out_dir().join(format!("serve-{}.log", addr.replace(':', "_"))))
             .unwrap();
-        let child = Command::new(bin())
+        let child = tracer()
             .env("DOCKER_HOST", host())
             .args(["serve", "--listen", addr])
             .args(extra)
@@ -214,7 +215,7 @@ fn prometheus_sees_each_containers_copy_ups_as_docker_diff_does() {
 
     // The same workload under `run` too: its report is the range the histograms must agree with.
     let report = out_dir().join("fleet-run.json");
-    let o = Command::new(bin())
+    let o = tracer()
         .env("DOCKER_HOST", host())
         .args(["run", "-q", "--json", report.to_str().unwrap(), "--"])
         .args([
@@ -346,7 +347,7 @@ fn sigterm_unloads_everything_quickly_and_a_second_serve_on_the_port_is_refused(
     );
 
     let t = Instant::now();
-    let second = Command::new(bin())
+    let second = tracer()
         .args(["serve", "--listen", "127.0.0.1:9478"])
         .output()
         .unwrap();

@@ -10,8 +10,9 @@ use std::{
     process::Command,
 };
 
+use overlay_trace_tests::tracer;
 use overlay_trace_tests::{
-    Bpftrace, Overlay, assert_replay_equals_live, bin, bpftrace_map, out_dir, read_events, stderr,
+    Bpftrace, Overlay, assert_replay_equals_live, bpftrace_map, out_dir, read_events, stderr,
     stdout,
 };
 use serde_json::Value;
@@ -108,7 +109,7 @@ fn trace_and_check(probes: &str) -> Seen {
             false,
         ),
     };
-    let o = Command::new(bin())
+    let o = tracer()
         .args([
             "run",
             "-q",
@@ -322,7 +323,7 @@ fn pid_filter_is_applied_in_the_kernel() {
     let dev = ov.dev();
     let events = out_dir().join("pid_filter.ndjson");
     let run = |pid: &str, file: &str| {
-        let o = Command::new(bin())
+        let o = tracer()
             .args([
                 "run",
                 "-q",
@@ -374,7 +375,7 @@ fn pid_filter_is_applied_in_the_kernel() {
         assert!(started.elapsed().as_secs() < 30);
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let o = Command::new(bin())
+    let o = tracer()
         .args([
             "run",
             "-q",
@@ -466,7 +467,7 @@ fn mountinfo_names_an_overlay_mounted_for_the_test() {
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn traced_command_status_is_returned() {
-    let o = Command::new(bin())
+    let o = tracer()
         .args(["run", "-q", "--", "sh", "-c", "exit 7"])
         .output()
         .unwrap();
@@ -481,7 +482,7 @@ fn traced_command_status_is_returned() {
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn unwritable_output_is_a_one_line_error() {
-    let o = Command::new(bin())
+    let o = tracer()
         .args([
             "run",
             "--json",
@@ -522,7 +523,7 @@ fn a_timeline_has_a_slice_per_copy_up() {
         dir.join("timeline-report.json"),
     );
     let m = ov.merged();
-    let o = Command::new(bin())
+    let o = tracer()
         .args(["run", "-q", "--trace", trace.to_str().unwrap()])
         .args(["--events", events.to_str().unwrap()])
         .args(["--json", live.to_str().unwrap(), "--"])
@@ -642,7 +643,7 @@ fn a_timeline_has_a_slice_per_copy_up() {
 
     // The same timeline as a static picture, from the events file.
     let svg = dir.join("timeline.svg");
-    let o = Command::new(bin())
+    let o = tracer()
         .arg("report")
         .arg(&events)
         .arg("--timeline")
@@ -699,7 +700,7 @@ fn a_reused_device_number_never_names_a_mount_after_the_next() {
     let dir = out_dir();
     let (events, report) = (dir.join("reuse.ndjson"), dir.join("reuse.json"));
     // The traced command only waits: it starts once the probes are attached.
-    let tracer = Command::new(bin())
+    let tracer = tracer()
         .args(["run", "-q", "--events", events.to_str().unwrap()])
         .args(["--json", report.to_str().unwrap(), "--", "sh", "-c"])
         .arg(format!(

@@ -10,13 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_trace_tests::{Overlay, bin, out_dir, read_events, stderr};
+use overlay_trace_tests::{Overlay, out_dir, read_events, stderr};
+use overlay_trace_tests::{sh, tracer};
 use serde_json::Value;
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-    assert!(st.success(), "failed: {cmd}");
-}
 
 /// A tracer `run` whose traced command only marks that the probes are attached, then waits.
 struct Run {
@@ -28,7 +24,7 @@ impl Run {
     fn start(name: &str, args: &[&str]) -> Self {
         let ready = out_dir().join(format!("{name}.ready"));
         let _ = fs::remove_file(&ready);
-        let child = Command::new(bin())
+        let child = tracer()
             .arg("run")
             .args(args)
             .args(["--", "sh", "-c"])
@@ -146,7 +142,7 @@ fn a_filesystem_that_never_answers_stalls_nothing() {
 
     let port = 19_480;
     let serve_log = out_dir().join("pipeline-serve.err");
-    let mut serve = Command::new(bin())
+    let mut serve = tracer()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .stderr(fs::File::create(&serve_log).unwrap())
         .spawn()
@@ -178,6 +174,20 @@ fn a_filesystem_that_never_answers_stalls_nothing() {
         ],
     );
     let attached = Instant::now();
+
+    // D, in our namespace, first (its stuck lookup returns 30 s later, before the run ends: a
+    // thread in a disk read cannot be killed, so the tracer could not exit before): its lowerdir
+    // path covered, after mounting, by a disk whose reads take 30 s (dm-delay).
+    let d = Overlay::build(1, "", |o| {
+        for i in 0..4 {
+            o.put(0, &format!("etc/d{i}"), 100);
+        }
+    });
+    let slow = SlowCover::over(&d.lower(0), "pipeline");
+    for i in 0..4 {
+        sh(&format!("echo more >> {}/etc/d{i}", d.merged().display()));
+    }
+    let upper_d = d.upper_paths();
 
     // The tenant: its own mount namespace; prints each overlay's device and upper dir's content.
     let script = format!(
@@ -305,13 +315,18 @@ sleep 8
         v
     };
     let point_c = c.merged().display().to_string();
+    let point_d = d.merged().display().to_string();
+    assert_eq!(copied(&d.dev(), &point_d), upper_d);
     assert_eq!(copied(&dev_a, "/fz/merged"), upper_a);
     assert_eq!(copied(&dev_b, "/b/merged"), upper_b);
     assert_eq!(copied(&c.dev(), &point_c), upper_c);
     let ev = &report["events"];
     assert_eq!(ev["dropped_copy_up"], 0);
     assert_eq!(ev["missed_return_copy_up"], 0);
-    assert!(ev["enrich_abandoned"].as_u64().unwrap_or(0) >= 1, "{ev}");
+    assert!(
+        ev["enrich_abandoned"].as_u64().unwrap_or(0) >= 2,
+        "B's and D's lookups abandoned: {ev}"
+    );
 
     // A: found in its own namespace (a host-path lookup would have hung on FUSE).
     let a = mount_at(&report, &dev_a, "/fz/merged");
@@ -332,6 +347,17 @@ sleep 8
             .iter()
             .all(|l| l["layer"] == 0)
     );
+    // D: counted exactly, named, its layers unknown (the lookup came back 30 s later).
+    let dm = mount_at(&report, &d.dev(), &point_d);
+    assert_eq!(dm["copy_up"]["count"].as_u64(), Some(upper_d.len() as u64));
+    assert!(
+        dm["copy_up"]["by_layer"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["layer"] == 0)
+    );
+    drop(slow);
     // C: named after its mount point, its source layer found.
     let cm = mount_at(&report, &c.dev(), &point_c);
     assert_eq!(
@@ -379,7 +405,7 @@ fn a_killed_run_keeps_its_events() {
         .unwrap();
     drop(f);
     let json = out_dir().join("killed.json");
-    let o = Command::new(bin())
+    let o = tracer()
         .arg("report")
         .arg(&events)
         .arg("--json")
@@ -477,4 +503,57 @@ fn a_copy_up_that_fails_before_copying_is_a_failure() {
         (Some(1), Some(1), Some(0))
     );
     let _ = fs::remove_dir_all(&r);
+}
+
+/// A disk whose reads take 30 s (dm-delay over a loop device), mounted over `path` with the
+/// same directories as `path` holds (so a lookup by path reads the slow disk).
+struct SlowCover {
+    path: PathBuf,
+    loopdev: String,
+    name: String,
+}
+
+impl SlowCover {
+    fn over(path: &std::path::Path, tag: &str) -> Self {
+        let img = format!("/run/slowcover-{tag}.img");
+        let name = format!("ot-slowcover-{tag}");
+        sh(&format!(
+            "modprobe loop; modprobe dm-delay; truncate -s 32M {img} && mkfs.ext4 -q {img}"
+        ));
+        let o = Command::new("losetup")
+            .args(["-f", "--show", &img])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let loopdev = String::from_utf8(o.stdout).unwrap().trim().to_string();
+        let table = |ms: u32| {
+            format!("0 $(blockdev --getsz {loopdev}) delay {loopdev} 0 {ms} {loopdev} 0 0")
+        };
+        sh(&format!("echo \"{}\" | dmsetup create {name}", table(0)));
+        sh(&format!(
+            "mount /dev/mapper/{name} {p} && mkdir -p {p}/etc",
+            p = path.display()
+        ));
+        // From now on every read of the disk waits 30 s; nothing of it stays cached.
+        sh(&format!(
+            "sync && dmsetup suspend {name} && echo \"{}\" | dmsetup reload {name} && \
+             dmsetup resume {name} && echo 3 > /proc/sys/vm/drop_caches",
+            table(30_000)
+        ));
+        Self {
+            path: path.to_path_buf(),
+            loopdev,
+            name,
+        }
+    }
+}
+
+impl Drop for SlowCover {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = Command::new("dmsetup")
+            .args(["remove", "--deferred", &self.name])
+            .status();
+        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
+    }
 }

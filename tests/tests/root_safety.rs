@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overlay_trace_tests::{Overlay, bin, out_dir, overlay_trace, read_events, stderr, stdout};
+use overlay_trace_tests::tracer;
+use overlay_trace_tests::{Overlay, out_dir, overlay_trace, read_events, stderr, stdout};
 
 /// A directory with a canary file, for checking that nothing outside the sandbox changed.
 fn canary(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -74,7 +75,7 @@ fn hostile_scenarios_are_refused_before_anything_runs() {
 
 #[test]
 fn a_docker_host_that_is_not_a_unix_socket_is_refused() {
-    let o = Command::new(bin())
+    let o = tracer()
         .env("DOCKER_HOST", "tcp://10.0.0.1:2375")
         .args(["run", "--duration", "1s"])
         .output()
@@ -152,7 +153,7 @@ fn a_file_name_with_control_characters_never_reaches_the_terminal_raw() {
     let ov = Overlay::build(1, "", |o| o.put(0, name, 10));
     let events = out_dir().join("evil_names.ndjson");
     let target = ov.merged().join(name);
-    let o = Command::new(bin())
+    let o = tracer()
         .args([
             "run",
             "-q",
@@ -267,7 +268,7 @@ fn an_unprivileged_fake_dockerd_cannot_steer_root() {
     ));
     let json = out_dir().join("fake_dockerd.json");
     let started = Instant::now();
-    let o = Command::new(bin())
+    let o = tracer()
         .env("DOCKER_HOST", "unix:///run/ot-no-such.sock")
         .args([
             "run",
@@ -317,7 +318,7 @@ fn a_bench_interrupted_while_populating_leaves_nothing_behind() {
         "name = \"big\"\nlayers = 1\n[[files]]\nlayer = 0\npath = \"big{i}\"\ncount = 8\nsize = 100000000\n[[steps]]\nop = \"stat\"\npath = \"big0\"\n",
     )
     .unwrap();
-    let mut bench = Command::new(bin())
+    let mut bench = tracer()
         .args(["bench", scenario.to_str().unwrap()])
         .stderr(Stdio::piped())
         .spawn()

@@ -2,18 +2,15 @@
 //! named (runtime, name, id, image) and its copy-ups equal what its runtime says it changed.
 //! And two runtimes at once: each mount attributed to the right one.
 
-use std::{collections::BTreeSet, fs, path::Path, process::Command};
+use std::{collections::BTreeSet, fs, path::Path};
 
 use overlay_trace_tests::{
-    bin, copy_ups_by_container, out_dir, read_events,
+    copy_ups_by_container, out_dir, read_events,
     runtimes::{CTRD, Containerd, Dockerd, Podman, docker_ok, host},
     stderr, stdout,
 };
+use overlay_trace_tests::{read_json, tracer};
 use serde_json::Value;
-
-fn report(path: &Path) -> Value {
-    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// The mount of the container named `name` and the copy-ups of all its root mounts.
 fn mount_of(r: &Value, events: &[Value], name: &str) -> (Value, BTreeSet<String>) {
@@ -27,7 +24,7 @@ fn trace(name: &str, script: &str) -> (Value, Vec<Value>, String) {
         out_dir().join(format!("{name}.json")),
         out_dir().join(format!("{name}.ndjson")),
     );
-    let o = Command::new(bin())
+    let o = tracer()
         .env("DOCKER_HOST", host())
         .args([
             "run",
@@ -42,7 +39,7 @@ fn trace(name: &str, script: &str) -> (Value, Vec<Value>, String) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    (report(&json), read_events(&events), stdout(&o))
+    (read_json(&json), read_events(&events), stdout(&o))
 }
 
 #[test]
