@@ -155,6 +155,11 @@ fn exit(ret: i64) -> u32 {
         (*s).depth = depth as u32 - 1;
         (*s).frames[slot(depth - 1)]
     };
+    // A data copy whose return never came: its time is missing from this copy-up (counted here,
+    // at the copy-up's end, as well as when another data copy starts).
+    if start.data_start_ns != 0 {
+        count(STAT_MISSED_RETURN_DATA);
+    }
     // The thread has no call in flight now: its entry goes, so the table holds only threads
     // with calls in flight and a long call is never evicted by threads that came and went.
     if depth_now(s) == 0 {

@@ -172,7 +172,7 @@ fn copy_up_storm_beyond_maxactive_counts_every_miss() {
     // A ceiling far below the storm's concurrency: the kernel drops returns, and every one of
     // them must be counted, exactly.
     let ov = storm_overlay();
-    let (r, _, entries) = copy_up_storm(&ov, "storm_low", "kprobe", 2);
+    let (r, events, entries) = copy_up_storm(&ov, "storm_low", "kprobe", 2);
     let (count, waited) = copy_up_totals(&r, &ov.dev());
     let missed = r["events"]["missed_return_copy_up"].as_u64().unwrap();
     assert!(
@@ -195,6 +195,26 @@ fn copy_up_storm_beyond_maxactive_counts_every_miss() {
         ret["missed"].as_u64(),
         Some(missed),
         "the kernel's own count of missed returns: {ret}"
+    );
+    // Data copies whose return was missed: each reported copy-up that copied bytes but shows no
+    // data-copy time lost its data copy's return, and each is counted (at the copy-up's end),
+    // never more than the kernel itself says it missed.
+    let data_missed = r["events"]["missed_return_data"].as_u64().unwrap();
+    let without_time = events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["dev"] == ov.dev().as_str())
+        .filter(|e| e["data"]["bytes"].as_u64() > Some(0) && e["data"]["ns"] == 0)
+        .count() as u64;
+    let data_ret = r["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["program"] == "copy_up_data_return")
+        .unwrap();
+    assert!(
+        without_time <= data_missed && Some(data_missed) <= data_ret["missed"].as_u64(),
+        "{without_time} copy-ups without their data time, {data_missed} counted, the kernel \
+         missed {data_ret}"
     );
     let t =
         String::from_utf8_lossy(&fs::read(out_dir().join("storm_low.json")).unwrap()).into_owned();
