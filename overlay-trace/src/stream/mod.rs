@@ -2,6 +2,7 @@
 //! numbers (`record`), the names they carry (`names`), and the events file they are written to
 //! (`output`) and read back from (`input`).
 
+pub mod background;
 pub mod event;
 pub mod input;
 pub mod names;

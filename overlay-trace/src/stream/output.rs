@@ -6,30 +6,83 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{BufWriter, Write as _},
+    io::{self, BufWriter, Write},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
-    },
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow};
 use serde::Serialize;
 
-use crate::stream::event::Event;
+use crate::stream::{background::Background, event::Event};
 
-/// A file being written; it replaces `path` on `commit`, and disappears if dropped before.
+/// How long the end of a run waits for a file's writer thread to finish.
+const FINISH_WAIT: Duration = Duration::from_secs(10);
+
+/// Where a pending file's bytes go: straight to the file, or to a thread that writes it.
+pub enum Sink {
+    File(File),
+    Thread(Background),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::File(f) => f.write(buf),
+            Sink::Thread(b) => b.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::File(f) => f.flush(),
+            Sink::Thread(b) => b.flush(),
+        }
+    }
+}
+
+impl Sink {
+    fn into_file(self) -> io::Result<File> {
+        match self {
+            Sink::File(f) => Ok(f),
+            Sink::Thread(b) => b.finish(FINISH_WAIT),
+        }
+    }
+}
+
+/// A file being written; it replaces `path` on `commit` (or as soon as `place` is called), and
+/// disappears if dropped before.
 pub struct PendingFile {
     path: PathBuf,
     tmp: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: Option<BufWriter<Sink>>,
+    placed: bool,
 }
 
 impl PendingFile {
     pub fn create(path: &Path, what: &str) -> Result<Self> {
+        let (mut pending, file) = Self::open(path, what)?;
+        pending.out = Some(BufWriter::new(Sink::File(file)));
+        Ok(pending)
+    }
+
+    /// Written by a thread of its own (`Background`): writes never wait on the filesystem.
+    pub fn create_background(path: &Path, what: &str) -> Result<Self> {
+        let (mut pending, file) = Self::open(path, what)?;
+        let b = match Background::spawn(file) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = fs::remove_file(&pending.tmp);
+                return Err(e)
+                    .with_context(|| format!("cannot write {what} to {}", path.display()));
+            }
+        };
+        pending.out = Some(BufWriter::with_capacity(64 << 10, Sink::Thread(b)));
+        Ok(pending)
+    }
+
+    fn open(path: &Path, what: &str) -> Result<(Self, File)> {
         let name = path
             .file_name()
             .ok_or_else(|| anyhow!("cannot write {what} to {}: not a file name", path.display()))?;
@@ -49,17 +102,27 @@ impl PendingFile {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .with_context(|| format!("cannot write {what} to {}", path.display()))?;
-        Ok(Self {
+        let pending = Self {
             path: path.to_path_buf(),
             tmp,
-            out: Some(BufWriter::new(file)),
-        })
+            out: None,
+            placed: false,
+        };
+        Ok((pending, file))
     }
 
-    pub fn writer(&mut self) -> &mut BufWriter<File> {
+    pub fn writer(&mut self) -> &mut BufWriter<Sink> {
         self.out
             .as_mut()
             .expect("a pending file has a writer until committed")
+    }
+
+    /// Puts the file in place now, written or not (replacing a symlink there, not its target).
+    pub fn place(&mut self) -> Result<()> {
+        fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.placed = true;
+        Ok(())
     }
 
     /// Flushes and renames the file into place (replacing a symlink there, not its target).
@@ -68,15 +131,13 @@ impl PendingFile {
         let r = out
             .into_inner()
             .map_err(|e| anyhow!("cannot write {}: {}", self.path.display(), e.error()))
-            .and_then(|f| {
-                f.sync_all()
+            .and_then(|sink| {
+                sink.into_file()
+                    .and_then(|f| f.sync_all())
                     .with_context(|| format!("cannot write {}", self.path.display()))
             })
-            .and_then(|()| {
-                fs::rename(&self.tmp, &self.path)
-                    .with_context(|| format!("cannot write {}", self.path.display()))
-            });
-        if r.is_err() {
+            .and_then(|()| self.put_in_place());
+        if r.is_err() && !self.placed {
             let _ = fs::remove_file(&self.tmp);
         }
         r
@@ -84,19 +145,29 @@ impl PendingFile {
 
     /// Puts in place whatever reached the file, after a write failed.
     pub fn commit_partial(mut self) -> Result<()> {
-        drop(self.out.take());
-        let r = fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("cannot write {}", self.path.display()));
+        if let Some(out) = self.out.take() {
+            // What the writer thread holds still reaches the file.
+            let _ = out.into_parts().0.into_file();
+        }
+        let r = self.put_in_place();
         if r.is_err() {
             let _ = fs::remove_file(&self.tmp);
         }
         r
     }
+
+    fn put_in_place(&self) -> Result<()> {
+        if self.placed {
+            return Ok(());
+        }
+        fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
 }
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
-        if self.out.take().is_some() {
+        if self.out.take().is_some() && !self.placed {
             let _ = fs::remove_file(&self.tmp);
         }
     }
@@ -119,78 +190,28 @@ struct EventLine<'a> {
     mount_gen: u32,
 }
 
-/// Lines are handed to the writer thread in batches of about this size.
-const BATCH: usize = 64 << 10;
-/// Batches waiting for the writer (at most 16 MiB): beyond, lines are dropped and counted.
-const BATCHES_MAX: usize = 256;
-/// How long the end of a run waits for the writer to finish the file.
-const FINISH_WAIT: Duration = Duration::from_secs(10);
-
 /// The `--events` file. It is in place from the start (a run killed with SIGKILL leaves every
-/// line written up to then; `report` replays it, ignoring a last line cut short), and written by
-/// a thread of its own, so the drain never waits on the filesystem: the drain serializes lines
-/// into a batch, hands full batches over (and the rest at least once a second, `flush`), and a
-/// writer that falls behind (a slow or hung filesystem) loses lines, counted, instead of
-/// stalling tracing. A write that fails stops the file (what was written is kept), records
-/// why, and tracing goes on: the report says so and the run exits non-zero.
+/// line handed over up to then; `report` replays it, ignoring a last line cut short), and written
+/// by a thread of its own (`Background`): the drain serializes lines into a 64 KiB buffer and
+/// hands it over when full and at least once a second (`flush`), never waiting on the
+/// filesystem. A write that fails (a full disk) or a writer that falls behind (a filesystem
+/// that does not keep up) stops the file: what was written is kept, the reason recorded, and
+/// tracing goes on; the report says so and the run exits non-zero.
 pub struct EventsFile {
+    file: Option<PendingFile>,
     path: PathBuf,
-    batch: Vec<u8>,
-    tx: Option<SyncSender<Vec<u8>>>,
-    /// Set by the writer when a write fails.
-    failed: Arc<Mutex<Option<String>>>,
-    done: Receiver<()>,
-    /// Lines dropped because the writer fell behind.
-    dropped: u64,
+    pub error: Option<String>,
 }
 
 impl EventsFile {
     pub fn create(path: &Path) -> Result<Self> {
-        let mut pending = PendingFile::create(path, "events")?;
-        let file = pending
-            .out
-            .take()
-            .expect("a new pending file has a writer")
-            .into_inner()
-            .map_err(|e| anyhow!("cannot write events to {}: {}", path.display(), e.error()))?;
-        // In place at once, replacing (not following) whatever is at the path.
-        fs::rename(&pending.tmp, path)
-            .with_context(|| format!("cannot write events to {}", path.display()))?;
-        Ok(Self::writing_to(path, file))
-    }
-
-    fn writing_to(path: &Path, mut file: File) -> Self {
-        let (tx, rx) = sync_channel::<Vec<u8>>(BATCHES_MAX);
-        let (done_tx, done) = sync_channel(1);
-        let failed = Arc::new(Mutex::new(None));
-        let why = failed.clone();
-        let shown = path.display().to_string();
-        let spawned = std::thread::Builder::new()
-            .name("events-file".into())
-            .spawn(move || {
-                for batch in rx {
-                    if let Err(e) = file.write_all(&batch) {
-                        *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                            "writing {shown} failed: {e}; events after that point are missing"
-                        ));
-                        break;
-                    }
-                }
-                let _ = done_tx.send(());
-            });
-        let mut f = Self {
+        let mut file = PendingFile::create_background(path, "events")?;
+        file.place()?;
+        Ok(Self {
+            file: Some(file),
             path: path.to_path_buf(),
-            batch: Vec::with_capacity(BATCH),
-            tx: Some(tx),
-            failed,
-            done,
-            dropped: 0,
-        };
-        if let Err(e) = spawned {
-            f.tx = None;
-            f.set_error(format!("cannot start the events file's writer: {e}"));
-        }
-        f
+            error: None,
+        })
     }
 
     pub fn write(&mut self, event: &Event, mount_gen: u32) {
@@ -203,61 +224,42 @@ impl EventsFile {
     }
 
     fn line(&mut self, value: &impl Serialize) {
-        if self.tx.is_none() {
-            return;
-        }
-        // Writing to a Vec cannot fail; a value that cannot be serialized is not ours to get.
-        if serde_json::to_writer(&mut self.batch, value).is_ok() {
-            self.batch.push(b'\n');
-        }
-        if self.batch.len() >= BATCH {
-            self.flush();
+        let Some(f) = self.file.as_mut() else { return };
+        let w = f.writer();
+        let r = serde_json::to_writer(&mut *w, value)
+            .map_err(io::Error::from)
+            .and_then(|()| w.write_all(b"\n"));
+        if let Err(e) = r {
+            self.stop(e);
         }
     }
 
-    /// Hands what is batched to the writer (the drain loop calls it every second).
+    /// Hands what is buffered to the writer (the drain loop calls it every second).
     pub fn flush(&mut self) {
-        let Some(tx) = &self.tx else { return };
-        if self.batch.is_empty() {
-            return;
-        }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        match tx.try_send(batch) {
-            Ok(()) => {}
-            Err(TrySendError::Full(b)) => {
-                self.dropped += b.iter().filter(|c| **c == b'\n').count() as u64;
-            }
-            // The writer stopped: its error says why.
-            Err(TrySendError::Disconnected(_)) => self.tx = None,
+        if let Some(Err(e)) = self.file.as_mut().map(|f| f.writer().flush()) {
+            self.stop(e);
         }
     }
 
-    fn set_error(&self, why: String) {
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(why);
+    fn stop(&mut self, e: io::Error) {
+        self.error.get_or_insert(format!(
+            "writing {} failed: {e}; events after that point are missing",
+            self.path.display()
+        ));
+        // Keep what was written.
+        if let Some(f) = self.file.take() {
+            let _ = f.commit_partial();
+        }
     }
 
     /// Writes what is left and closes the file; returns why it is incomplete, if it is.
     pub fn finish(mut self) -> Option<String> {
-        self.flush();
-        if self.tx.take().is_some() && self.done.recv_timeout(FINISH_WAIT).is_err() {
-            self.set_error(format!(
-                "{} did not take the last events within {} s (a filesystem that does not \
-                 answer); it may lack them",
-                self.path.display(),
-                FINISH_WAIT.as_secs()
-            ));
+        if let Some(f) = self.file.take() {
+            if let Err(e) = f.commit() {
+                self.error.get_or_insert(format!("{e:#}"));
+            }
         }
-        if self.dropped > 0 {
-            self.set_error(format!(
-                "{}: {} records dropped (the file's filesystem fell behind the events)",
-                self.path.display(),
-                self.dropped
-            ));
-        }
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.error
     }
 }
 
@@ -305,15 +307,24 @@ mod tests {
             return;
         }
         // /dev/full: every write fails with ENOSPC, as on a full disk.
-        let mut ev = EventsFile::writing_to(
-            Path::new("e.ndjson"),
-            File::options().write(true).open(full).unwrap(),
-        );
+        let b = Background::spawn(File::options().write(true).open(full).unwrap()).unwrap();
+        let mut ev = EventsFile {
+            file: Some(PendingFile {
+                path: "e.ndjson".into(),
+                tmp: "/nonexistent/e.tmp".into(),
+                out: Some(BufWriter::new(Sink::Thread(b))),
+                placed: true,
+            }),
+            path: "e.ndjson".into(),
+            error: None,
+        };
         let e = Event::try_from(crate::stream::event::raw::copy_up(1, "a", 1, 1, 1).as_slice())
             .unwrap();
         ev.write(&e, 0);
         ev.flush();
+        std::thread::sleep(Duration::from_millis(100));
         ev.write(&e, 0);
+        ev.flush();
         let err = ev.finish().expect("an error");
         assert!(err.contains("No space left"), "{err}");
     }

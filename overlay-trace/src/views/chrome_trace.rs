@@ -58,7 +58,8 @@ fn us(ns: u64) -> f64 {
 
 impl TraceFile {
     pub fn create(path: &Path) -> Result<Self> {
-        let mut file = PendingFile::create(path, "the trace")?;
+        // Written by a thread of its own: the drain never waits on the file's filesystem.
+        let mut file = PendingFile::create_background(path, "the trace")?;
         let r = file.writer().write_all(b"[\n");
         let mut t = Self {
             file: Some(file),
