@@ -5,6 +5,7 @@
 use std::{
     collections::HashSet,
     sync::{Arc, RwLock},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -87,14 +88,16 @@ fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Stats {
     out
 }
 
+/// At the end, how long calls still in flight when the entry probes are detached get to return
+/// before the return probes go too (those that do not are counted as missed returns).
+const RETURNS_WAIT: Duration = Duration::from_millis(500);
+
 pub struct KernelSide {
     ebpf: Ebpf,
     attached: Attached,
     ring: AsyncFd<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
-    copy_ups_in_flight: BpfHashMap<MapData, u32, CopyUpInflight>,
-    lookups_in_flight: BpfHashMap<MapData, u32, LookupInflight>,
-    mounts_in_flight: BpfHashMap<MapData, u32, MountFrame>,
+    maps: InFlight,
     pub mount_clock: MountClock,
     logger: Option<aya_log::EbpfLogger<StderrLog>>,
     pub warnings: Vec<String>,
@@ -223,9 +226,11 @@ impl KernelSide {
             attached,
             ring,
             stats,
-            copy_ups_in_flight,
-            lookups_in_flight,
-            mounts_in_flight,
+            maps: InFlight {
+                copy_ups: copy_ups_in_flight,
+                lookups: lookups_in_flight,
+                mounts: mounts_in_flight,
+            },
             mount_clock,
             logger,
             warnings,
@@ -269,7 +274,13 @@ impl KernelSide {
     pub fn stop(mut self, mut f: impl FnMut(&[u8])) -> Stopped {
         let probes = self.attached.report();
         self.mount_clock.stop_recording();
-        probes::detach_fentries(&mut self.ebpf, &mut self.attached);
+        probes::detach_entries(&mut self.ebpf, &mut self.attached);
+        // Calls that began before the entries went get a moment to return while their return
+        // probes are still there (a busy host always has some in flight).
+        let waited = Instant::now();
+        while self.maps.in_flight() != (0, 0, 0) && waited.elapsed() < RETURNS_WAIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         drop(std::mem::take(&mut self.attached));
         // Unloads the programs (and detaches anything attached through aya itself).
         drop(self.ebpf);
@@ -281,23 +292,39 @@ impl KernelSide {
             f(&item);
         }
         let s = read_stats(&self.stats);
-        let left_copy_ups: u64 = self
-            .copy_ups_in_flight
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64)
-            .sum();
-        let left_lookups: u64 = self
-            .lookups_in_flight
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64)
-            .sum();
-        let left_mounts = self.mounts_in_flight.keys().filter_map(Result::ok).count() as u64;
+        let (left_copy_ups, left_lookups, left_mounts) = self.maps.in_flight();
         let mut counts = counts_of(&s);
         counts.missed_return_copy_up += left_copy_ups;
         counts.missed_return_lookup += left_lookups;
         counts.missed_return_mount += left_mounts;
         Stopped { counts, probes }
+    }
+}
+
+/// The in-flight tables: each thread's calls that began and have not returned (as the kernel
+/// side saw them).
+struct InFlight {
+    copy_ups: BpfHashMap<MapData, u32, CopyUpInflight>,
+    lookups: BpfHashMap<MapData, u32, LookupInflight>,
+    mounts: BpfHashMap<MapData, u32, MountFrame>,
+}
+
+impl InFlight {
+    /// Calls in flight now: copy-ups, lookups, mounts.
+    fn in_flight(&self) -> (u64, u64, u64) {
+        let copy_ups: u64 = self
+            .copy_ups
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64)
+            .sum();
+        let lookups: u64 = self
+            .lookups
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64)
+            .sum();
+        let mounts = self.mounts.keys().filter_map(Result::ok).count() as u64;
+        (copy_ups, lookups, mounts)
     }
 }

@@ -63,6 +63,9 @@ pub struct Attached {
     pub ceiling: Option<ReturnCeiling>,
     /// fentry links, detached before anything else.
     pub fentries: Vec<(&'static str, aya::programs::fentry::FEntryLinkId)>,
+    /// Entry kprobes made through aya's perf PMU (no tracefs), detached with the fentries: the
+    /// return probes go only when the programs are unloaded, after them.
+    pub kprobe_entries: Vec<(&'static str, aya::programs::kprobe::KProbeLinkId)>,
 }
 
 impl Attached {
@@ -150,12 +153,8 @@ pub fn attach(
     if let Some(t) = &tracefs {
         tracefs::remove_leftovers(t);
     }
-    let mut out = Attached {
-        probes: Vec::new(),
-        warnings: Vec::new(),
-        ceiling: Some(ceiling.clone()),
-        fentries: Vec::new(),
-    };
+    let mut out = Attached::default();
+    out.ceiling = Some(ceiling.clone());
     if let ReturnCeiling::KernelDefault(n) = ceiling {
         if plan
             .iter()
@@ -220,10 +219,15 @@ pub fn attach(
                         let fd = prog.fd().map_err(|e| anyhow!("{program}: {e}"))?;
                         tracefs::ProbeEvent::attach(t, fd.as_fd(), program, target, kind).map(Some)
                     }
-                    None => prog
-                        .attach(target, 0)
-                        .map(|_| None)
-                        .map_err(|e| anyhow!("{e}")),
+                    None => match prog.attach(target, 0) {
+                        Ok(id) => {
+                            if !is_return {
+                                out.kprobe_entries.push((program, id));
+                            }
+                            Ok(None)
+                        }
+                        Err(e) => Err(anyhow!("{e}")),
+                    },
                 }
             }
         };
@@ -290,12 +294,21 @@ pub fn load_plan(ebpf: &mut Ebpf, plan: &[Choice], support: &FentrySupport) -> R
 
 /// Detaches the fentry programs (the entries) first, so that no call is recorded once its fexit
 /// may be gone; the rest goes with the programs.
-pub fn detach_fentries(ebpf: &mut Ebpf, attached: &mut Attached) {
+/// Detaches every entry probe (fentry links, perf-PMU kprobes, tracefs kprobes): no call begins
+/// after this, while every return probe is still in place.
+pub fn detach_entries(ebpf: &mut Ebpf, attached: &mut Attached) {
     for (program, id) in attached.fentries.drain(..) {
         if let Ok(p) = tracing::<FEntry>(ebpf, program) {
             let _ = p.detach(id);
         }
     }
+    for (program, id) in attached.kprobe_entries.drain(..) {
+        if let Ok(p) = kprobe(ebpf, program) {
+            let _ = p.detach(id);
+        }
+    }
+    // And those made through tracefs (removing their events).
+    attached.probes.retain(|p| p.is_return);
 }
 
 /// Whether this kernel loads and attaches an fentry program (to a vmlinux function).
