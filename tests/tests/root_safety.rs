@@ -56,6 +56,11 @@ fn hostile_scenarios_are_refused_before_anything_runs() {
             ),
             "mount_options",
         ),
+        (
+            // A count that would need 240 GB of paths: refused, nothing allocated or mounted.
+            "[[files]]\nlayer = 0\npath = \"f{i}\"\ncount = 10000000000\n[[steps]]\nop = \"stat\"\npath = \"x\"".to_string(),
+            "10000000000 files",
+        ),
     ];
     for (body, key) in cases {
         let file = d.path().join("s.toml");

@@ -162,3 +162,42 @@ impl Collector {
 pub fn lock(m: &Shared) -> std::sync::MutexGuard<'_, crate::model::series::Metrics> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::event::raw;
+    use overlay_trace_common::COPY_UP_COPIED;
+
+    #[test]
+    fn only_what_was_copied_is_evidence_of_which_mount_this_is() {
+        let mut c = Collector::default();
+        // A full upper disk: the copy-up failed and left nothing in the upper dir.
+        c.take(&raw::copy_up_ending(
+            7,
+            "a/full",
+            1,
+            1,
+            10,
+            -28,
+            COPY_UP_COPIED,
+        ));
+        assert!(
+            c.copied_unnamed.is_empty(),
+            "a failed copy-up is no evidence"
+        );
+        c.take(&raw::copy_up(7, "a/ok", 1, 1, 10));
+        assert_eq!(
+            c.copied_unnamed
+                .iter()
+                .map(|(_, p, _)| p.as_str())
+                .collect::<Vec<_>>(),
+            ["/a/ok"]
+        );
+        // Both still counted, and the failed one as failed.
+        let m = &c.agg.mounts[&c.agg.current(crate::stream::event::Dev::from_kernel(7))];
+        assert_eq!((m.copy_ups.count, m.copy_ups.failed), (2, 1));
+        // Both asked for their source layer.
+        assert_eq!(c.layer_asks.len(), 2);
+    }
+}

@@ -231,6 +231,10 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
     let (s, source) = Scenario::load(&args.scenario)?;
     check_mount_options("--mount-options", &args.mount_options, OVERLAY_OPTIONS)?;
     check_mount_options("--upper-options", &args.upper_options, TMPFS_OPTIONS)?;
+    // Nothing is built on a machine that cannot trace.
+    let mut caps = crate::kernel::preflight::inspect();
+    crate::kernel::preflight::ensure_overlay_loaded(&mut caps);
+    crate::kernel::preflight::require_for_run(&caps)?;
     // Output files are written at the end, beside their target; check the place now.
     if let Some(p) = &args.json {
         drop(crate::stream::output::PendingFile::create(

@@ -116,6 +116,9 @@ fn check_path(key: &str, p: &str) -> Result<()> {
     Ok(())
 }
 
+/// Files, and steps, one scenario may make (counts included).
+const OBJECTS_MAX: usize = 1_000_000;
+
 impl Scenario {
     pub fn parse(text: &str) -> Result<Self> {
         let s: Scenario =
@@ -134,6 +137,23 @@ impl Scenario {
             &s.mount_options,
             super::OVERLAY_OPTIONS,
         )?;
+        // Paths are made up front: a count is bounded so a typo cannot exhaust memory.
+        let files: usize = s
+            .files
+            .iter()
+            .map(|f| f.count)
+            .fold(0, usize::saturating_add);
+        let steps: usize = s
+            .steps
+            .iter()
+            .map(|st| st.count)
+            .fold(0, usize::saturating_add);
+        if files > OBJECTS_MAX || steps > OBJECTS_MAX {
+            bail!(BadInput(format!(
+                "bad scenario: {} files and {} steps; at most {OBJECTS_MAX} of each",
+                files, steps
+            )));
+        }
         if s.layers == 0 || s.layers > 64 {
             bail!(BadInput("bad scenario: layers must be 1 to 64".into()));
         }
