@@ -7,3 +7,4 @@ pub mod report;
 pub mod run;
 pub mod serve;
 pub mod session;
+pub mod signals;

@@ -3,14 +3,14 @@
 
 use std::{io::IsTerminal as _, time::Duration};
 
-use anyhow::{Context as _, Result};
-use tokio::signal::unix::SignalKind;
+use anyhow::Result;
 
 use crate::{
     cli::RunArgs,
     cmd::{
         child::{self, TracedCommand},
         session::{Options, Session},
+        signals::Signals,
     },
     views::{report::Report, text},
 };
@@ -21,7 +21,7 @@ const NAMING_FINISH: Duration = Duration::from_millis(3000);
 /// Why tracing ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
-    /// SIGINT or SIGTERM (the signal number).
+    /// SIGINT, SIGTERM, SIGHUP or SIGQUIT (the signal number).
     Signal(i32),
     /// `--duration` elapsed.
     Duration,
@@ -50,7 +50,17 @@ pub fn exit_code(ending: Ending, had_command: bool, events_failed: bool) -> i32 
 }
 
 pub async fn run(args: RunArgs) -> Result<i32> {
-    let traced = trace(&args).await?;
+    // Before anything is made: every ending signal ends the run cleanly, whenever it comes.
+    let mut signals = Signals::install()?;
+    let traced = match trace(&args, &mut signals).await? {
+        Ok(t) => t,
+        Err(sig) => {
+            eprintln!(
+                "overlay-trace: stopped by signal {sig} before tracing began; nothing written"
+            );
+            return Ok(128 + sig);
+        }
+    };
     print!("{}", text::render(&traced.report));
     Ok(exit_code(
         traced.ending,
@@ -59,9 +69,10 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     ))
 }
 
-/// Attaches, traces until the end condition, detaches; the report and why it ended.
-async fn trace(args: &RunArgs) -> Result<Traced> {
-    let mut session = Session::start(Options {
+/// Attaches, traces until the end condition, detaches; the report and why it ended, or the
+/// signal that came before tracing began.
+async fn trace(args: &RunArgs, signals: &mut Signals) -> Result<Result<Traced, i32>> {
+    let start = Session::start(Options {
         pid: args.pid,
         containers: &args.containers,
         maxactive: args.maxactive,
@@ -70,8 +81,16 @@ async fn trace(args: &RunArgs) -> Result<Traced> {
         events: args.events.as_deref(),
         trace: args.trace.as_deref(),
         ..Default::default()
-    })
-    .await?;
+    });
+    let mut session = tokio::select! {
+        biased;
+        sig = signals.recv() => return Ok(Err(sig)),
+        s = start => s?,
+    };
+    if let Some(sig) = signals.pending().await {
+        session.abort();
+        return Ok(Err(sig));
+    }
     let live = !args.quiet && std::io::stderr().is_terminal();
     let mut child = if args.command.is_empty() {
         None
@@ -79,17 +98,12 @@ async fn trace(args: &RunArgs) -> Result<Traced> {
         Some(TracedCommand::spawn(&args.command)?)
     };
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut sigterm =
-        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint =
-        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut status = tokio::time::interval(Duration::from_secs(1));
     let ending = loop {
         tokio::select! {
             r = session.step() => r?,
             _ = status.tick(), if live => eprint!("{}", session.status_line()),
-            _ = sigint.recv() => break Ending::Signal(libc::SIGINT),
-            _ = sigterm.recv() => break Ending::Signal(libc::SIGTERM),
+            sig = signals.recv() => break Ending::Signal(sig),
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break Ending::Duration,
             status = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() => {
                 break Ending::CommandExited(child::shell_code(status?));
@@ -114,5 +128,5 @@ async fn trace(args: &RunArgs) -> Result<Traced> {
         eprint!("\r{:80}\r", "");
     }
     let report = session.finish(NAMING_FINISH).await?;
-    Ok(Traced { report, ending })
+    Ok(Ok(Traced { report, ending }))
 }

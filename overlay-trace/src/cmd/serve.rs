@@ -20,11 +20,12 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 
-use tokio::signal::unix::SignalKind;
-
 use crate::cli::ServeArgs;
 
-use crate::cmd::session::{Options, Session};
+use crate::cmd::{
+    session::{Options, Session},
+    signals::Signals,
+};
 
 use crate::views::report::Report;
 
@@ -46,6 +47,8 @@ struct AppState {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
+    // Before anything is made: every ending signal ends serve cleanly, whenever it comes.
+    let mut signals = Signals::install()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -74,11 +77,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         "overlay-trace: serving http://{}/metrics (and /healthz)",
         args.listen
     );
-    let traced = trace(&args, shared).await;
+    let traced = trace(&args, shared, &mut signals).await;
     let _ = stop_tx.send(());
     // Scrapes in progress get a moment to finish; the process ends either way.
     let _ = tokio::time::timeout(Duration::from_millis(500), server).await;
-    let report = traced?;
+    let Some(report) = traced? else {
+        eprintln!("overlay-trace: stopped before tracing began");
+        return Ok(());
+    };
     let c = &report.events;
     eprintln!(
         "overlay-trace: stopped; {} copy-ups, {} lookups, {} mounts traced",
@@ -87,30 +93,33 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The session behind the endpoint, until SIGTERM or SIGINT; no last naming pass (no report
-/// waits for names).
-async fn trace(args: &ServeArgs, metrics: Shared) -> Result<Report> {
-    let mut session = Session::start(Options {
+/// The session behind the endpoint, until a signal ends it; no last naming pass (no report
+/// waits for names). None when the signal came before tracing began.
+async fn trace(args: &ServeArgs, metrics: Shared, signals: &mut Signals) -> Result<Option<Report>> {
+    let start = Session::start(Options {
         pid: args.pid,
         containers: &args.containers,
         maxactive: args.maxactive,
         probes: args.probes,
         metrics: Some(metrics),
         ..Default::default()
-    })
-    .await?;
-    let mut sigterm =
-        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint =
-        tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    });
+    let mut session = tokio::select! {
+        biased;
+        _ = signals.recv() => return Ok(None),
+        s = start => s?,
+    };
+    if signals.pending().await.is_some() {
+        session.abort();
+        return Ok(None);
+    }
     loop {
         tokio::select! {
             r = session.step() => r?,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = signals.recv() => break,
         }
     }
-    session.finish(Duration::ZERO).await
+    session.finish(Duration::ZERO).await.map(Some)
 }
 
 /// OpenMetrics when the scraper accepts it (Prometheus asks for it first), the Prometheus text

@@ -172,6 +172,10 @@ impl Session {
             }
         }
         let naming = Naming::start(resolver, kernel.mount_clock.clone(), enrich_counts);
+        // Tracing has begun: the events file takes its place.
+        if let Some(e) = fold.events.as_mut() {
+            e.place()?;
+        }
         Ok(Self {
             kernel,
             fold,
@@ -183,6 +187,13 @@ impl Session {
             drain_tick: tokio::time::interval(DRAIN_EVERY),
             tick: tokio::time::interval(Duration::from_secs(1)),
         })
+    }
+
+    /// Ends the session without a report: probes detached (entries first), the programs
+    /// unloaded, outputs removed (the previous files stay as they were). For a command told to
+    /// stop before tracing began.
+    pub fn abort(self) {
+        drop(self);
     }
 
     /// One wake-up of the drain loop: records waiting in the ring buffer (the kernel woke us, or

@@ -204,14 +204,23 @@ pub struct EventsFile {
 }
 
 impl EventsFile {
+    /// The file, beside its path until `place` (a run that never starts tracing leaves the
+    /// previous file as it was).
     pub fn create(path: &Path) -> Result<Self> {
-        let mut file = PendingFile::create_background(path, "events")?;
-        file.place()?;
+        let file = PendingFile::create_background(path, "events")?;
         Ok(Self {
             file: Some(file),
             path: path.to_path_buf(),
             error: None,
         })
+    }
+
+    /// Puts the file at its path now: from here on a killed run keeps what it recorded.
+    pub fn place(&mut self) -> Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.place(),
+            None => Ok(()),
+        }
     }
 
     pub fn write(&mut self, event: &Event, mount_gen: u32) {

@@ -319,22 +319,24 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
 /// The workload `command`, traced on the bench's overlay `dev` alone until it exits (0, or the
 /// run fails). Ctrl-C or SIGTERM stop it.
 async fn traced_workload(command: &[String], dev: Dev, probes: ProbesArg) -> Result<Report> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut session = Session::start(Options {
-        only: &[dev],
+    let mut signals = crate::cmd::signals::Signals::install()?;
+    let only = [dev];
+    let start = Session::start(Options {
+        only: &only,
         maxactive: 4096,
         probes,
         ..Default::default()
-    })
-    .await?;
+    });
+    let mut session = tokio::select! {
+        biased;
+        _ = signals.recv() => bail!("interrupted"),
+        s = start => s?,
+    };
     let mut child = TracedCommand::spawn(command)?;
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let code = loop {
         tokio::select! {
             r = session.step() => r?,
-            _ = sigint.recv() => break None,
-            _ = sigterm.recv() => break None,
+            _ = signals.recv() => break None,
             status = child.wait() => break Some(child_shell_code(status?)),
         }
     };
