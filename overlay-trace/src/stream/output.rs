@@ -143,12 +143,10 @@ impl PendingFile {
         r
     }
 
-    /// Puts in place whatever reached the file, after a write failed.
+    /// Puts in place whatever reached the file, after a write failed. Never waits on the
+    /// file's filesystem (it may be why the write failed): a writer thread finishes on its own.
     pub fn commit_partial(mut self) -> Result<()> {
-        if let Some(out) = self.out.take() {
-            // What the writer thread holds still reaches the file.
-            let _ = out.into_parts().0.into_file();
-        }
+        drop(self.out.take());
         let r = self.put_in_place();
         if r.is_err() {
             let _ = fs::remove_file(&self.tmp);
