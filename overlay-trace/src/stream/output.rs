@@ -337,19 +337,20 @@ mod tests {
     }
 
     #[test]
-    fn the_events_file_is_in_place_at_once_and_flushed_without_finishing() {
+    fn the_events_file_is_in_place_once_tracing_begins_and_flushed_without_finishing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.ndjson");
         let victim = dir.path().join("victim");
         fs::write(&victim, "precious").unwrap();
         std::os::unix::fs::symlink(&victim, &path).unwrap();
         let mut ev = EventsFile::create(&path).unwrap();
+        let is_link = |p: &Path| fs::symlink_metadata(p).unwrap().file_type().is_symlink();
         assert!(
-            !fs::symlink_metadata(&path)
-                .unwrap()
-                .file_type()
-                .is_symlink()
+            is_link(&path),
+            "the previous file stays until tracing begins"
         );
+        ev.place().unwrap();
+        assert!(!is_link(&path));
         let e = Event::try_from(crate::stream::event::raw::copy_up(1, "a", 1, 1, 1).as_slice())
             .unwrap();
         ev.write(&e, 0);
