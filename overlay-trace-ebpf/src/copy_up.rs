@@ -188,8 +188,9 @@ fn exit(ret: i64) -> u32 {
         (*ev).ret = ret as i32;
         (*ev).outcome = if cfg(|c| &c.copy_up_end_probed) == 0 {
             COPY_UP_UNKNOWN
-        } else if start.owned != 0 || ret != 0 {
+        } else if start.owned != 0 || ret as i32 != 0 {
             // A call that returned an error failed (before or during its copy): never a wait.
+            // (`int`: the upper half of the return register means nothing.)
             COPY_UP_COPIED
         } else {
             COPY_UP_WAITED

@@ -2,8 +2,9 @@
 //! numbers on `/metrics` for Prometheus and `/healthz` for whatever keeps the tracer alive.
 //!
 //! The listening socket is bound first, so a second `serve` on the same port fails at once,
-//! before it loads anything. The HTTP server (axum) runs on the drain loop's own runtime: a
-//! scrape encodes under the metrics lock, between two drains.
+//! before it loads anything. The HTTP server (axum) runs on the drain loop's runtime; a scrape
+//! copies the numbers under their lock and encodes them on a blocking thread, at most
+//! `SCRAPES_MAX` at once.
 
 use std::{
     sync::{Arc, Mutex},
@@ -139,7 +140,9 @@ async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     let registry = s.registry.clone();
+    // The permit goes with the encoding: a client that leaves does not free it early.
     let body = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let body = crate::views::prometheus::openmetrics(&registry);
         if wants_openmetrics {
             body
@@ -148,7 +151,6 @@ async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
         }
     })
     .await;
-    drop(permit);
     let Ok(body) = body else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
     };

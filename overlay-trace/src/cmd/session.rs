@@ -25,6 +25,7 @@ use crate::{
         containers::Resolver,
         mountinfo::read_overlay_mounts,
         naming::{Naming, Request},
+        source_layers::LayerAsk,
     },
     kernel::{
         btf_offsets::KernelBtf,
@@ -160,18 +161,33 @@ impl Session {
             ..Default::default()
         };
         // Containers chosen with --container are known already.
+        let mut known = Vec::new();
         for (dev, c) in only {
             if let Some(c) = c {
                 let key = fold.agg.current(dev);
+                let mount = mounts_now.get(&dev).cloned();
+                known.extend(mount.clone().map(|m| (key, m)));
                 fold.record(Record::Known {
                     dev,
                     mount_gen: key.generation,
-                    mount: mounts_now.get(&dev).cloned(),
+                    mount,
                     container: c,
                 });
             }
         }
         let naming = Naming::start(resolver, kernel.mount_clock.clone(), enrich_counts);
+        // Their copy-ups' source layers: the naming side never hears of these mounts.
+        for (key, m) in known {
+            if m.lowerdirs.iter().all(|d| d.starts_with('/')) {
+                if let Ok(root) = crate::base::safe_fs::open_dir(Path::new("/")) {
+                    naming.layers.tell(LayerAsk::Lowerdirs {
+                        key,
+                        root: Arc::new(root),
+                        dirs: m.lowerdirs,
+                    });
+                }
+            }
+        }
         // Tracing has begun: the events file takes its place.
         if let Some(e) = fold.events.as_mut() {
             e.place()?;
@@ -209,7 +225,10 @@ impl Session {
                 self.drain();
                 self.kernel.flush_logs();
             }
-            Some(n) = self.naming.answers.recv() => answer(&mut self.fold, &mut self.trace, n),
+            Some(n) = self.naming.answers.recv() => {
+                answer(&mut self.fold, &mut self.trace, n);
+                hand_over(&mut self.fold, &self.naming);
+            }
             _ = self.tick.tick() => self.second(),
         }
         Ok(())
@@ -337,6 +356,16 @@ fn answer(fold: &mut Collector, trace: &mut Option<TraceFile>, n: Named) {
     }
 }
 
+/// What the fold asks of the naming side after an event or an answer.
+fn hand_over(fold: &mut Collector, naming: &Naming) {
+    for (key, path, tgid) in fold.copied_unnamed.drain(..) {
+        naming.copied_up(key, path, tgid);
+    }
+    for ask in fold.layer_asks.drain(..) {
+        naming.layers.ask(ask);
+    }
+}
+
 /// One record through the fold, the timeline and to the naming side.
 fn take(fold: &mut Collector, naming: &Naming, trace: &mut Option<TraceFile>, record: &[u8]) {
     if let Some(o) = decode_exec(record) {
@@ -354,12 +383,7 @@ fn take(fold: &mut Collector, naming: &Naming, trace: &mut Option<TraceFile>, re
     if let Some(m) = taken.new_mount {
         naming.name(m);
     }
-    for (key, path, tgid) in fold.copied_unnamed.drain(..) {
-        naming.copied_up(key, path, tgid);
-    }
-    for ask in fold.layer_asks.drain(..) {
-        naming.layers.ask(ask);
-    }
+    hand_over(fold, naming);
 }
 
 fn verbose() -> bool {

@@ -4,7 +4,8 @@
 //! A job runs on a worker thread; the caller waits at most the budget for its answer. A job that
 //! overruns is *abandoned*: its thread is left to finish (or to stay blocked for good: a thread
 //! stuck in the kernel cannot be cancelled) and a fresh worker takes the next job. At most
-//! `STUCK_MAX` abandoned jobs may be unfinished at once; beyond, no job is started (it is
+//! `STUCK_MAX` abandoned jobs of one `Budgeted` may be unfinished at once (each enrichment thread
+//! has its own, so paths that hang cannot stop runtime lookups); beyond, no job is started (it is
 //! *skipped*) until one of them returns. Both are counted (`EnrichCounts`) and shown in the
 //! report and on /metrics. Nothing that waits here is on the drain's thread.
 
@@ -12,7 +13,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicU8, AtomicU64, Ordering},
-        mpsc::{Receiver, Sender, channel, sync_channel},
+        mpsc::{Receiver, RecvTimeoutError, Sender, channel, sync_channel},
     },
     time::Duration,
 };
@@ -30,8 +31,6 @@ pub struct EnrichCounts {
     /// Jobs not started: their mount already had one abandoned, too many were stuck at once,
     /// or the queue was full.
     pub skipped: AtomicU64,
-    /// Abandoned jobs that have not returned yet.
-    pub stuck_now: AtomicU64,
 }
 
 /// A copy of `EnrichCounts` as reports and records carry it.
@@ -61,11 +60,32 @@ const RUNNING: u8 = 0;
 const FINISHED: u8 = 1;
 const ABANDONED: u8 = 2;
 
+/// What became of a job.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome<T> {
+    Done(T),
+    /// It overran its budget: left running, counted.
+    Abandoned,
+    /// Not started (too many abandoned ones unfinished, or no worker): counted.
+    Skipped,
+}
+
+impl<T> Outcome<T> {
+    pub fn done(self) -> Option<T> {
+        match self {
+            Outcome::Done(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
 /// Runs jobs on a worker thread with a time budget each (see the module's comment).
 pub struct Budgeted {
     worker: Option<Sender<Job>>,
     name: &'static str,
     counts: Arc<EnrichCounts>,
+    /// This one's abandoned jobs that have not returned yet.
+    stuck_now: Arc<AtomicU64>,
 }
 
 impl Budgeted {
@@ -74,6 +94,7 @@ impl Budgeted {
             worker: None,
             name,
             counts,
+            stuck_now: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -83,22 +104,31 @@ impl Budgeted {
         budget: Duration,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
-        if self.counts.stuck_now.load(Ordering::Relaxed) >= STUCK_MAX {
+        self.attempt(budget, f).done()
+    }
+
+    /// `run`, saying what became of the job.
+    pub fn attempt<T: Send + 'static>(
+        &mut self,
+        budget: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Outcome<T> {
+        if self.stuck_now.load(Ordering::Acquire) >= STUCK_MAX {
             self.counts.skip();
-            return None;
+            return Outcome::Skipped;
         }
         let (tx, rx) = sync_channel(1);
         let state = Arc::new(AtomicU8::new(RUNNING));
         let job_state = state.clone();
-        let counts = self.counts.clone();
+        let stuck_now = self.stuck_now.clone();
         let job: Job = Box::new(move || {
             let v = f();
             if job_state
                 .compare_exchange(RUNNING, FINISHED, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
-                // Abandoned by the caller meanwhile: no longer stuck.
-                counts.stuck_now.fetch_sub(1, Ordering::Relaxed);
+                // Abandoned by the caller meanwhile (who counted it first): no longer stuck.
+                stuck_now.fetch_sub(1, Ordering::AcqRel);
             }
             let _ = tx.send(v);
         });
@@ -108,20 +138,27 @@ impl Budgeted {
                 Some(w) => w,
                 None => {
                     self.counts.skip();
-                    return None;
+                    return Outcome::Skipped;
                 }
             },
         };
         if worker.send(job).is_err() {
             self.counts.skip();
-            return None;
+            return Outcome::Skipped;
         }
         match rx.recv_timeout(budget) {
             Ok(v) => {
                 self.worker = Some(worker);
-                Some(v)
+                Outcome::Done(v)
             }
-            Err(_) => {
+            // The job panicked: its worker is gone, nothing is stuck.
+            Err(RecvTimeoutError::Disconnected) => {
+                self.counts.skip();
+                Outcome::Skipped
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // Counted before the job can see it abandoned, so the count never goes below 0.
+                self.stuck_now.fetch_add(1, Ordering::AcqRel);
                 if state
                     .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
@@ -129,12 +166,12 @@ impl Budgeted {
                     // The worker is left with its job; dropping its sender ends it once the job
                     // returns, if ever. The next job gets a new worker.
                     self.counts.abandoned.fetch_add(1, Ordering::Relaxed);
-                    self.counts.stuck_now.fetch_add(1, Ordering::Relaxed);
-                    None
+                    Outcome::Abandoned
                 } else {
                     // It finished just as the budget ran out: take its answer.
+                    self.stuck_now.fetch_sub(1, Ordering::AcqRel);
                     self.worker = Some(worker);
-                    rx.recv().ok()
+                    rx.recv().map_or(Outcome::Skipped, Outcome::Done)
                 }
             }
         }
@@ -172,12 +209,12 @@ mod tests {
         );
         assert!(t.elapsed() < Duration::from_secs(2));
         assert_eq!(counts.tally().abandoned, 1);
-        assert_eq!(counts.stuck_now.load(Ordering::Relaxed), 1);
+        assert_eq!(b.stuck_now.load(Ordering::Relaxed), 1);
         // A fresh worker answers while the stuck one still waits.
         assert_eq!(b.run(Duration::from_secs(5), || 8), Some(8));
         release_tx.send(()).unwrap();
         let t = Instant::now();
-        while counts.stuck_now.load(Ordering::Relaxed) != 0 {
+        while b.stuck_now.load(Ordering::Relaxed) != 0 {
             assert!(t.elapsed() < Duration::from_secs(5), "never returned");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -201,8 +238,18 @@ mod tests {
                 None
             );
         }
-        assert_eq!(b.run(Duration::from_secs(5), || 1), None);
+        assert_eq!(b.attempt(Duration::from_secs(5), || 1), Outcome::Skipped);
         let t = counts.tally();
         assert_eq!((t.abandoned, t.skipped), (STUCK_MAX, 1));
+        // Another thread's budget is its own.
+        let mut other = Budgeted::new("other", counts.clone());
+        assert_eq!(other.run(Duration::from_secs(5), || 2), Some(2));
+        // A job that panics is skipped, not stuck.
+        assert_eq!(
+            other.attempt(Duration::from_secs(5), || -> u8 { panic!("job") }),
+            Outcome::Skipped
+        );
+        assert_eq!(other.stuck_now.load(Ordering::Relaxed), 0);
+        assert_eq!(other.run(Duration::from_secs(5), || 3), Some(3));
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::stream::record::{CopyUpRef, MountKey};
 
-use crate::enrich::budget::{Budgeted, EnrichCounts};
+use crate::enrich::budget::{Budgeted, EnrichCounts, Outcome};
 
 use crate::enrich::answer::{MountRoot, Named};
 
@@ -34,6 +34,8 @@ const QUEUE_MAX: usize = 65_536;
 /// in all.
 const MOUNTS_MAX: usize = 512;
 const WAITING_MAX: usize = 65_536;
+/// Asks of one mount waiting for its lowerdirs.
+const WAITING_PER_MOUNT: usize = 4096;
 
 pub enum LayerAsk {
     /// A copy-up whose source layer is wanted.
@@ -48,6 +50,9 @@ pub enum LayerAsk {
         root: MountRoot,
         dirs: Vec<String>,
     },
+    /// The mount is gone (unmounted, or its device number taken by a newer mount): its asks and
+    /// its root are let go.
+    Forget { key: MountKey },
     /// The last ask has come: say `Named::Done` (asks still waiting for lowerdirs stay unknown).
     Finish,
 }
@@ -118,6 +123,7 @@ impl LayerFinder {
             match a {
                 LayerAsk::CopyUp { key, copy_up, path } => self.copy_up(key, copy_up, path),
                 LayerAsk::Lowerdirs { key, root, dirs } => self.lowerdirs(key, root, dirs),
+                LayerAsk::Forget { key } => self.forget(key),
                 LayerAsk::Finish => {
                     let _ = self.out.send(Named::Done);
                     return;
@@ -133,12 +139,24 @@ impl LayerFinder {
         }
         if self.mounts.contains_key(&key) {
             self.look_up(key, copy_up, path);
-        } else if self.waiting_total < WAITING_MAX {
-            self.waiting.entry(key).or_default().push((copy_up, path));
+            return;
+        }
+        let waiting = self.waiting.entry(key).or_default();
+        if self.waiting_total < WAITING_MAX && waiting.len() < WAITING_PER_MOUNT {
+            waiting.push((copy_up, path));
             self.waiting_total += 1;
         } else {
             self.counts.skip();
         }
+    }
+
+    fn forget(&mut self, key: MountKey) {
+        if let Some(w) = self.waiting.remove(&key) {
+            self.waiting_total -= w.len();
+        }
+        // Its root (an open file) goes now; its place in `order` when its turn comes.
+        self.mounts.remove(&key);
+        self.stuck.remove(&key);
     }
 
     fn lowerdirs(&mut self, key: MountKey, root: MountRoot, dirs: Vec<String>) {
@@ -162,20 +180,20 @@ impl LayerFinder {
         let Some((root, dirs)) = self.mounts.get(&key).cloned() else {
             return;
         };
-        let found = self.worker.run(LOOKUP_BUDGET, move || {
+        let found = self.worker.attempt(LOOKUP_BUDGET, move || {
             crate::enrich::layers::source_layer(&root, dirs.iter().map(String::as_str), &path)
         });
         match found {
-            Some(Some(layer)) => {
+            Outcome::Done(Some(layer)) => {
                 let _ = self.out.send(Named::SourceLayer {
                     key,
                     copy_up,
                     layer,
                 });
             }
-            Some(None) => {}
-            // Abandoned or skipped (counted): this mount's paths do not answer.
-            None => {
+            Outcome::Done(None) | Outcome::Skipped => {}
+            // This mount's paths do not answer: not looked up again.
+            Outcome::Abandoned => {
                 self.stuck.insert(key);
             }
         }

@@ -53,6 +53,10 @@ impl Collector {
         };
         let before = self.agg.current(e.origin().dev);
         let added = self.agg.add(&e);
+        if added.key != before {
+            // A newer mount took the device number: the one before is gone.
+            self.layer_asks.push(LayerAsk::Forget { key: before });
+        }
         if let Event::CopyUp(c) = &e {
             // Its source layer, looked up beside the drain; not for a wait (it copied nothing)
             // nor a path cut short or not UTF-8 (its name below is not known exactly).
@@ -131,10 +135,13 @@ impl Collector {
                 mount_gen: key.generation,
                 container,
             },
-            Named::Gone { key } => Record::Gone {
-                dev: key.dev,
-                mount_gen: key.generation,
-            },
+            Named::Gone { key } => {
+                self.layer_asks.push(LayerAsk::Forget { key });
+                Record::Gone {
+                    dev: key.dev,
+                    mount_gen: key.generation,
+                }
+            }
             Named::Layers { key, layers } => Record::NamedLayers {
                 dev: key.dev,
                 mount_gen: key.generation,

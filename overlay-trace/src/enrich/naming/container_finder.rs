@@ -116,11 +116,16 @@ impl ContainerFinder {
     async fn resolve(&mut self, key: MountKey, m: OverlayMount, budget: Duration, tries: u32) {
         match tokio::time::timeout(budget, self.resolver.resolve(&m, &mut self.io)).await {
             Ok(Some(c)) => {
-                let layers = self
-                    .resolver
-                    .layers_job(&m, &c)
-                    .and_then(|job| self.io.run(IO_BUDGET, job))
-                    .unwrap_or_default();
+                // A runtime's layer metadata holds host paths: not for a mount of another mount
+                // namespace, whose lowerdirs mean something else there (and stay resolved in it).
+                let layers = if m.ns_pid.is_some() {
+                    Vec::new()
+                } else {
+                    self.resolver
+                        .layers_job(&m, &c)
+                        .and_then(|job| self.io.run(IO_BUDGET, job))
+                        .unwrap_or_default()
+                };
                 self.send(Named::Container { key, container: c });
                 if !layers.is_empty() {
                     // The runtime's view of the lowerdirs, from `/`.

@@ -128,7 +128,8 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    std::thread::Builder::new()
+    let warn = out.clone();
+    let spawned = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             match tokio::runtime::Builder::new_current_thread()
@@ -143,8 +144,14 @@ where
                     let _ = out.send(Named::Done);
                 }
             }
-        })
-        .expect("spawning a thread");
+        });
+    // No thread (a pids limit): the run goes on, unnamed, and says so.
+    if let Err(e) = spawned {
+        let _ = warn.send(Named::Warning(format!(
+            "cannot start a naming thread ({e}): mounts are not named"
+        )));
+        let _ = warn.send(Named::Done);
+    }
 }
 
 /// What the mount finder hands the container finder.
