@@ -395,7 +395,7 @@ pub mod runtimes {
             let started = Instant::now();
             while !docker(&["info"]).status.success() {
                 assert!(
-                    started.elapsed() < Duration::from_secs(240),
+                    started.elapsed() < Duration::from_secs(600),
                     "dockerd did not start"
                 );
                 std::thread::sleep(Duration::from_secs(1));
