@@ -82,6 +82,8 @@ pub struct Added {
     pub new_mount: bool,
     /// The event's arrival number (the same in a replay of the run's events file).
     pub seq: u64,
+    /// The mount this one (a new mount of the device number) took the number from: gone.
+    pub superseded: Option<MountKey>,
 }
 
 /// Everything seen so far.
@@ -127,12 +129,14 @@ impl Aggregate {
     pub fn add(&mut self, e: &Event) -> Added {
         self.seq += 1;
         let dev = e.origin().dev;
+        let mut superseded = None;
         if let Event::Mount(mt) = e {
             if mt.ret == 0 {
                 let old = self.current(dev);
                 *self.generations.entry(dev).or_default() += 1;
                 // The previous mount of this device number is gone.
                 self.retire(old);
+                superseded = Some(old);
             }
         }
         let key = self.current(dev);
@@ -153,6 +157,7 @@ impl Aggregate {
                     key,
                     new_mount: false,
                     seq: self.seq,
+                    superseded,
                 };
             }
         }
@@ -182,6 +187,7 @@ impl Aggregate {
             key,
             new_mount,
             seq,
+            superseded,
         }
     }
 

@@ -51,9 +51,8 @@ impl Collector {
             self.decode_errors += 1;
             return None;
         };
-        let before = self.agg.current(e.origin().dev);
         let added = self.agg.add(&e);
-        if added.key != before {
+        if let Some(before) = added.superseded {
             // A newer mount took the device number: the one before is gone.
             self.layer_asks.push(LayerAsk::Forget { key: before });
         }
@@ -87,7 +86,7 @@ impl Collector {
             let mut m = lock(m);
             // A new mount on this device number: the one before is gone, whether or not the
             // naming thread saw it leave (it may have lived in another mount namespace).
-            if added.key != before {
+            if let Some(before) = added.superseded {
                 m.gone(before, now);
             }
             m.observe(added.key, &e, now);

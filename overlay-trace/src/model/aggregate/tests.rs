@@ -66,7 +66,8 @@ fn mount_time_is_kept_per_superblock() {
         Added {
             key: key(9, 1),
             new_mount: true,
-            seq: 1
+            seq: 1,
+            superseded: Some(key(9, 0))
         }
     );
     assert_eq!(
@@ -74,7 +75,8 @@ fn mount_time_is_kept_per_superblock() {
         Added {
             key: key(9, 1),
             new_mount: false,
-            seq: 2
+            seq: 2,
+            superseded: None
         }
     );
     assert_eq!(a.mounts[&key(9, 1)].mount_ns, Some(4242));
