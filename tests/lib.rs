@@ -373,30 +373,49 @@ pub mod runtimes {
             sh(&format!(
                 "mountpoint -q {ROOT} || mount -t tmpfs tmpfs {ROOT}"
             ));
-            let log = fs::File::create(out_dir().join("dockerd.log")).unwrap();
-            let child = Command::new("dockerd")
-                .args([
-                    "--data-root",
-                    &format!("{ROOT}/data"),
-                    "--exec-root",
-                    &format!("{ROOT}/exec"),
-                ])
-                .args([
-                    "--pidfile",
-                    &format!("{ROOT}/docker.pid"),
-                    "--host",
-                    &format!("unix://{ROOT}/docker.sock"),
-                ])
-                .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("dockerd");
+            let spawn = |attempt: u32| {
+                let log =
+                    fs::File::create(out_dir().join(format!("dockerd.{attempt}.log"))).unwrap();
+                Command::new("dockerd")
+                    .args([
+                        "--data-root",
+                        &format!("{ROOT}/data"),
+                        "--exec-root",
+                        &format!("{ROOT}/exec"),
+                    ])
+                    .args([
+                        "--pidfile",
+                        &format!("{ROOT}/docker.pid"),
+                        "--host",
+                        &format!("unix://{ROOT}/docker.sock"),
+                    ])
+                    .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .expect("dockerd")
+            };
+            let mut attempt = 1;
+            let mut child = spawn(attempt);
             let started = Instant::now();
             while !docker(&["info"]).status.success() {
+                // dockerd gives up when the containerd it starts is slow to answer (a loaded
+                // host under emulation): it is started again, up to 3 times.
+                if child.try_wait().ok().flatten().is_some() && attempt < 3 {
+                    attempt += 1;
+                    let _ = fs::remove_file(format!("{ROOT}/docker.pid"));
+                    child = spawn(attempt);
+                }
                 assert!(
                     started.elapsed() < Duration::from_secs(600),
-                    "dockerd did not start"
+                    "dockerd did not start: {}",
+                    fs::read_to_string(out_dir().join(format!("dockerd.{attempt}.log")))
+                        .unwrap_or_default()
+                        .lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .join(" | ")
                 );
                 std::thread::sleep(Duration::from_secs(1));
             }
