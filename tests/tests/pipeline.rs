@@ -175,20 +175,6 @@ fn a_filesystem_that_never_answers_stalls_nothing() {
     );
     let attached = Instant::now();
 
-    // D, in our namespace, first (its stuck lookup returns 30 s later, before the run ends: a
-    // thread in a disk read cannot be killed, so the tracer could not exit before): its lowerdir
-    // path covered, after mounting, by a disk whose reads take 30 s (dm-delay).
-    let d = Overlay::build(1, "", |o| {
-        for i in 0..4 {
-            o.put(0, &format!("etc/d{i}"), 100);
-        }
-    });
-    let slow = SlowCover::over(&d.lower(0), "pipeline");
-    for i in 0..4 {
-        sh(&format!("echo more >> {}/etc/d{i}", d.merged().display()));
-    }
-    let upper_d = d.upper_paths();
-
     // The tenant: its own mount namespace; prints each overlay's device and upper dir's content.
     let script = format!(
         r#"set -e
@@ -315,8 +301,6 @@ sleep 8
         v
     };
     let point_c = c.merged().display().to_string();
-    let point_d = d.merged().display().to_string();
-    assert_eq!(copied(&d.dev(), &point_d), upper_d);
     assert_eq!(copied(&dev_a, "/fz/merged"), upper_a);
     assert_eq!(copied(&dev_b, "/b/merged"), upper_b);
     assert_eq!(copied(&c.dev(), &point_c), upper_c);
@@ -324,8 +308,8 @@ sleep 8
     assert_eq!(ev["dropped_copy_up"], 0);
     assert_eq!(ev["missed_return_copy_up"], 0);
     assert!(
-        ev["enrich_abandoned"].as_u64().unwrap_or(0) >= 2,
-        "B's and D's lookups abandoned: {ev}"
+        ev["enrich_abandoned"].as_u64().unwrap_or(0) >= 1,
+        "B's lookups abandoned: {ev}"
     );
 
     // A: found in its own namespace (a host-path lookup would have hung on FUSE).
@@ -347,17 +331,6 @@ sleep 8
             .iter()
             .all(|l| l["layer"] == 0)
     );
-    // D: counted exactly, named, its layers unknown (the lookup came back 30 s later).
-    let dm = mount_at(&report, &d.dev(), &point_d);
-    assert_eq!(dm["copy_up"]["count"].as_u64(), Some(upper_d.len() as u64));
-    assert!(
-        dm["copy_up"]["by_layer"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["layer"] == 0)
-    );
-    drop(slow);
     // C: named after its mount point, its source layer found.
     let cm = mount_at(&report, &c.dev(), &point_c);
     assert_eq!(
@@ -503,59 +476,6 @@ fn a_copy_up_that_fails_before_copying_is_a_failure() {
         (Some(1), Some(1), Some(0))
     );
     let _ = fs::remove_dir_all(&r);
-}
-
-/// A disk whose reads take 30 s (dm-delay over a loop device), mounted over `path` with the
-/// same directories as `path` holds (so a lookup by path reads the slow disk).
-struct SlowCover {
-    path: PathBuf,
-    loopdev: String,
-    name: String,
-}
-
-impl SlowCover {
-    fn over(path: &std::path::Path, tag: &str) -> Self {
-        let img = format!("/run/slowcover-{tag}.img");
-        let name = format!("ot-slowcover-{tag}");
-        sh(&format!(
-            "modprobe loop; modprobe dm-delay; truncate -s 32M {img} && mkfs.ext4 -q {img}"
-        ));
-        let o = Command::new("losetup")
-            .args(["-f", "--show", &img])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        let loopdev = String::from_utf8(o.stdout).unwrap().trim().to_string();
-        let table = |ms: u32| {
-            format!("0 $(blockdev --getsz {loopdev}) delay {loopdev} 0 {ms} {loopdev} 0 0")
-        };
-        sh(&format!("echo \"{}\" | dmsetup create {name}", table(0)));
-        sh(&format!(
-            "mount /dev/mapper/{name} {p} && mkdir -p {p}/etc",
-            p = path.display()
-        ));
-        // From now on every read of the disk waits 30 s; nothing of it stays cached.
-        sh(&format!(
-            "sync && dmsetup suspend {name} && echo \"{}\" | dmsetup reload {name} && \
-             dmsetup resume {name} && echo 3 > /proc/sys/vm/drop_caches",
-            table(30_000)
-        ));
-        Self {
-            path: path.to_path_buf(),
-            loopdev,
-            name,
-        }
-    }
-}
-
-impl Drop for SlowCover {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        let _ = Command::new("dmsetup")
-            .args(["remove", "--deferred", &self.name])
-            .status();
-        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
-    }
 }
 
 /// Without tracefs (kprobes made through the perf PMU), stopping the tracer while lookups keep
