@@ -495,7 +495,7 @@ fn stopping_without_tracefs_misses_no_return() {
          if [ -e /sys/kernel/tracing/kprobe_events ] || [ -e /sys/kernel/debug/tracing/kprobe_events ]; \
          then echo 'tracefs still mounted' >&2; exit 9; fi; \
          exec {bin} run -q --probes kprobe --json {json} -- sh -c \
-         '(while :; do ls {m}/nope-stop-$RANDOM; done) >/dev/null 2>&1 & sleep 4'",
+         '(i=0; while :; do i=$((i+1)); ls {m}/nope-stop-$i; done) >/dev/null 2>&1 & sleep 4'",
         bin = overlay_trace_tests::bin().display(),
         json = json.display(),
     );
