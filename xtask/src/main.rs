@@ -427,7 +427,9 @@ fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<()> 
     }
     let started = std::time::Instant::now();
     // The integration tests run the overlay-trace binary, which `cargo test` does not build.
-    let tracer = build_tracer(false)?;
+    // Release, as users run it: under emulation a debug build takes 15 s to start and stop
+    // (parsing the kernel's BTF), a release build 5 s, and the tests start it hundreds of times.
+    let tracer = build_tracer(true)?;
     if let Some(k) = kernel {
         matrix(&tracer, &integration_test_binaries()?, Some(k))?;
         println!(
@@ -438,7 +440,7 @@ fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<()> 
     }
     println!("xtask: native tests (unit tests, preflight on this kernel, this kernel's verifier)");
     let mut c = cargo();
-    c.args(["test"]);
+    c.args(["test"]).env("OVERLAY_TRACE_BIN", &tracer);
     run(c)?;
     println!(
         "xtask: native tests took {:.0} s",
@@ -457,15 +459,21 @@ fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<()> 
         })
         .collect();
     println!(
-        "xtask: kernel tests in the VM (one boot, every test binary; each one's time is printed)"
+        "xtask: kernel tests in the VM (one boot, every test binary; each test's time is printed)"
     );
-    // Every binary runs even when one fails, so one run shows every failure.
+    // Every test runs even when one fails, so one run shows every failure; each runs alone
+    // (`--exact`) so its time is printed, and the slow ones are plain to see.
     let mut script = String::from("failed=''\n");
     for b in &bins {
         let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("tests");
         let name = name.rsplit_once('-').map_or(name, |(n, _)| n);
         script.push_str(&format!(
-            "t=$(date +%s); OVERLAY_TRACE_BIN={tracer} {bin} --include-ignored --test-threads=1 || failed=\"$failed {name}\"\n\
+            "t=$(date +%s)\n\
+             for test in $({bin} --list --include-ignored --format terse | sed -n 's/: test$//p'); do\n\
+               s=$(date +%s)\n\
+               OVERLAY_TRACE_BIN={tracer} {bin} --include-ignored --test-threads=1 --exact \"$test\" || failed=\"$failed {name}::$test\"\n\
+               echo \"xtask: {name}::$test took $(( $(date +%s) - s )) s\"\n\
+             done\n\
              echo \"xtask: {name} took $(( $(date +%s) - t )) s\"\n",
             tracer = tracer.display(),
             bin = b.display(),
