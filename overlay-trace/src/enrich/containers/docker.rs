@@ -45,6 +45,19 @@ pub struct Docker {
     final_pass: bool,
     /// The data root, once known (from the API, or from a trusted dockerd).
     root: Option<PathBuf>,
+    /// Becomes true when the run's final pass begins: an API call in flight is cut short then,
+    /// so a daemon that does not answer delays the report by one final-pass budget at most.
+    finishing: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Containers read from disk, by id: each one's metadata is read once, not once per mount.
+    on_disk: OnDisk,
+}
+
+/// What became of an API call.
+enum Call<T> {
+    Answered(T),
+    TimedOut,
+    /// Cut short by the final pass (which asks again, with its own deadline).
+    Interrupted,
 }
 
 /// The `<id>` of an overlay2 upperdir `<root>/overlay2/<id>/diff` (also when relative: `<id>/diff`).
@@ -115,63 +128,6 @@ pub fn data_root() -> PathBuf {
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .and_then(|v| v["data-root"].as_str().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
-}
-
-/// Reads every container from Docker's on-disk metadata under `root`.
-pub fn from_disk(root: &Path) -> Vec<DockerContainer> {
-    let mut out = Vec::new();
-    let Ok(dirs) = fs::read_dir(root.join("containers")) else {
-        return out;
-    };
-    for d in dirs.flatten() {
-        let id = d.file_name().to_string_lossy().into_owned();
-        // Container ids are hex; anything else is not Docker's.
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
-        // Regular files beneath the data root only, size-capped, never blocking.
-        let Some(text) = safe_fs::read_metadata(
-            root,
-            &Path::new("containers").join(&id).join("config.v2.json"),
-        ) else {
-            continue;
-        };
-        let Ok(cfg) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        let mount_id = safe_fs::read_metadata(
-            root,
-            &Path::new("image/overlay2/layerdb/mounts")
-                .join(&id)
-                .join("mount-id"),
-        )
-        .map(|s| s.trim().to_string())
-        .filter(|m| !m.is_empty() && !m.contains('/'));
-        out.push(DockerContainer {
-            container: Container {
-                runtime: "docker".into(),
-                id: id.clone(),
-                name: cfg["Name"]
-                    .as_str()
-                    .unwrap_or("")
-                    .trim_start_matches('/')
-                    .to_string(),
-                image: cfg["Config"]["Image"].as_str().unwrap_or("").to_string(),
-                namespace: None,
-                role: None,
-                pod: None,
-                image_id: cfg["Image"].as_str().map(str::to_string),
-            },
-            upperdir: mount_id.map(|m| {
-                root.join("overlay2")
-                    .join(m)
-                    .join("diff")
-                    .display()
-                    .to_string()
-            }),
-        });
-    }
-    out
 }
 
 /// Converts an inspect response (API JSON) into our view of the container.
@@ -270,6 +226,8 @@ impl Docker {
             api_failed: false,
             final_pass: false,
             root: None,
+            finishing: None,
+            on_disk: OnDisk::default(),
         })
     }
 
@@ -288,6 +246,39 @@ impl Docker {
         self.final_pass = true;
     }
 
+    /// `finishing` turns true when the final pass is about to begin (see `Docker::finishing`).
+    pub fn interrupt_on(&mut self, finishing: tokio::sync::watch::Receiver<bool>) {
+        self.finishing = Some(finishing);
+    }
+
+    /// `fut` with API_TIMEOUT, cut short (before the final pass) when the final pass begins.
+    async fn call<F: std::future::Future>(&self, fut: F) -> Call<F::Output> {
+        let finishing = self.finishing.clone().filter(|_| !self.final_pass);
+        let interrupt = async move {
+            if let Some(mut f) = finishing {
+                if f.wait_for(|now| *now).await.is_ok() {
+                    return;
+                }
+            }
+            // Nothing to wait for (or its sender gone): never interrupts.
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            r = tokio::time::timeout(API_TIMEOUT, fut) => match r {
+                Ok(v) => Call::Answered(v),
+                Err(_) => Call::TimedOut,
+            },
+            _ = interrupt => Call::Interrupted,
+        }
+    }
+
+    /// Records that the API failed: left alone for API_BACKOFF, and in the final pass.
+    fn api_down(&mut self, warning: String) {
+        self.warning = Some(warning);
+        self.api_failed = true;
+        self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
+    }
+
     pub fn warning(&self) -> Option<&str> {
         self.warning.as_deref()
     }
@@ -302,34 +293,29 @@ impl Docker {
         {
             return None;
         }
-        let api = self.api.as_ref()?;
-        let list = tokio::time::timeout(
-            API_TIMEOUT,
-            api.list_containers(Some(ListContainersOptions {
+        let api = self.api.clone()?;
+        let list = self
+            .call(api.list_containers(Some(ListContainersOptions {
                 all: true,
                 ..Default::default()
-            })),
-        )
-        .await;
+            })))
+            .await;
         let list = match list {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => {
-                self.warning = Some(format!("Docker API: {e}; using Docker's on-disk metadata"));
-                self.api_failed = true;
-                self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
+            Call::Answered(Ok(l)) => l,
+            Call::Answered(Err(e)) => {
+                self.api_down(format!("Docker API: {e}; using Docker's on-disk metadata"));
                 return None;
             }
-            Err(_) => {
-                self.warning = Some(
+            Call::TimedOut => {
+                self.api_down(
                     "Docker API did not answer in 3 s; using Docker's on-disk metadata".into(),
                 );
-                self.api_failed = true;
-                self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
                 return None;
             }
+            Call::Interrupted => return None,
         };
         if self.root.is_none() {
-            if let Ok(Ok(info)) = tokio::time::timeout(API_TIMEOUT, api.info()).await {
+            if let Call::Answered(Ok(info)) = self.call(api.info()).await {
                 self.root = info.docker_root_dir.map(PathBuf::from);
             }
         }
@@ -338,18 +324,19 @@ impl Docker {
             if self.inspected.contains_key(&id) {
                 continue;
             }
-            match tokio::time::timeout(API_TIMEOUT, api.inspect_container(&id, None)).await {
-                Ok(Ok(v)) => {
+            match self.call(api.inspect_container(&id, None)).await {
+                Call::Answered(Ok(v)) => {
                     if let Some(c) = from_inspect(&v) {
                         self.inspected.insert(id, c);
                     }
                 }
-                Ok(Err(_)) => {}
-                Err(_) => {
+                Call::Answered(Err(_)) => {}
+                Call::TimedOut => {
                     self.api_failed = true;
                     self.api_down_until = Some(std::time::Instant::now() + API_BACKOFF);
                     break;
                 }
+                Call::Interrupted => break,
             }
         }
         Some(self.inspected.values().cloned().collect())
@@ -367,9 +354,12 @@ impl Docker {
             }
         }
         let root = self.root();
-        find(from_disk(&root).iter(), m)
+        find(self.on_disk.read(&root).iter(), m)
     }
 }
+
+mod disk;
+pub use disk::{OnDisk, from_disk};
 
 #[cfg(test)]
 mod tests;

@@ -108,6 +108,11 @@ impl Resolver {
         out
     }
 
+    /// `finishing` turns true as the final pass begins: runtime API calls in flight stop then.
+    pub fn interrupt_on(&mut self, finishing: tokio::sync::watch::Receiver<bool>) {
+        self.docker.interrupt_on(finishing);
+    }
+
     /// The last naming pass of a run: no more waiting on an API that failed to answer.
     pub fn final_pass(&mut self) {
         self.docker.final_pass();

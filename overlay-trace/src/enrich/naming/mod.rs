@@ -89,7 +89,11 @@ pub struct Naming {
 }
 
 impl Naming {
-    pub fn start(resolver: Resolver, clock: MountClock, counts: Arc<EnrichCounts>) -> Self {
+    pub fn start(mut resolver: Resolver, clock: MountClock, counts: Arc<EnrichCounts>) -> Self {
+        // Set by the mount finder when the final pass is asked for: the container finder may be
+        // waiting on a runtime API then, and the final pass must not wait behind it.
+        let (finishing, finishing_rx) = tokio::sync::watch::channel(false);
+        resolver.interrupt_on(finishing_rx);
         let (req_tx, req_rx) = unbounded_channel();
         let (ans_tx, ans_rx) = unbounded_channel();
         let (found_tx, found_rx) = channel(UNCLAIMED_MAX);
@@ -97,7 +101,8 @@ impl Naming {
         let out = ans_tx.clone();
         let (l, c) = (layers.clone(), counts.clone());
         spawn_on_runtime("naming", ans_tx.clone(), move || {
-            MountFinder::new(out, found_tx, clock, l, Budgeted::new("naming", c)).run(req_rx)
+            MountFinder::new(out, found_tx, clock, l, Budgeted::new("naming", c))
+                .run(req_rx, finishing)
         });
         let out = ans_tx.clone();
         let (l, c) = (layers.clone(), counts.clone());

@@ -114,7 +114,12 @@ impl MountFinder {
         }
     }
 
-    pub(super) async fn run(mut self, mut requests: UnboundedReceiver<Request>) {
+    /// Serves `requests` until the final pass; `finishing` is set the moment it is asked for.
+    pub(super) async fn run(
+        mut self,
+        mut requests: UnboundedReceiver<Request>,
+        finishing: tokio::sync::watch::Sender<bool>,
+    ) {
         let mut watch = tokio::time::interval(WATCH_EVERY);
         loop {
             let next_due = self.pending.iter().map(|p| p.due).min();
@@ -137,6 +142,7 @@ impl MountFinder {
                                 self.note_copied(key, path, tgid)
                             }
                             Some(Request::Finish { deadline, mounts }) => {
+                                let _ = finishing.send(true);
                                 self.name_pending(Some(mounts));
                                 let _ = self.found.send(Found::Finish(deadline)).await;
                                 return;

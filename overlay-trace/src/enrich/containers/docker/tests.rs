@@ -25,6 +25,50 @@ fn on_disk_metadata_names_the_mount() {
 }
 
 #[test]
+fn on_disk_cache_follows_containers_created_and_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let add = |id: &str, name: &str, mount_id: Option<&str>| {
+        fs::create_dir_all(root.join("containers").join(id)).unwrap();
+        fs::write(
+            root.join("containers").join(id).join("config.v2.json"),
+            format!(r#"{{"Name":"/{name}","Config":{{"Image":"i"}},"Image":"sha256:1"}}"#),
+        )
+        .unwrap();
+        if let Some(m) = mount_id {
+            let dir = root.join("image/overlay2/layerdb/mounts").join(id);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("mount-id"), m).unwrap();
+        }
+    };
+    let mut cache = OnDisk::default();
+    add("aa", "one", Some("m1"));
+    add("bb", "two", None);
+    let names = |v: Vec<DockerContainer>| {
+        let mut n: Vec<(String, bool)> = v
+            .into_iter()
+            .map(|c| (c.container.name, c.upperdir.is_some()))
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(cache.read(root)),
+        [("one".into(), true), ("two".into(), false)]
+    );
+    // The second container's layer appears (it was being created), the first is removed, a
+    // third is created: each read sees the directory as it is now.
+    add("bb", "two", Some("m2"));
+    fs::remove_dir_all(root.join("containers/aa")).unwrap();
+    add("cc", "three", Some("m3"));
+    assert_eq!(
+        names(cache.read(root)),
+        [("three".into(), true), ("two".into(), true)]
+    );
+    assert_eq!(names(cache.read(root)), names(from_disk(root)));
+}
+
+#[test]
 fn api_inspect_response_names_the_mount() {
     let text = fs::read_to_string(format!("{FIXTURES}/inspect.json")).unwrap();
     let v: bollard::models::ContainerInspectResponse = serde_json::from_str(&text).unwrap();
