@@ -54,13 +54,14 @@ fn every_shipped_scenario_runs_on_a_real_overlay() {
         assert_eq!(r["mounts"].as_array().unwrap().len(), 1, "{name}: {r}");
         let n = r["mounts"][0]["copy_up"]["count"].as_u64().unwrap();
         assert!(n >= min_copy_ups, "{name}: {n} copy-ups");
+        if name == "log-append" {
+            assert_eq!(
+                r["mounts"][0]["copy_up"]["data_bytes"],
+                64 << 20,
+                "the whole 64 MiB log is copied up"
+            );
+        }
     }
-    let r = bench("log-append", &dir.join("bench-log-append.json"), 1);
-    assert_eq!(
-        r["mounts"][0]["copy_up"]["data_bytes"],
-        64 << 20,
-        "the whole 64 MiB log is copied up"
-    );
 }
 
 #[test]
@@ -76,9 +77,10 @@ fn diff_passes_on_repeats_and_fails_on_bigger_files() {
         dir.join("diff-b.json"),
         dir.join("diff-c.json"),
     );
-    bench(small.to_str().unwrap(), &a, 3);
-    let rb = bench(small.to_str().unwrap(), &b, 3);
-    assert_eq!(rb["bench"]["repeat"], 3);
+    // Two runs each: a median over repeats, and no regression between two of them.
+    bench(small.to_str().unwrap(), &a, 2);
+    let rb = bench(small.to_str().unwrap(), &b, 2);
+    assert_eq!(rb["bench"]["repeat"], 2);
     assert_eq!(rb["bench"]["metrics"]["bytes"]["median"], (8 << 20) as f64);
 
     let same = overlay_trace(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
@@ -90,7 +92,7 @@ fn diff_passes_on_repeats_and_fails_on_bigger_files() {
     );
     assert!(stdout(&same).contains("no regression"));
 
-    bench(big.to_str().unwrap(), &c, 3);
+    bench(big.to_str().unwrap(), &c, 1);
     let worse = overlay_trace(&["diff", a.to_str().unwrap(), c.to_str().unwrap()]);
     assert_eq!(worse.status.code(), Some(1), "{}", stdout(&worse));
     let line = stdout(&worse).lines().last().unwrap().to_string();
