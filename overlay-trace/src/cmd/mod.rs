@@ -5,6 +5,7 @@ pub mod check;
 pub mod child;
 pub mod report;
 pub mod run;
+mod select;
 pub mod serve;
 pub mod session;
 pub mod signals;

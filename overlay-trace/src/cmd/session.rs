@@ -8,13 +8,12 @@
 //! as records.
 
 use std::{
-    collections::BTreeMap,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use overlay_trace_common::{STAT_DROPPED_COPY_UP, STAT_DROPPED_LOOKUP, STAT_DROPPED_MOUNT};
 use tokio::time::Interval;
 
@@ -39,7 +38,6 @@ use crate::{
     },
     stream::{
         event::{Dev, decode_exec},
-        names::{Container, OverlayMount},
         output::{EventsFile, PendingFile},
         record::{Record, SCHEMA_VERSION},
     },
@@ -105,7 +103,7 @@ impl Session {
         let mut resolver = Resolver::new()?;
         let mounts_now = read_overlay_mounts()?;
         let enrich_counts = Arc::new(EnrichCounts::default());
-        let mut only = select_containers(
+        let mut only = super::select::select_containers(
             o.containers,
             &mounts_now,
             &mut resolver,
@@ -388,44 +386,4 @@ fn take(fold: &mut Collector, naming: &Naming, trace: &mut Option<TraceFile>, re
 
 fn verbose() -> bool {
     std::env::var_os("OVERLAY_TRACE_VERBOSE").is_some_and(|v| v != "0" && !v.is_empty())
-}
-
-/// Resolves `--container` arguments to the superblocks of running containers. An argument that
-/// matches none is an error listing what is running.
-async fn select_containers(
-    wanted: &[String],
-    mounts: &BTreeMap<Dev, OverlayMount>,
-    resolver: &mut Resolver,
-    io: &mut Budgeted,
-) -> Result<Vec<(Dev, Option<Container>)>> {
-    use crate::base::escape::escape;
-    if wanted.is_empty() {
-        return Ok(Vec::new());
-    }
-    let running = resolver.running(mounts, io).await;
-    let mut out = Vec::new();
-    for w in wanted {
-        let hits: Vec<(Dev, Option<Container>)> = running
-            .iter()
-            .filter(|(_, c)| c.matches(w))
-            .map(|(d, c)| (*d, Some(c.clone())))
-            .collect();
-        if hits.is_empty() {
-            let list: Vec<String> = running
-                .iter()
-                .map(|(_, c)| format!("{} ({})", escape(&c.name), c.short_id()))
-                .collect();
-            return Err(anyhow!(
-                "no running container matches {:?}; running containers: {}",
-                escape(w),
-                if list.is_empty() {
-                    "none found".to_string()
-                } else {
-                    list.join(", ")
-                }
-            ));
-        }
-        out.extend(hits);
-    }
-    Ok(out)
 }
