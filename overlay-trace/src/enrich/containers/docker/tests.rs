@@ -125,3 +125,31 @@ fn container_matching_by_name_and_id() {
     assert!(c.matches("web") && c.matches("/web") && c.matches("153bf840") && c.matches(CID));
     assert!(!c.matches("153") && !c.matches("db"));
 }
+
+#[test]
+fn an_api_call_in_flight_stops_when_the_final_pass_begins() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut d = Docker::new().unwrap();
+        let (finishing, rx) = tokio::sync::watch::channel(false);
+        d.interrupt_on(rx);
+        let started = std::time::Instant::now();
+        let signal = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = finishing.send(true);
+        };
+        // A daemon that never answers: cut short by the signal, long before API_TIMEOUT.
+        let (call, ()) = tokio::join!(d.call(std::future::pending::<()>()), signal);
+        assert!(matches!(call, Call::Interrupted));
+        assert!(started.elapsed() < API_TIMEOUT / 2);
+        // In the final pass itself the signal is set already and interrupts nothing.
+        d.final_pass();
+        assert!(matches!(
+            d.call(std::future::ready(7)).await,
+            Call::Answered(7)
+        ));
+    });
+}
