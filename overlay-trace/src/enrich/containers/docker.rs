@@ -24,6 +24,10 @@ const API_TIMEOUT: Duration = Duration::from_secs(3);
 /// daemon that accepts and never answers costs one timeout, not one per container.
 const API_BACKOFF: Duration = Duration::from_secs(30);
 const DEFAULT_ROOT: &str = "/var/lib/docker";
+/// Containers inspected per ask at most, newest first (see `Docker::ask_api`).
+const INSPECT_PER_ASK: usize = 64;
+/// Inspected containers kept at most (beyond, the on-disk metadata names the rest).
+const INSPECTED_MAX: usize = 20_000;
 
 /// What a Docker container looks like to us.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,7 +206,11 @@ pub fn owns_init_layer(c: &DockerContainer, m: &OverlayMount) -> bool {
 impl Docker {
     /// Fails only on a `DOCKER_HOST` we cannot honour.
     pub fn new() -> anyhow::Result<Self> {
-        let path = socket_path()?;
+        Ok(Self::at(&socket_path()?))
+    }
+
+    /// The API at the unix socket `path` (used when it exists).
+    pub fn at(path: &str) -> Self {
         let (api, warning) = if Path::new(&path).exists() {
             match bollard::Docker::connect_with_unix(
                 &path,
@@ -218,7 +226,7 @@ impl Docker {
         } else {
             (None, None)
         };
-        Ok(Self {
+        Self {
             api,
             inspected: HashMap::new(),
             warning,
@@ -228,7 +236,7 @@ impl Docker {
             root: None,
             finishing: None,
             on_disk: OnDisk::default(),
-        })
+        }
     }
 
     /// Docker's data root, as the resolver uses it.
@@ -283,9 +291,12 @@ impl Docker {
         self.warning.as_deref()
     }
 
-    /// All containers the API knows, inspecting the ones not seen before. None when the API
-    /// is absent, fails or times out.
-    async fn ask_api(&mut self) -> Option<Vec<DockerContainer>> {
+    /// The container that owns `m`, asking the API. Containers not inspected before are
+    /// inspected newest first (a new mount's container is being started), stopping at the owner
+    /// and after `INSPECT_PER_ASK` (the rest wait for the next ask, on-disk metadata meanwhile):
+    /// a daemon with thousands of exited containers costs one listing, not thousands of
+    /// inspections. None when the API is absent, fails, times out, or names no owner.
+    async fn ask_api(&mut self, m: &OverlayMount) -> Option<Container> {
         if self
             .api_down_until
             .is_some_and(|t| std::time::Instant::now() < t)
@@ -319,15 +330,34 @@ impl Docker {
                 self.root = info.docker_root_dir.map(PathBuf::from);
             }
         }
-        for s in list {
-            let Some(id) = s.id else { continue };
+        let mut list: Vec<(i64, String)> = list
+            .into_iter()
+            .filter_map(|s| Some((s.created.unwrap_or(0), s.id?)))
+            .collect();
+        list.sort_unstable_by_key(|(created, _)| std::cmp::Reverse(*created));
+        // Containers the daemon no longer lists are forgotten: the cache never outgrows the list.
+        {
+            let listed: std::collections::HashSet<&str> =
+                list.iter().map(|(_, id)| id.as_str()).collect();
+            self.inspected.retain(|id, _| listed.contains(id.as_str()));
+        }
+        let mut asked = 0;
+        for (_, id) in list {
             if self.inspected.contains_key(&id) {
                 continue;
             }
+            if asked == INSPECT_PER_ASK || self.inspected.len() >= INSPECTED_MAX {
+                break;
+            }
+            asked += 1;
             match self.call(api.inspect_container(&id, None)).await {
                 Call::Answered(Ok(v)) => {
                     if let Some(c) = from_inspect(&v) {
+                        let owner = find(std::iter::once(&c), m);
                         self.inspected.insert(id, c);
+                        if owner.is_some() {
+                            return owner;
+                        }
                     }
                 }
                 Call::Answered(Err(_)) => {}
@@ -339,7 +369,7 @@ impl Docker {
                 Call::Interrupted => break,
             }
         }
-        Some(self.inspected.values().cloned().collect())
+        None
     }
 
     pub async fn resolve(&mut self, m: &OverlayMount) -> Option<crate::stream::names::Container> {
@@ -348,10 +378,8 @@ impl Docker {
         }
         // The API can miss a container that is being started (inspect waits for its lock and
         // times out): Docker's on-disk metadata exists from creation on.
-        if let Some(all) = self.ask_api().await {
-            if let Some(c) = find(all.iter(), m) {
-                return Some(c);
-            }
+        if let Some(c) = self.ask_api(m).await {
+            return Some(c);
         }
         let root = self.root();
         find(self.on_disk.read(&root).iter(), m)

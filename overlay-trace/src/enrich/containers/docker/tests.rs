@@ -153,3 +153,84 @@ fn an_api_call_in_flight_stops_when_the_final_pass_begins() {
         ));
     });
 }
+
+/// A fake Engine API on a unix socket: `exited` old containers and one new one, `web`, whose
+/// upperdir is `/var/lib/docker/overlay2/new/diff`. Counts the inspections it answers.
+fn fake_engine(
+    dir: &Path,
+    exited: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead as _, Write as _};
+    let sock = dir.join("docker.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let inspected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = inspected.clone();
+    let list: Vec<serde_json::Value> = (0..exited)
+        .map(|i| serde_json::json!({"Id": format!("{i:064x}"), "Created": 1000 + i}))
+        .chain([serde_json::json!({"Id": "f".repeat(64), "Created": 999_999})])
+        .collect();
+    let list = serde_json::to_string(&list).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+            let body = if path.contains("/containers/json") {
+                list.clone()
+            } else if path.contains("/info") {
+                r#"{"DockerRootDir":"/nonexistent-root"}"#.to_string()
+            } else if let Some(id) = path
+                .split("/containers/")
+                .nth(1)
+                .map(|r| r[..64].to_string())
+            {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (name, upper) = if id == "f".repeat(64) {
+                    ("web".to_string(), "new".to_string())
+                } else {
+                    (format!("old{id}"), format!("old{id}"))
+                };
+                serde_json::json!({"Id": id, "Name": format!("/{name}"), "Image": "sha256:1",
+                    "Config": {"Image": "img"}, "GraphDriver": {"Name": "overlay2",
+                    "Data": {"UpperDir": format!("/var/lib/docker/overlay2/{upper}/diff")}}})
+                .to_string()
+            } else {
+                "{}".to_string()
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (sock.display().to_string(), inspected)
+}
+
+#[test]
+fn a_new_container_is_named_at_once_beside_thousands_of_exited_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let (sock, inspected) = fake_engine(d.path(), 5000);
+    let mut m = mount();
+    m.upperdir = Some("/var/lib/docker/overlay2/new/diff".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let c = rt.block_on(Docker::at(&sock).resolve(&m));
+    assert_eq!(c.map(|c| c.name).as_deref(), Some("web"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "named in {:?}",
+        started.elapsed()
+    );
+    let n = inspected.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(n, 1, "the newest container is inspected first, and alone");
+}
