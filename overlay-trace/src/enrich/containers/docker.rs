@@ -213,7 +213,7 @@ impl Docker {
     pub fn at(path: &str) -> Self {
         let (api, warning) = if Path::new(&path).exists() {
             match bollard::Docker::connect_with_unix(
-                &path,
+                path,
                 API_TIMEOUT.as_secs(),
                 bollard::API_DEFAULT_VERSION,
             ) {
