@@ -48,8 +48,12 @@ pub struct TraceFile {
     written: u64,
     /// cgroup -> the track its processes last worked on.
     cgroups: HashMap<u64, u32>,
-    /// Process starts of cgroups not seen on a track yet.
-    held: Vec<crate::stream::event::Origin>,
+    /// Process starts of cgroups not seen on a track yet (the oldest dropped when full).
+    held: std::collections::VecDeque<crate::stream::event::Origin>,
+    /// Process starts dropped from `held` unplaced: counted, and said at the end.
+    starts_lost: u64,
+    /// Mounts beyond `TRACKS_MAX` - 1, which share the last track (not remembered one by one).
+    shared: u64,
 }
 
 fn us(ns: u64) -> f64 {
@@ -73,7 +77,9 @@ impl TraceFile {
             flushed_bucket: 0,
             written: 0,
             cgroups: HashMap::new(),
-            held: Vec::new(),
+            held: std::collections::VecDeque::new(),
+            starts_lost: 0,
+            shared: 0,
         };
         if let Err(e) = r {
             t.stop(e);
@@ -81,9 +87,19 @@ impl TraceFile {
         Ok(t)
     }
 
+    /// The track of `key`: its own up to `TRACKS_MAX` - 1 mounts, the last one shared by all
+    /// later mounts, which are not remembered (a tracer that runs for weeks stays bounded).
     fn track(&mut self, key: MountKey) -> u32 {
+        if let Some(t) = self.tracks.get(&key) {
+            return *t;
+        }
+        if self.tracks.len() as u32 >= TRACKS_MAX - 1 {
+            self.shared += 1;
+            return TRACKS_MAX;
+        }
         let next = self.tracks.len() as u32 + 1;
-        *self.tracks.entry(key).or_insert(next.min(TRACKS_MAX))
+        self.tracks.insert(key, next);
+        next
     }
 
     /// Names the track of `key`: its container, or its mount point (which does not replace a
@@ -115,9 +131,10 @@ impl TraceFile {
                 // Process starts that came before their cgroup touched an overlay (only
                 // then: once seen, a cgroup's starts are placed as they come).
                 if self.held.iter().any(|h| h.cgroup_id == o.cgroup_id) {
-                    let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
-                        .into_iter()
-                        .partition(|h| h.cgroup_id == o.cgroup_id);
+                    let (now, later): (std::collections::VecDeque<_>, _) =
+                        std::mem::take(&mut self.held)
+                            .into_iter()
+                            .partition(|h| h.cgroup_id == o.cgroup_id);
                     self.held = later;
                     for h in now {
                         self.exec(&h);
@@ -169,9 +186,11 @@ impl TraceFile {
     /// A process start: an instant on the track its cgroup works on, or held until it does.
     pub fn exec(&mut self, o: &crate::stream::event::Origin) {
         let Some(&track) = self.cgroups.get(&o.cgroup_id) else {
-            if self.held.len() < EXECS_HELD_MAX {
-                self.held.push(o.clone());
+            if self.held.len() >= EXECS_HELD_MAX {
+                self.held.pop_front();
+                self.starts_lost += 1;
             }
+            self.held.push_back(o.clone());
             return;
         };
         if self.threads.len() < THREADS_MAX {
@@ -244,6 +263,9 @@ impl TraceFile {
                 ));
             }
         }
+        if self.shared > 0 {
+            names.push((TRACKS_MAX, "later mounts".into()));
+        }
         names.sort();
         names.dedup_by_key(|(t, _)| *t);
         for (t, n) in names {
@@ -263,6 +285,14 @@ impl TraceFile {
                 "name": "thread_name", "ph": "M", "ts": 0, "pid": t, "tid": tid,
                 "args": { "name": n },
             }));
+        }
+        if self.starts_lost > 0 {
+            self.error.get_or_insert(format!(
+                "{} process starts left out of {} (more than {EXECS_HELD_MAX} waited for their \
+                 cgroup to touch an overlay)",
+                self.starts_lost,
+                self.path.display()
+            ));
         }
         if let Some(mut f) = self.file.take() {
             let r = f.writer().write_all(b"\n]\n");
