@@ -69,6 +69,61 @@ fn kubernetes_manifests_pass_strict_schema_validation() {
     assert!(!ok, "{text}");
 }
 
+/// The NetworkPolicy: valid against the API schema, and it selects the DaemonSet's pods, admits
+/// ingress to their metrics port only, and denies everything else (no rule without `from`).
+#[test]
+fn the_networkpolicy_admits_only_prometheus_to_the_metrics_port() {
+    let np = repo().join("deploy/kubernetes/networkpolicy.yaml");
+    let (ok, text) = out(Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict"])
+        .arg(&np));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("passed for resource networkpolicy/overlay-trace"),
+        "{text}"
+    );
+    let script = r#"
+import sys, yaml
+docs = list(yaml.safe_load_all(open(sys.argv[1])))
+np = yaml.safe_load(open(sys.argv[2]))
+ds = [d for d in docs if d["kind"] == "DaemonSet"][0]
+assert np["metadata"]["namespace"] == ds["metadata"]["namespace"]
+labels = ds["spec"]["template"]["metadata"]["labels"]
+sel = np["spec"]["podSelector"]["matchLabels"]
+assert sel and all(labels.get(k) == v for k, v in sel.items()), (sel, labels)
+assert np["spec"]["policyTypes"] == ["Ingress"]
+c = ds["spec"]["template"]["spec"]["containers"][0]
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+listen = c["args"][c["args"].index("--listen") + 1]
+assert int(listen.rsplit(":", 1)[1]) == ports["metrics"], (listen, ports)
+for rule in np["spec"]["ingress"]:
+    assert rule.get("from"), "a rule without `from` admits everyone"
+    assert all(p["port"] in ports or p["port"] in ports.values() for p in rule["ports"]), rule
+    assert {p["port"] for p in rule["ports"]} <= {"metrics", ports["metrics"]}, rule
+print("ok")
+"#;
+    let (ok, text) = out(Command::new("python3")
+        .args(["-c", script])
+        .arg(repo().join("deploy/kubernetes/daemonset.yaml"))
+        .arg(&np));
+    assert!(ok && text.trim() == "ok", "{text}");
+    // The check does fail: the same policy with a rule open to every source.
+    let open = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        open.path(),
+        fs::read_to_string(&np).unwrap().replace(
+            "    - from:\n        - namespaceSelector:\n            matchLabels:\n              kubernetes.io/metadata.name: monitoring\n      ports:",
+            "    - ports:",
+        ),
+    )
+    .unwrap();
+    let (ok, text) = out(Command::new("python3")
+        .args(["-c", script])
+        .arg(repo().join("deploy/kubernetes/daemonset.yaml"))
+        .arg(open.path()));
+    assert!(!ok, "{text}");
+}
+
 /// The DaemonSet's promises, read back from the file: the privileges, the host mounts, the
 /// probes, and a PodMonitor that selects its pods and names its port.
 #[test]
