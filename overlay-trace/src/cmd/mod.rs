@@ -5,6 +5,7 @@ pub mod check;
 pub mod child;
 pub mod report;
 pub mod run;
+pub mod scrape_limits;
 mod select;
 pub mod serve;
 pub mod session;

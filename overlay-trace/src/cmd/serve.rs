@@ -36,9 +36,9 @@ use crate::model::series::{Metrics, Shared};
 /// `/healthz` fails when the drain loop's 1 s tick is older than this.
 const STALLED_AFTER: Duration = Duration::from_secs(10);
 
-/// Scrapes encoded at once; a further one gets 503 at once rather than queueing (each holds a
-/// body of up to tens of MiB while a slow client reads it).
-const SCRAPES_MAX: usize = 4;
+/// Scrapes encoded or being sent at once; a further one gets 503 at once rather than queueing
+/// (each holds a body of up to tens of MiB until its client has read it; see `scrape_limits`).
+pub const SCRAPES_MAX: usize = 2;
 
 #[derive(Clone)]
 struct AppState {
@@ -57,18 +57,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         args.forget_after,
         args.max_series as usize,
     )));
-    let state = AppState {
-        metrics: shared.clone(),
-        registry: Arc::new(crate::views::prometheus::registry(shared.clone())),
-        scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX)),
-    };
-    let app = Router::new()
-        .route("/metrics", get(scrape))
-        .route("/healthz", get(healthz))
-        .with_state(state);
+    let app = app(shared.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        endpoint(listener, app)
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;
             })
@@ -92,6 +84,27 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         c.copy_up, c.lookup, c.mount
     );
     Ok(())
+}
+
+/// The endpoint's routes over `metrics`: `/metrics` and `/healthz`.
+pub fn app(metrics: Shared) -> Router {
+    let state = AppState {
+        metrics: metrics.clone(),
+        registry: Arc::new(crate::views::prometheus::registry(metrics)),
+        scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX)),
+    };
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// `app` served on `listener`, its clients bounded (see `scrape_limits`).
+pub fn endpoint(
+    listener: tokio::net::TcpListener,
+    app: Router,
+) -> axum::serve::Serve<crate::cmd::scrape_limits::Guarded, Router, Router> {
+    axum::serve(crate::cmd::scrape_limits::Guarded(listener), app)
 }
 
 /// The session behind the endpoint, until a signal ends it; no last naming pass (no report
@@ -140,9 +153,7 @@ async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     let registry = s.registry.clone();
-    // The permit goes with the encoding: a client that leaves does not free it early.
     let body = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
         let body = crate::views::prometheus::openmetrics(&registry);
         if wants_openmetrics {
             body
@@ -159,7 +170,12 @@ async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
     } else {
         "text/plain; version=0.0.4; charset=utf-8"
     };
-    ([(header::CONTENT_TYPE, kind)], body).into_response()
+    // The place is kept until the body is sent (or its client goes; see `scrape_limits`).
+    (
+        [(header::CONTENT_TYPE, kind)],
+        crate::cmd::scrape_limits::held_body(body, permit),
+    )
+        .into_response()
 }
 
 /// 200 while the probes are attached and the drain loop ticks; 503 otherwise (starting,
