@@ -91,6 +91,9 @@ fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Stats {
 /// At the end, how long calls still in flight when the entry probes are detached get to return
 /// before the return probes go too (those that do not are counted as missed returns).
 const RETURNS_WAIT: Duration = Duration::from_millis(500);
+/// Calls in flight that all stay this long without one returning are blocked (a filesystem that
+/// does not answer, a lock): the wait ends then rather than at `RETURNS_WAIT`.
+const RETURNS_STUCK: Duration = Duration::from_millis(150);
 
 pub struct KernelSide {
     ebpf: Ebpf,
@@ -278,8 +281,16 @@ impl KernelSide {
         // Calls that began before the entries went get a moment to return while their return
         // probes are still there (a busy host always has some in flight).
         let waited = Instant::now();
-        while self.maps.in_flight() != (0, 0, 0) && waited.elapsed() < RETURNS_WAIT {
+        let (mut left, mut changed) = (self.maps.in_flight(), Instant::now());
+        while left != (0, 0, 0)
+            && waited.elapsed() < RETURNS_WAIT
+            && changed.elapsed() < RETURNS_STUCK
+        {
             std::thread::sleep(Duration::from_millis(5));
+            let now = self.maps.in_flight();
+            if now != left {
+                (left, changed) = (now, Instant::now());
+            }
         }
         drop(std::mem::take(&mut self.attached));
         // Unloads the programs (and detaches anything attached through aya itself).
