@@ -463,15 +463,15 @@ fn soak_of_short_lived_overlays_keeps_memory_flat_and_totals_exact() {
     let json = out_dir().join("soak.json");
     let _ = fs::remove_file(&rss);
     // Each overlay: mounted, two files written (a/x copies a and a/x up, b copies b: 3 copy-ups),
-    // unmounted. The tracer's memory is sampled after FULL and after MOUNTS mounts ($PPID: the
+    // unmounted; two commands each (a process costs about half a second under emulation). The tracer's memory is sampled after FULL and after MOUNTS mounts ($PPID: the
     // command's parent is the tracer).
     let workload = format!(
         "set -e; cd {r}
+         mkdir u{{1..{MOUNTS}}} w{{1..{MOUNTS}}} m{{1..{MOUNTS}}}
          for i in $(seq 1 {MOUNTS}); do
-           mkdir u$i w$i m$i
            mount -t overlay overlay -o lowerdir=l,upperdir=u$i,workdir=w$i m$i
            echo 1 >> m$i/a/x; echo 2 >> m$i/b
-           umount m$i; rm -rf u$i w$i m$i
+           umount m$i
            if [ $i = {FULL} ] || [ $i = {MOUNTS} ]; then sleep 2; grep -E 'VmRSS' /proc/$PPID/status >> {rss}; fi
          done",
         r = root.display(),
@@ -597,8 +597,9 @@ fn a_docker_socket_that_never_answers_costs_no_events_and_little_time() {
     let end_mark = out_dir().join("hung_docker.end");
     let workload = format!(
         "set -e; cd {r}
+         mkdir u{{1..{MOUNTS}}} w{{1..{MOUNTS}}} m{{1..{MOUNTS}}}
          for i in $(seq 1 {MOUNTS}); do
-           mkdir u$i w$i m$i; mount -t overlay overlay -o lowerdir=l,upperdir=u$i,workdir=w$i m$i; echo 1 >> m$i/f
+           mount -t overlay overlay -o lowerdir=l,upperdir=u$i,workdir=w$i m$i; echo 1 >> m$i/f
          done
          date +%s.%N > {end}",
         r = root.display(),
