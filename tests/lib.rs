@@ -327,9 +327,22 @@ impl Bpftrace {
         Some(Bpftrace { child, out })
     }
 
+    /// Interrupts bpftrace and returns what it printed; a bpftrace that has not exited 120 s
+    /// after SIGINT is killed and the test fails saying so (never a hang).
     pub fn stop(mut self) -> String {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait().unwrap();
+        let asked = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if asked.elapsed() > Duration::from_secs(120) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "bpftrace did not exit within 120 s of SIGINT (it printed: {:?})",
+                    fs::read_to_string(&self.out).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         fs::read_to_string(&self.out).unwrap()
     }
 }

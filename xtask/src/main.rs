@@ -395,8 +395,8 @@ fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
         println!("xtask: kernel matrix: {}", k.display());
         let script = format!(
             "failed=0\n\
-             OVERLAY_TRACE_BIN={t} {p} --include-ignored --test-threads=1 || failed=1\n\
-             OVERLAY_TRACE_BIN={t} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned a_reused_device_number_never_names_a_mount_after_the_next || failed=1\n\
+             OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {p} --include-ignored --test-threads=1 || failed=1\n\
+             OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned a_reused_device_number_never_names_a_mount_after_the_next || failed=1\n\
              exit $failed\n",
             t = tracer.display(),
             p = preflight.display(),
@@ -417,6 +417,9 @@ fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Seconds one VM test may take (the slowest take about 6 minutes under emulation).
+const TEST_TIME_MAX: u32 = 1200;
 
 fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<()> {
     if !is_root() {
@@ -462,7 +465,8 @@ fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<()> 
         "xtask: kernel tests in the VM (one boot, every test binary; each test's time is printed)"
     );
     // Every test runs even when one fails, so one run shows every failure; each runs alone
-    // (`--exact`) so its time is printed, and the slow ones are plain to see.
+    // (`--exact`) so its time is printed, and the slow ones are plain to see; one that hangs is
+    // killed after TEST_TIME_MAX seconds (a failure, not a run that never ends).
     let mut script = String::from("failed=''\n");
     for b in &bins {
         let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("tests");
@@ -471,7 +475,7 @@ fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<()> 
             "t=$(date +%s)\n\
              for test in $({bin} --list --include-ignored --format terse | sed -n 's/: test$//p'); do\n\
                s=$(date +%s)\n\
-               OVERLAY_TRACE_BIN={tracer} {bin} --include-ignored --test-threads=1 --exact \"$test\" || failed=\"$failed {name}::$test\"\n\
+               OVERLAY_TRACE_BIN={tracer} timeout --kill-after=10 {TEST_TIME_MAX} {bin} --include-ignored --test-threads=1 --exact \"$test\" || failed=\"$failed {name}::$test\"\n\
                echo \"xtask: {name}::$test took $(( $(date +%s) - s )) s\"\n\
              done\n\
              echo \"xtask: {name} took $(( $(date +%s) - t )) s\"\n",
