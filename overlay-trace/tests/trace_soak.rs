@@ -3,19 +3,13 @@
 //! stop growing once its tables are full, and the starts it had to leave out are said. Its own
 //! test binary, so the process's RSS is this run's alone.
 
+mod common;
+use common::vm_rss_kib;
+
 use overlay_trace::stream::event::{Dev, Event, Origin, raw};
 use overlay_trace::stream::record::MountKey;
 use overlay_trace::views::chrome_trace::TraceFile;
 use overlay_trace_common::LOOKUP_LOWER;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 fn origin_mut(e: &mut Event) -> &mut Origin {
     match e {
@@ -57,10 +51,10 @@ fn a_hundred_thousand_mount_generations_keep_the_trace_writer_flat() {
         start.cgroup_id = 1 << 40 | u64::from(g);
         t.exec(&start);
         if g + 1 == 10_000 {
-            at_10k = rss_kib();
+            at_10k = vm_rss_kib();
         }
     }
-    let at_end = rss_kib();
+    let at_end = vm_rss_kib();
     println!("trace writer: RSS {at_10k} KiB after 10,000 generations, {at_end} KiB after 100,000");
     assert!(
         at_end <= at_10k + 2 * 1024,
