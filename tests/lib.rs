@@ -9,9 +9,8 @@ use std::{
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -52,6 +51,11 @@ impl Tracer {
     }
     pub fn events(mut self, p: &Path) -> Self {
         self.0.arg("--events").arg(p);
+        self
+    }
+    /// More flags, in a chain (`Command::args` returns `&mut Command`).
+    pub fn with(mut self, flags: &[&str]) -> Self {
+        self.0.args(flags);
         self
     }
     /// `-- sh -c SCRIPT`: the traced command.
@@ -99,7 +103,11 @@ pub fn stdout(o: &Output) -> String {
 
 /// Where a test may write files the host can read afterwards (the VM shares the repo).
 pub fn out_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-out");
+    // VMs that run at once (the kernel matrix beside the main run) each name their own.
+    let d = std::env::var_os("OVERLAY_TRACE_TEST_OUT").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-out"),
+        PathBuf::from,
+    );
     fs::create_dir_all(&d).unwrap();
     d
 }
@@ -284,84 +292,10 @@ pub fn copy_ups_by_container(
     out
 }
 
-/// bpftrace running a program; `stop` interrupts it and returns what it printed (map dumps).
-pub struct Bpftrace {
-    child: Child,
-    out: PathBuf,
-}
-
-impl Bpftrace {
-    /// Starts bpftrace and waits until its BEGIN probe printed "ready" (probes attached).
-    pub fn start(program: &str, out: PathBuf) -> Self {
-        Self::try_start(program, out).expect("bpftrace refused the program")
-    }
-
-    /// As `start`, but None when bpftrace refuses the program (e.g. it cannot resolve a kernel
-    /// struct on this kernel) instead of a failed test.
-    pub fn try_start(program: &str, out: PathBuf) -> Option<Self> {
-        let file = fs::File::create(&out).unwrap();
-        let mut child = Command::new("bpftrace")
-            .arg("-e")
-            .arg(format!("BEGIN {{ printf(\"ready\\n\"); }} {program}"))
-            .stdout(file)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("bpftrace");
-        let started = Instant::now();
-        loop {
-            if fs::read_to_string(&out)
-                .unwrap_or_default()
-                .contains("ready")
-            {
-                break;
-            }
-            if child.try_wait().ok().flatten().is_some() {
-                return None;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(180),
-                "bpftrace did not start"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Some(Bpftrace { child, out })
-    }
-
-    /// Interrupts bpftrace and returns what it printed; a bpftrace that has not exited 120 s
-    /// after SIGINT is killed and the test fails saying so (never a hang).
-    pub fn stop(mut self) -> String {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let asked = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            if asked.elapsed() > Duration::from_secs(120) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "bpftrace did not exit within 120 s of SIGINT (it printed: {:?})",
-                    fs::read_to_string(&self.out).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        fs::read_to_string(&self.out).unwrap()
-    }
-}
-
-/// Parses bpftrace map lines such as `@copyups[54]: 7` into key -> value.
-pub fn bpftrace_map(output: &str, map: &str) -> BTreeMap<String, u64> {
-    let prefix = format!("@{map}[");
-    let mut out = BTreeMap::new();
-    for line in output.lines() {
-        if let Some(rest) = line.strip_prefix(&prefix) {
-            if let Some((k, v)) = rest.split_once("]: ") {
-                out.insert(k.to_string(), v.trim().parse().unwrap());
-            }
-        } else if let Some(v) = line.strip_prefix(&format!("@{map}: ")) {
-            out.insert(String::new(), v.trim().parse().unwrap());
-        }
-    }
-    out
-}
+pub mod attached;
+pub mod bpftrace;
+pub mod tenants;
+pub use bpftrace::{Bpftrace, bpftrace_map};
 
 /// Real container runtimes in the VM: dockerd (tmpfs data root, no network), podman (its storage
 /// on a tmpfs) and containerd (its own root, state and socket on a tmpfs), started by the tests.

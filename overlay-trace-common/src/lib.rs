@@ -75,8 +75,10 @@ pub const MAX_NESTING: usize = 4;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CopyUpFrame {
     pub start_ns: u64,
-    /// Kernel stack pointer at entry (0 when the backend cannot tell): a new call on the same
-    /// thread at the same or a shallower stack position proves this one returned unseen.
+    /// Where the call is on the thread's kernel stack (a kprobe: the stack pointer at entry;
+    /// fentry: the trampoline's context, on that stack, the same address at fexit; 0: unknown).
+    /// A new call at the same or a shallower position proves this one returned unseen; a
+    /// return finds its own frame by it.
     pub sp: u64,
     /// `task_struct` of the thread: a reused thread id is a different thread.
     pub task: u64,
@@ -90,7 +92,9 @@ pub struct CopyUpFrame {
     pub mode: u32,
     /// Non-zero once this call reached `ovl_copy_up_end`: it owned the copy-up.
     pub owned: u32,
-    pub _pad: u32,
+    /// Non-zero for a call the filters exclude: kept only so its return pops its own frame
+    /// (never the caller's), then reported nowhere.
+    pub filtered: u32,
 }
 
 /// One thread's copy-ups in flight, innermost last.
@@ -112,7 +116,8 @@ pub struct LookupFrame {
     pub dentry: u64,
     /// `ovl_lookup_layer` calls made by this lookup itself.
     pub layers: u32,
-    pub _pad: u32,
+    /// As `CopyUpFrame::filtered`.
+    pub filtered: u32,
 }
 
 /// One thread's lookups in flight, innermost last.
@@ -132,6 +137,20 @@ pub struct MountFrame {
     pub sp: u64,
     pub task: u64,
     pub sb: u64,
+    /// Non-zero for a mount by a process `--pid` excludes: followed for `--container`, not
+    /// reported.
+    pub filtered: u32,
+    pub _pad: u32,
+}
+
+/// An overlay's upper dir as the kernel knows it: the filesystem's `s_dev` and the directory's
+/// inode number. A container's root mounted again after a restart has the same upper dir.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UpperDir {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -254,8 +273,17 @@ pub struct Config {
     pub copy_up_end_probed: u32,
     /// 1-based position of the data copy's `len` argument (from BTF); 0: not known, the 4th.
     pub data_len_arg: u32,
+    /// Non-zero when the offsets below are known: a new overlay whose upper dir is in
+    /// `UPPER_FILTER` (a selected container's root, mounted again) is traced (`--container`).
+    pub follow_uppers: u32,
+    pub super_block_s_fs_info: u32,
+    /// `ovl_fs.layers` (layers[0] is the upper layer), `ovl_layer.mnt`, `vfsmount.mnt_root`.
+    pub ovl_fs_layers: u32,
+    pub ovl_layer_mnt: u32,
+    pub vfsmount_mnt_root: u32,
+    pub inode_i_ino: u32,
 }
-const _: () = assert!(size_of::<Config>() == 56);
+const _: () = assert!(size_of::<Config>() == 80);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -264,4 +292,5 @@ mod pod {
     unsafe impl aya::Pod for super::CopyUpInflight {}
     unsafe impl aya::Pod for super::LookupInflight {}
     unsafe impl aya::Pod for super::MountFrame {}
+    unsafe impl aya::Pod for super::UpperDir {}
 }

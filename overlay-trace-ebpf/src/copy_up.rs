@@ -5,6 +5,7 @@
 //! kernel never delivered is found when the thread enters again and counted, never left to
 //! swallow later calls.
 
+use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::{LruHashMap, PerCpuArray},
@@ -21,8 +22,8 @@ use crate::{
     EVENTS,
     kernel::{
         cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
-        filtered_out, now_ns, push_frame, read_field, read_path, slot, stack_pointer, submit_flags,
-        verbose,
+        filtered_out, now_ns, pop_frame, push_frame, read_field, read_path, return_stack_pointer,
+        slot, stack_pointer, submit_flags, trampoline_position, verbose,
     },
 };
 
@@ -55,8 +56,9 @@ pub fn copy_up_one_entry(ctx: ProbeContext) -> u32 {
 
 #[fentry(function = "ovl_copy_up_one")]
 pub fn copy_up_one_fentry(ctx: FEntryContext) -> u32 {
-    // fexit never misses a return: no stack position is needed to find stale entries.
-    enter(ctx.arg(1), ctx.arg(2), 0);
+    // fexit too can be skipped (the kernel's recursion guard): stale frames are found the same
+    // way as under kprobes.
+    enter(ctx.arg(1), ctx.arg(2), trampoline_position(ctx.as_ptr()));
     0
 }
 
@@ -68,11 +70,15 @@ fn enter(dentry: u64, flags: i32, sp: u64) -> u32 {
     if filtered_out(tgid) {
         return 0;
     }
-    if dev_filtered_out(dentry) {
-        return 0;
-    }
+    // A call on a superblock not traced still gets a frame, so that its return pops its own
+    // frame: an overlay nested in a traced one (or the reverse) must not take its caller's.
+    let filtered = dev_filtered_out(dentry);
+    let inode: u64 = if filtered {
+        0
+    } else {
+        read_field(dentry, cfg(|c| &c.dentry_d_inode))
+    };
     // Size and mode before the copy: what had to be copied from below.
-    let inode: u64 = read_field(dentry, cfg(|c| &c.dentry_d_inode));
     let (size, mode) = if inode == 0 {
         (0, 0)
     } else {
@@ -94,7 +100,7 @@ fn enter(dentry: u64, flags: i32, sp: u64) -> u32 {
         flags: flags as u32,
         mode,
         owned: 0,
-        _pad: 0,
+        filtered: u32::from(filtered),
     };
     let Some(inflight) = inflight_of(pid) else {
         count(STAT_INFLIGHT_FULL);
@@ -127,43 +133,52 @@ fn inflight_of(pid: u32) -> Option<*mut CopyUpInflight> {
 
 #[kretprobe]
 pub fn copy_up_one_return(ctx: RetProbeContext) -> u32 {
-    exit(ctx.ret())
+    exit(ctx.ret(), return_stack_pointer(&ctx))
 }
 
 /// `int ovl_copy_up_one(parent, dentry, flags)`: the return value follows the 3 arguments.
 #[fexit(function = "ovl_copy_up_one")]
 pub fn copy_up_one_fexit(ctx: FExitContext) -> u32 {
-    exit(ctx.arg::<i32>(3) as i64)
+    exit(ctx.arg::<i32>(3) as i64, trampoline_position(ctx.as_ptr()))
 }
 
-/// A copy-up returns `ret`: emits its event.
+/// A copy-up returns `ret` at stack position `sp`: emits the event of its own frame.
 #[inline(always)]
-fn exit(ret: i64) -> u32 {
+fn exit(ret: i64, sp: u64) -> u32 {
     let now = now_ns();
-    let (_, pid) = current_tgid_pid();
+    let (tgid, pid) = current_tgid_pid();
+    if filtered_out(tgid) {
+        return 0;
+    }
     let Some(s) = COPY_UP_INFLIGHT.get_ptr_mut(pid) else {
         count(STAT_ORPHAN_RETURNS);
         return 0;
     };
-    // SAFETY: this thread's own entry; the frame is copied out before it is popped.
-    let start = unsafe {
-        let depth = ((*s).depth as usize).min(MAX_NESTING);
-        if depth == 0 {
-            count(STAT_ORPHAN_RETURNS);
-            return 0;
-        }
-        (*s).depth = depth as u32 - 1;
-        (*s).frames[slot(depth - 1)]
+    // SAFETY: this thread's own entry; the frame is copied out as it is popped.
+    let popped = unsafe {
+        pop_frame(
+            &(*s).frames,
+            &mut (*s).depth,
+            sp,
+            current_task(),
+            STAT_MISSED_RETURN_COPY_UP,
+        )
     };
-    // A data copy whose return never came: its time is missing from this copy-up (counted here,
-    // at the copy-up's end, as well as when another data copy starts).
-    if start.data_start_ns != 0 {
-        count(STAT_MISSED_RETURN_DATA);
-    }
     // The thread has no call in flight now: its entry goes, so the table holds only threads
     // with calls in flight and a long call is never evicted by threads that came and went.
     if depth_now(s) == 0 {
         let _ = COPY_UP_INFLIGHT.remove(pid);
+    }
+    let Some(start) = popped else {
+        return 0;
+    };
+    if start.filtered != 0 {
+        return 0;
+    }
+    // A data copy whose return never came: its time is missing from this copy-up (counted here,
+    // at the copy-up's end, as well as when another data copy starts).
+    if start.data_start_ns != 0 {
+        count(STAT_MISSED_RETURN_DATA);
     }
 
     let Some(mut entry) = EVENTS.reserve::<CopyUpEvent>(0) else {
@@ -329,6 +344,9 @@ impl crate::kernel::InFlight for CopyUpFrame {
     }
     fn task(&self) -> u64 {
         self.task
+    }
+    fn filtered(&self) -> bool {
+        self.filtered != 0
     }
 }
 

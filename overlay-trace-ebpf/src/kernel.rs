@@ -5,7 +5,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str,
     },
-    programs::ProbeContext,
+    programs::{ProbeContext, RetProbeContext},
 };
 use overlay_trace_common::{
     Config, EventHeader, MAX_PATH_DEPTH, NAME_READ_MAX, PATH_BUDGET, PATH_INCOMPLETE,
@@ -70,6 +70,58 @@ pub fn slot(i: usize) -> usize {
 pub trait InFlight: Copy {
     fn sp(&self) -> u64;
     fn task(&self) -> u64;
+    /// A call the filters exclude: its loss is nobody's.
+    fn filtered(&self) -> bool;
+}
+
+/// How far a return's stack position may lie from its entry's: a kretprobe sees the stack
+/// pointer just after the return (entry + 8 on x86-64), fexit the very address fentry saw. A
+/// call nested inside another starts at least a few frames (far more than this) deeper.
+const SAME_CALL_SLACK: u64 = 32;
+
+/// Pops the frame of the call returning now, at stack position `sp` (0: unknown) on `task`.
+/// Frames above it (deeper calls, or another thread's left by a reused thread id) returned
+/// unseen: dropped and counted as `missed`. When the top frame lies shallower than `sp`, the
+/// returning call was never recorded (its entry came before the probes, or was skipped): an
+/// orphan return, nothing popped. `None` then, and when the stack is empty.
+#[inline(always)]
+pub fn pop_frame<F: InFlight>(
+    frames: &[F; overlay_trace_common::MAX_NESTING],
+    depth: &mut u32,
+    sp: u64,
+    task: u64,
+    missed: u32,
+) -> Option<F> {
+    use overlay_trace_common::{MAX_NESTING, STAT_ORPHAN_RETURNS};
+    let mut d = (*depth as usize).min(MAX_NESTING);
+    for _ in 0..MAX_NESTING {
+        if d == 0 {
+            break;
+        }
+        let top = &frames[slot(d - 1)];
+        let deeper = sp != 0 && top.sp() != 0 && top.sp() + SAME_CALL_SLACK < sp;
+        if top.task() != task || deeper {
+            d -= 1;
+            if !top.filtered() {
+                count(missed);
+            }
+        } else {
+            break;
+        }
+    }
+    if d == 0 {
+        *depth = 0;
+        count(STAT_ORPHAN_RETURNS);
+        return None;
+    }
+    let top = frames[slot(d - 1)];
+    if sp != 0 && top.sp() != 0 && top.sp() > sp + SAME_CALL_SLACK {
+        *depth = d as u32;
+        count(STAT_ORPHAN_RETURNS);
+        return None;
+    }
+    *depth = d as u32 - 1;
+    Some(top)
 }
 
 /// Pushes `frame` on a thread's stack of calls in flight (`frames[..depth]`), first dropping the
@@ -95,7 +147,9 @@ pub fn push_frame<F: InFlight>(
         }
         d -= 1;
         stale += 1;
-        count(missed);
+        if !top.filtered() {
+            count(missed);
+        }
     }
     if d >= MAX_NESTING {
         *depth = d as u32;
@@ -112,6 +166,21 @@ pub fn push_frame<F: InFlight>(
 pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
     // SAFETY: a kprobe's context is the probed function's saved registers.
     unsafe { (*ctx.regs).rsp }
+}
+
+/// The stack pointer at a kretprobe: just after the probed function returned.
+#[inline(always)]
+pub fn return_stack_pointer(ctx: &RetProbeContext) -> u64 {
+    // SAFETY: a kretprobe's context is the registers at the return.
+    unsafe { (*ctx.regs).rsp }
+}
+
+/// Where a call is on the kernel stack under fentry/fexit: the trampoline passes a pointer to
+/// the arguments it saved in its own frame, on the traced thread's stack, at the same address
+/// for the call's fentry and fexit (a nested call's lies deeper). Only compared, never read.
+#[inline(always)]
+pub fn trampoline_position(ctx: *mut core::ffi::c_void) -> u64 {
+    ctx as u64
 }
 
 /// The current `task_struct`, as an identity only (never dereferenced).

@@ -5,6 +5,7 @@
 //! calls in flight, each reported on its own. A call whose return never came is found by the
 //! stack position of the next call and counted: it can never swallow later lookups.
 
+use aya_ebpf::EbpfContext as _;
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
@@ -22,8 +23,8 @@ use crate::{
     EVENTS,
     kernel::{
         cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
-        filtered_out, now_ns, push_frame, read_field, read_name, slot, stack_pointer, submit_flags,
-        verbose,
+        filtered_out, now_ns, pop_frame, push_frame, read_field, read_name, return_stack_pointer,
+        slot, stack_pointer, submit_flags, trampoline_position, verbose,
     },
 };
 
@@ -46,7 +47,7 @@ pub fn lookup_entry(ctx: ProbeContext) -> u32 {
 
 #[fentry(function = "ovl_lookup")]
 pub fn lookup_fentry(ctx: FEntryContext) -> u32 {
-    enter(ctx.arg(1), 0);
+    enter(ctx.arg(1), trampoline_position(ctx.as_ptr()));
     0
 }
 
@@ -58,16 +59,15 @@ fn enter(dentry: u64, sp: u64) -> u32 {
     if filtered_out(tgid) {
         return 0;
     }
-    if dev_filtered_out(dentry) {
-        return 0;
-    }
+    // A call on a superblock not traced still gets a frame (see copy_up.rs).
+    let filtered = dev_filtered_out(dentry);
     let frame = LookupFrame {
         start_ns: now_ns(),
         sp,
         task: current_task(),
         dentry,
         layers: 0,
-        _pad: 0,
+        filtered: u32::from(filtered),
     };
     let s = match LOOKUP_INFLIGHT.get_ptr_mut(pid) {
         Some(s) => s,
@@ -123,38 +123,47 @@ fn layer() {
 
 #[kretprobe]
 pub fn lookup_return(ctx: RetProbeContext) -> u32 {
-    exit(ctx.ret())
+    exit(ctx.ret(), return_stack_pointer(&ctx))
 }
 
 /// `struct dentry *ovl_lookup(dir, dentry, flags)`: the return value follows the 3 arguments.
 #[fexit(function = "ovl_lookup")]
 pub fn lookup_fexit(ctx: FExitContext) -> u32 {
-    exit(ctx.arg::<i64>(3))
+    exit(ctx.arg::<i64>(3), trampoline_position(ctx.as_ptr()))
 }
 
-/// A lookup returns `ret`: emits its event.
+/// A lookup returns `ret` at stack position `sp`: emits the event of its own frame.
 #[inline(always)]
-fn exit(ret: i64) -> u32 {
+fn exit(ret: i64, sp: u64) -> u32 {
     let now = now_ns();
-    let (_, pid) = current_tgid_pid();
+    let (tgid, pid) = current_tgid_pid();
+    if filtered_out(tgid) {
+        return 0;
+    }
     let Some(s) = LOOKUP_INFLIGHT.get_ptr_mut(pid) else {
         count(STAT_ORPHAN_RETURNS);
         return 0;
     };
-    // SAFETY: this thread's own entry; the frame is copied out before it is popped.
-    let start = unsafe {
-        let depth = ((*s).depth as usize).min(MAX_NESTING);
-        if depth == 0 {
-            count(STAT_ORPHAN_RETURNS);
-            return 0;
-        }
-        (*s).depth = depth as u32 - 1;
-        (*s).frames[slot(depth - 1)]
+    // SAFETY: this thread's own entry; the frame is copied out as it is popped.
+    let popped = unsafe {
+        pop_frame(
+            &(*s).frames,
+            &mut (*s).depth,
+            sp,
+            current_task(),
+            STAT_MISSED_RETURN_LOOKUP,
+        )
     };
     // The thread has no call in flight now: its entry goes, so the table holds only threads
     // with calls in flight and a long call is never evicted by threads that came and went.
     if depth_now(s) == 0 {
         let _ = LOOKUP_INFLIGHT.remove(pid);
+    }
+    let Some(start) = popped else {
+        return 0;
+    };
+    if start.filtered != 0 {
+        return 0;
     }
 
     // NULL: the passed dentry was used; an error pointer: the lookup failed; otherwise an alias.
@@ -209,6 +218,9 @@ impl crate::kernel::InFlight for LookupFrame {
     }
     fn task(&self) -> u64 {
         self.task
+    }
+    fn filtered(&self) -> bool {
+        self.filtered != 0
     }
 }
 

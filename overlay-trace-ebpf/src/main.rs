@@ -35,11 +35,25 @@ static CONFIG: Config = Config {
     verbose: 0,
     copy_up_end_probed: 0,
     data_len_arg: 0,
+    follow_uppers: 0,
+    super_block_s_fs_info: 0,
+    ovl_fs_layers: 0,
+    ovl_layer_mnt: 0,
+    vfsmount_mnt_root: 0,
+    inode_i_ino: 0,
 };
 
 /// Superblocks to trace when `CONFIG.filter_devs` is set (`--container`); key: kernel `s_dev`.
+/// A new overlay takes its number out (the superblock that had it is gone) and puts it back only
+/// when its upper dir is in `UPPER_FILTER`.
 #[map]
 static DEV_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// The upper dirs of the containers `--container` selected: their roots mounted again (a
+/// restart) are traced from their first call.
+#[map]
+static UPPER_FILTER: HashMap<overlay_trace_common::UpperDir, u8> =
+    HashMap::with_max_entries(1024, 0);
 
 /// All events, copy-ups and lookups alike; userspace tells them apart by `EventHeader::kind`.
 /// Userspace may resize it before load.

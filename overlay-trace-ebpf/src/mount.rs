@@ -9,14 +9,14 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use overlay_trace_common::{
     EVENT_MOUNT, MountEvent, MountFrame, STAT_DROPPED_MOUNT, STAT_INFLIGHT_FULL,
-    STAT_MISSED_RETURN_MOUNT, STAT_ORPHAN_RETURNS,
+    STAT_MISSED_RETURN_MOUNT, STAT_ORPHAN_RETURNS, UpperDir,
 };
 
 use crate::{
-    EVENTS,
+    DEV_FILTER, EVENTS, UPPER_FILTER,
     kernel::{
-        cfg, count, current_task, current_tgid_pid, fill_header, filtered_out, now_ns, read_field,
-        stack_pointer, verbose,
+        cfg, count, current_task, current_tgid_pid, dentry_dev, fill_header, filtered_out, now_ns,
+        read_field, stack_pointer, verbose,
     },
 };
 
@@ -55,13 +55,15 @@ fn enter(sb: u64, sp: u64) -> bool {
     if DEV_MOUNTED.insert(dev, start_ns, 0).is_err() {
         count(STAT_INFLIGHT_FULL);
     }
-    let (tgid, pid) = current_tgid_pid();
-    if filtered_out(tgid) {
-        return false;
+    // The superblock a selected number belonged to is gone: this one is not traced unless its
+    // upper dir says it is a selected container's root again (at the return).
+    if cfg(|c| &c.filter_devs) != 0 {
+        let _ = DEV_FILTER.remove(&dev);
     }
+    let (tgid, pid) = current_tgid_pid();
     // Mounts do not nest: an entry still here is a call whose return never came.
     // SAFETY: read-only lookup of a plain value.
-    let stale = unsafe { MOUNT_INFLIGHT.get(pid) }.is_some();
+    let stale = unsafe { MOUNT_INFLIGHT.get(pid) }.is_some_and(|f| f.filtered == 0);
     if stale {
         count(STAT_MISSED_RETURN_MOUNT);
     }
@@ -70,6 +72,8 @@ fn enter(sb: u64, sp: u64) -> bool {
         sp,
         task: current_task(),
         sb,
+        filtered: u32::from(filtered_out(tgid)),
+        _pad: 0,
     };
     if MOUNT_INFLIGHT.insert(pid, start, 0).is_err() {
         count(STAT_INFLIGHT_FULL);
@@ -94,6 +98,39 @@ pub fn mount_fexit_3(ctx: FExitContext) -> u32 {
     exit(ctx.arg::<i32>(3) as i64)
 }
 
+/// The upper dir of overlay superblock `sb` (`ovl_fs.layers[0].mnt->mnt_root`), or dev 0 when it
+/// has none (a read-only overlay) or a read failed.
+#[inline(always)]
+fn upper_dir(sb: u64) -> UpperDir {
+    let none = UpperDir::default();
+    let ofs: u64 = read_field(sb, cfg(|c| &c.super_block_s_fs_info));
+    if ofs == 0 {
+        return none;
+    }
+    let layers: u64 = read_field(ofs, cfg(|c| &c.ovl_fs_layers));
+    if layers == 0 {
+        return none;
+    }
+    let mnt: u64 = read_field(layers, cfg(|c| &c.ovl_layer_mnt));
+    if mnt == 0 {
+        return none;
+    }
+    let root: u64 = read_field(mnt, cfg(|c| &c.vfsmount_mnt_root));
+    let inode: u64 = if root == 0 {
+        0
+    } else {
+        read_field(root, cfg(|c| &c.dentry_d_inode))
+    };
+    if inode == 0 {
+        return none;
+    }
+    UpperDir {
+        ino: read_field(inode, cfg(|c| &c.inode_i_ino)),
+        dev: dentry_dev(root),
+        _pad: 0,
+    }
+}
+
 /// A mount returns `ret`: emits its event.
 #[inline(always)]
 fn exit(ret: i64) -> u32 {
@@ -105,7 +142,37 @@ fn exit(ret: i64) -> u32 {
         return 0;
     };
     let _ = MOUNT_INFLIGHT.remove(pid);
+    // A frame of an earlier thread with this id (it died mid-mount): its superblock may be gone.
+    if start.task != current_task() {
+        if start.filtered == 0 {
+            count(STAT_MISSED_RETURN_MOUNT);
+        }
+        count(STAT_ORPHAN_RETURNS);
+        return 0;
+    }
     let dev: u32 = read_field(start.sb, cfg(|c| &c.super_block_s_dev));
+    if cfg(|c| &c.filter_devs) != 0 {
+        // Before the mount is attached, so before any call on it: a selected container's root
+        // mounted again is traced from its first copy-up.
+        if ret == 0 && cfg(|c| &c.follow_uppers) != 0 {
+            let upper = upper_dir(start.sb);
+            // SAFETY: read-only lookup of a plain value.
+            if upper.dev != 0
+                && unsafe { UPPER_FILTER.get(&upper) }.is_some()
+                && DEV_FILTER.insert(&dev, &1, 0).is_err()
+            {
+                // The filter is full: the restarted container is not traced, and it shows.
+                count(STAT_INFLIGHT_FULL);
+            }
+        }
+        // SAFETY: as above.
+        if unsafe { DEV_FILTER.get(&dev) }.is_none() {
+            return 0;
+        }
+    }
+    if start.filtered != 0 {
+        return 0;
+    }
     let Some(mut entry) = EVENTS.reserve::<MountEvent>(0) else {
         count(STAT_DROPPED_MOUNT);
         return 0;

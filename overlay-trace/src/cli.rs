@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// the container's overlay superblock, so other containers cost nothing.
     #[arg(long = "container", value_name = "NAME|ID")]
     pub containers: Vec<String>,
+    /// (for tests) Only trace the overlay with this device number, as `--container` does for a
+    /// container's (repeatable).
+    #[arg(long = "only-dev", value_name = "MAJ:MIN", hide = true)]
+    pub only_devs: Vec<crate::stream::event::Dev>,
     /// Also write the report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -116,6 +120,10 @@ pub struct ServeArgs {
     /// At most this many container label sets; beyond, new containers share the `other` series.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_series: u64,
+    /// A /metrics body is kept under this many MiB: past it, the largest series are left out
+    /// (counted in `overlay_trace_scrape_series_cut_total`).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_body_mib: u64,
     /// As for `run`.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub maxactive: u32,

@@ -48,6 +48,7 @@ fn a_replayed_events_file_gives_the_live_report_field_for_field() {
                 upperdir: Some(format!("/u/{g}")),
                 workdir: None,
                 ns_pid: None,
+                userns: None,
             },
         });
         if g % 3 == 0 {
@@ -98,7 +99,8 @@ fn a_replayed_events_file_gives_the_live_report_field_for_field() {
         kind: "fentry".into(),
         maxactive: None,
         hits: None,
-        missed: None,
+        missed: Some(0),
+        fallback: Some("E2BIG".into()),
     }];
     let mut out = c.events.take().unwrap();
     out.record(&Record::End {

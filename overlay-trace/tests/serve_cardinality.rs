@@ -4,7 +4,7 @@
 //! containers leave, and memory stays small. Its own test binary, so the peak RSS is its own.
 
 mod common;
-use common::vm_hwm_kib;
+use common::{ci_job_mounted, vm_hwm_kib};
 
 use std::{
     sync::{Arc, Mutex},
@@ -35,20 +35,13 @@ fn churn(c: &mut Collector, n: u32, tick: impl Fn(&mut Collector)) -> u64 {
     let mut copy_ups = 0;
     for g in 0..n {
         let dev = 100 + g % 64;
-        c.take(&raw::mount(dev, 1_000 + u64::from(g)));
-        let key = c.agg.current(Dev::from_kernel(dev));
-        c.apply(Named::Container {
-            key,
-            container: Container {
-                runtime: "containerd".into(),
-                id: format!("{g:064x}"),
-                name: format!("job-{g}/app"),
-                image: format!("ci/image:{}", g % 7),
-                namespace: Some("ci".into()),
-                pod: Some(format!("job-{g}")),
-                ..Default::default()
-            },
-        });
+        let key = ci_job_mounted(
+            c,
+            dev,
+            1_000 + u64::from(g),
+            g,
+            &format!("ci/image:{}", g % 7),
+        );
         for k in 0..3u64 {
             c.take(&raw::copy_up(
                 dev,

@@ -4,22 +4,16 @@
 //! is cut off so its place comes back. Its own test binary, so its RSS is its own.
 
 mod common;
-use common::vm_hwm_kib;
+use common::{serve_synthetic, vm_hwm_kib};
 
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use overlay_trace::cmd::scrape_limits::STALL_MAX;
-use overlay_trace::cmd::serve::{SCRAPES_MAX, app, endpoint};
-use overlay_trace::enrich::answer::Named;
-use overlay_trace::model::fold::Collector;
-use overlay_trace::model::series::Metrics;
-use overlay_trace::stream::event::{Dev, raw};
-use overlay_trace::stream::names::Container;
+use overlay_trace::cmd::serve::SCRAPES_MAX;
 
 /// A GET on its own connection; the status line and how long it took (the body is not read).
 fn status(addr: std::net::SocketAddr, path: &str) -> (String, Duration) {
@@ -37,42 +31,7 @@ fn status(addr: std::net::SocketAddr, path: &str) -> (String, Duration) {
 
 #[test]
 fn slow_scrapers_hold_little_and_lock_no_one_out() {
-    let shared = Arc::new(Mutex::new(Metrics::new(Duration::from_secs(86_400), 1_000)));
-    let mut c = Collector {
-        metrics: Some(shared.clone()),
-        ..Default::default()
-    };
-    for g in 0..1_000u32 {
-        let dev = 100 + g;
-        c.take(&raw::mount(dev, 1_000));
-        let key = c.agg.current(Dev::from_kernel(dev));
-        c.apply(Named::Container {
-            key,
-            container: Container {
-                runtime: "containerd".into(),
-                id: format!("{g:064x}"),
-                name: format!("job-{g}/app"),
-                image: format!("ci/image:{g}"),
-                namespace: Some("ci".into()),
-                pod: Some(format!("job-{g}")),
-                ..Default::default()
-            },
-        });
-        c.take(&raw::copy_up(dev, "usr/lib/libc.so", 4096, 4096, 10_000));
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            endpoint(listener, app(shared)).await
-        })
-    });
+    let addr = serve_synthetic(1_000, 32 << 20);
 
     // SCRAPES_MAX clients ask and never read past the status line: each holds a place.
     let stuck: Vec<TcpStream> = (0..SCRAPES_MAX)

@@ -23,10 +23,13 @@ fn bench(scenario: &str, json: &Path, repeat: u32) -> Value {
     serde_json::from_str(&fs::read_to_string(json).unwrap()).unwrap()
 }
 
+/// One file at the root, appended to: one copy-up, of the data. (Under `var/log/` the two
+/// directory copy-ups of about a millisecond set the p50, and under emulation such a copy-up
+/// ran 40% slower in every repeat of one run than in every repeat of the next: measured, CI.)
 fn log_append(size: u64) -> String {
     format!(
-        "name = \"log-append-{size}\"\nlayers = 2\n[[files]]\nlayer = 1\npath = \"var/log/app.log\"\nsize = {size}\n\
-         [[steps]]\nop = \"append\"\npath = \"var/log/app.log\"\n"
+        "name = \"log-append-{size}\"\nlayers = 2\n[[files]]\nlayer = 1\npath = \"app.log\"\nsize = {size}\n\
+         [[steps]]\nop = \"append\"\npath = \"app.log\"\n"
     )
 }
 
@@ -83,6 +86,7 @@ fn diff_passes_on_repeats_and_fails_on_bigger_files() {
     let rb = bench(small.to_str().unwrap(), &b, 3);
     assert_eq!(rb["bench"]["repeat"], 3);
     assert_eq!(rb["bench"]["metrics"]["bytes"]["median"], (8 << 20) as f64);
+    assert_eq!(rb["bench"]["metrics"]["copy_ups"]["median"], 1.0);
 
     let same = overlay_trace(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
     assert_eq!(
@@ -112,7 +116,7 @@ fn diff_passes_on_repeats_and_fails_on_bigger_files() {
     ]);
     assert!(rendered.status.success(), "{}", stderr(&rendered));
     assert!(
-        stdout(&rendered).contains("/var/log/app.log"),
+        stdout(&rendered).contains("/app.log"),
         "{}",
         stdout(&rendered)
     );

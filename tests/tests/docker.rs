@@ -210,6 +210,122 @@ fn containers_are_attributed_and_filtered() {
             .all(|m| m["container"]["name"] == "gamma"),
         "only gamma: {r}"
     );
+
+    // --container follows a restart: gamma stops, another container takes its root's device
+    // number and copies up (never traced), gamma starts again on a new number and is traced.
+    // (Docker commands cost tens of seconds each under emulation: as few as will do.)
+    docker_ok(&[
+        "create",
+        "--network",
+        "none",
+        "--name",
+        "eps",
+        "ot-img:3",
+        "sh",
+        "-c",
+        "echo e >> /etc/motd2; exec sleep 600",
+    ]);
+    // A container's merged dir and upper dir keep their paths across restarts.
+    let dirs = docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.GraphDriver.Data.MergedDir}} {{.GraphDriver.Data.UpperDir}}",
+        "gamma",
+        "eps",
+    ]);
+    let dirs: Vec<&str> = dirs.split_whitespace().collect();
+    let (gamma_root, eps_root, eps_upper) = (dirs[0], dirs[2], dirs[3]);
+    let devs = dir.join("docker-restart.devs");
+    let (events, report) = (
+        dir.join("docker-restart.ndjson"),
+        dir.join("docker-restart.json"),
+    );
+    let script = format!(
+        "set -e; echo \"before $(mountpoint -d {gamma_root})\" > {d}; \
+         docker stop -t 1 gamma >/dev/null; docker start eps >/dev/null; \
+         echo \"eps $(mountpoint -d {eps_root})\" >> {d}; \
+         while [ ! -e {eps_upper}/etc/motd2 ]; do sleep 0.2; done; \
+         docker start gamma >/dev/null; echo \"after $(mountpoint -d {gamma_root})\" >> {d}; \
+         docker exec gamma sh -c 'echo 2 >> /data/base.txt'",
+        d = devs.display()
+    );
+    let o = tracer()
+        .args([
+            "run",
+            "-q",
+            "--container",
+            "gamma",
+            "--events",
+            events.to_str().unwrap(),
+            "--json",
+            report.to_str().unwrap(),
+            "--",
+        ])
+        .args(["sh", "-c", &script])
+        .env("DOCKER_HOST", host())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let devs = fs::read_to_string(&devs).unwrap();
+    let dev = |w: &str| {
+        devs.lines()
+            .find_map(|l| l.strip_prefix(&format!("{w} ")))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        dev("eps"),
+        dev("before"),
+        "eps took gamma's old number: {devs}"
+    );
+    assert_ne!(dev("after"), dev("before"), "{devs}");
+    assert!(
+        changed_by_docker_diff("eps").contains("/etc/motd2"),
+        "eps did copy up"
+    );
+    let gamma_now = changed_by_docker_diff("gamma");
+    let by = copy_ups_by_container(&read_json(&report), &read_events(&events));
+    let want: BTreeSet<String> = ["/data", "/data/base.txt"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert!(want.is_subset(&gamma_now), "{gamma_now:?}");
+    assert_eq!(
+        by["gamma"].1, want,
+        "both of gamma's roots traced, nothing else"
+    );
+    assert!(
+        !by.contains_key("eps"),
+        "eps never traced: {:?}",
+        by.get("eps")
+    );
+    let r = read_json(&report);
+    let mounts = r["mounts"].as_array().unwrap();
+    assert!(
+        mounts.iter().all(|m| m["container"]["name"] == "gamma"),
+        "only gamma: {r}"
+    );
+    // Every call traced was on one of gamma's two roots.
+    let roots: BTreeSet<(String, u64)> = mounts
+        .iter()
+        .map(|m| {
+            (
+                m["dev"].as_str().unwrap().to_string(),
+                m["mount_gen"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(roots.len(), 2, "gamma's root before and after: {roots:?}");
+    assert!(
+        read_events(&events)
+            .iter()
+            .filter(|e| e["type"] == "copy_up" || e["type"] == "lookup")
+            .all(|e| roots.contains(&(
+                e["dev"].as_str().unwrap().to_string(),
+                e["mount_gen"].as_u64().unwrap()
+            ))),
+        "a call on another overlay was traced"
+    );
 }
 
 /// Which image layer, and which Dockerfile line, each copied-up object came from. An image built

@@ -145,7 +145,16 @@ fn print_plan(btf: &KernelBtf, symbols: &std::collections::HashSet<String>) {
     }
     match probes::load_plan(&mut ebpf, &plan, &support) {
         Ok(0) => {}
-        Ok(n) => println!("verifier:        accepts the {n} fentry/fexit programs of this plan"),
-        Err(e) => println!("verifier:        {e:#} (run --probes kprobe avoids it)"),
+        Ok(n) => {
+            println!("verifier:        accepts the {n} fentry/fexit programs of this plan");
+            // Loading is not attaching: a trampoline may be full, a function livepatched.
+            for (function, why) in probes::refused_now(&mut ebpf, &plan) {
+                println!(
+                    "  {function:<22} kprobe        fentry/fexit refused at attach ({why}): \
+                     run falls back to kprobes for it"
+                );
+            }
+        }
+        Err(e) => println!("verifier:        {e:#} (run falls back to kprobes for that function)"),
     }
 }

@@ -75,6 +75,7 @@ async fn trace(args: &RunArgs, signals: &mut Signals) -> Result<Result<Traced, i
     let start = Session::start(Options {
         pid: args.pid,
         containers: &args.containers,
+        only: &args.only_devs,
         maxactive: args.maxactive,
         probes: args.probes,
         json: args.json.as_deref(),

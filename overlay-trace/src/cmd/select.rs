@@ -51,3 +51,62 @@ pub(super) async fn select_containers(
     }
     Ok(out)
 }
+
+/// The upper dirs of the selected containers' roots, as the kernel identifies them (its `s_dev`
+/// encoding and the inode number): their roots mounted again after a restart are traced too.
+/// A path that cannot be read is left out, and one on a filesystem whose `stat` device is not
+/// its superblock's (a btrfs subvolume) never matches: that container is then not followed.
+pub(super) fn upper_dirs(
+    selected: &[(Dev, Option<Container>)],
+    mounts: &BTreeMap<Dev, OverlayMount>,
+) -> Vec<overlay_trace_common::UpperDir> {
+    use std::os::unix::fs::MetadataExt as _;
+    selected
+        .iter()
+        .filter(|(_, c)| c.is_some())
+        .filter_map(|(dev, _)| mounts.get(dev)?.upperdir.clone())
+        // Docker's, containerd's and podman's upper dirs: host paths under their data roots. A
+        // relative one (Docker's, when the options are too long for a page) means nothing from
+        // here: not followed, and said.
+        .filter(|dir| {
+            let absolute = dir.starts_with('/');
+            if !absolute {
+                eprintln!(
+                    "warning: a selected container's upper dir is given relative to its \
+                     runtime's directory ({}): a restart of it is not followed",
+                    crate::base::escape::escape(dir)
+                );
+            }
+            absolute
+        })
+        .filter_map(|dir| std::fs::metadata(dir).ok())
+        .map(|m| overlay_trace_common::UpperDir {
+            ino: m.ino(),
+            dev: Dev {
+                major: libc::major(m.dev()),
+                minor: libc::minor(m.dev()),
+            }
+            .to_kernel(),
+            _pad: 0,
+        })
+        .collect()
+}
+
+/// Says why selected containers that restart will not be followed, when they will not.
+pub(super) fn warn_if_not_followed(
+    offsets_known: bool,
+    probes: &[crate::stream::record::ProbeReport],
+) {
+    if !offsets_known {
+        eprintln!(
+            "warning: this kernel's BTF lacks overlay's own types: a selected container that \
+             restarts is not traced again"
+        );
+    }
+    if !probes.iter().any(|p| p.function == "ovl_fill_super") {
+        eprintln!(
+            "warning: mounts are not traced: a selected container that restarts is not \
+             followed, and an overlay that takes its device number would be traced"
+        );
+    }
+}

@@ -45,6 +45,8 @@ struct AppState {
     metrics: Shared,
     registry: Arc<Registry>,
     scrapes: Arc<tokio::sync::Semaphore>,
+    /// Bytes a body may have (`--max-body-mib`).
+    body_max: usize,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -57,7 +59,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         args.forget_after,
         args.max_series as usize,
     )));
-    let app = app(shared.clone());
+    let app = app(shared.clone(), (args.max_body_mib << 20) as usize);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         endpoint(listener, app)
@@ -86,12 +88,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The endpoint's routes over `metrics`: `/metrics` and `/healthz`.
-pub fn app(metrics: Shared) -> Router {
+/// The endpoint's routes over `metrics`: `/metrics` (bodies of at most `body_max` bytes) and
+/// `/healthz`.
+pub fn app(metrics: Shared, body_max: usize) -> Router {
     let state = AppState {
         metrics: metrics.clone(),
         registry: Arc::new(crate::views::prometheus::registry(metrics)),
         scrapes: Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX)),
+        body_max,
     };
     Router::new()
         .route("/metrics", get(scrape))
@@ -141,6 +145,7 @@ async fn trace(args: &ServeArgs, metrics: Shared, signals: &mut Signals) -> Resu
 /// the runtime thread the drain loop uses.
 async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let Ok(permit) = s.scrapes.clone().try_acquire_owned() else {
+        lock(&s.metrics).health.scrapes_refused += 1;
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{SCRAPES_MAX} scrapes in progress; try again\n"),
@@ -152,9 +157,15 @@ async fn scrape(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    let registry = s.registry.clone();
+    // Counting this one: what a scraper sees says whether others held places meanwhile.
+    lock(&s.metrics).health.scrapes_in_progress = SCRAPES_MAX - s.scrapes.available_permits();
+    let (registry, metrics, body_max) = (s.registry.clone(), s.metrics.clone(), s.body_max);
     let body = tokio::task::spawn_blocking(move || {
-        let body = crate::views::prometheus::openmetrics(&registry);
+        let mut body = crate::views::prometheus::openmetrics(&registry);
+        if let Some((cut, left_out)) = crate::views::prometheus::cut::cut_to(&body, body_max) {
+            body = cut;
+            lock(&metrics).health.series_cut += left_out;
+        }
         if wants_openmetrics {
             body
         } else {

@@ -130,10 +130,12 @@ impl Session {
         drop(btf);
         kernel_side::release_freed_memory();
         let devs: Vec<Dev> = only.iter().map(|(d, _)| *d).collect();
+        let uppers = super::select::upper_dirs(&only, &mounts_now);
         let kernel = KernelSide::start(
             config,
             &caps.symbols,
             &devs,
+            &uppers,
             o.maxactive,
             &facts,
             o.probes,
@@ -143,6 +145,9 @@ impl Session {
         kernel_side::release_freed_memory();
         for w in &kernel.warnings {
             eprintln!("warning: {w}");
+        }
+        if !uppers.is_empty() {
+            super::select::warn_if_not_followed(config.follow_uppers != 0, &kernel.probes());
         }
         if let Some(m) = &o.metrics {
             let mut m = lock(m);
@@ -246,7 +251,7 @@ impl Session {
         if let Some(m) = &self.fold.metrics {
             let mut m = lock(m);
             m.tick(Instant::now());
-            m.health.counts = kernel_side::counts_of(&self.kernel.stats());
+            m.health.counts = self.kernel.counts();
             m.health.decode_errors = self.fold.decode_errors;
             m.health.enrich = self.naming.counts.tally();
             m.health.last_tick = Some(Instant::now());
@@ -372,12 +377,13 @@ fn take(fold: &mut Collector, naming: &Naming, trace: &mut Option<TraceFile>, re
         }
         return;
     }
-    let Some(taken) = fold.take(record) else {
+    let Some(taken) = fold.take_and(record, |event, key| {
+        if let Some(t) = trace.as_mut() {
+            t.write(event, key);
+        }
+    }) else {
         return;
     };
-    if let Some(t) = trace.as_mut() {
-        t.write(&taken.event, taken.key);
-    }
     if let Some(m) = taken.new_mount {
         naming.name(m);
     }

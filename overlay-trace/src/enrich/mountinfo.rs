@@ -58,6 +58,7 @@ pub fn parse_mountinfo(text: &str) -> BTreeMap<Dev, OverlayMount> {
             upperdir: None,
             workdir: None,
             ns_pid: None,
+            userns: None,
         };
         for opt in r[2].split(',') {
             if let Some(v) = opt.strip_prefix("lowerdir=") {

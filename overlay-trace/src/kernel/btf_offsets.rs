@@ -64,6 +64,20 @@ impl KernelBtf {
             // Without it lookups are still counted and timed; only the layer is unknown.
             _ => 0,
         };
+        // A selected container's upper dir, seen from its overlay's superblock. Without these
+        // (no BTF for overlay's own types), `--container` does not follow a restart.
+        let o = self.overlay_types();
+        let uppers = (
+            member_offset(v, "super_block", "s_fs_info"),
+            member_offset(o, "ovl_fs", "layers"),
+            member_offset(o, "ovl_layer", "mnt"),
+            member_offset(v, "vfsmount", "mnt_root"),
+            member_offset(v, "inode", "i_ino"),
+        );
+        let (follow_uppers, [fs_info, layers, layer_mnt, mnt_root, i_ino]) = match uppers {
+            (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (1, [a, b, c, d, e]),
+            _ => (0, [0; 5]),
+        };
         Ok(Config {
             filter_tgid,
             dentry_d_name_len: d_name + member_offset(v, "qstr", "len")?,
@@ -79,6 +93,12 @@ impl KernelBtf {
             verbose: 0,
             copy_up_end_probed: 0,
             data_len_arg: 0,
+            follow_uppers,
+            super_block_s_fs_info: fs_info,
+            ovl_fs_layers: layers,
+            ovl_layer_mnt: layer_mnt,
+            vfsmount_mnt_root: mnt_root,
+            inode_i_ino: i_ino,
         })
     }
 

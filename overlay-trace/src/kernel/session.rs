@@ -54,6 +54,14 @@ pub fn counts_of(s: &Stats) -> EventCounts {
     }
 }
 
+/// `counts` with the runs the kernel skipped, from the probes' miss counts.
+fn with_skipped(mut counts: EventCounts, probes: &[ProbeReport]) -> EventCounts {
+    let s = crate::kernel::prog_info::skipped(probes);
+    counts.skipped_calls = s.calls;
+    counts.skipped_runs = s.other;
+    counts
+}
+
 /// Gives memory that was freed back to the system (glibc keeps it otherwise): parsing the
 /// kernel's BTF takes tens of MiB for a moment.
 pub fn release_freed_memory() {
@@ -161,11 +169,14 @@ where
 }
 
 impl KernelSide {
-    /// Loads the programs with `config`, restricts them to `devs` when given, and attaches them.
+    /// Loads the programs with `config`, restricts them to `devs` when given (and to new
+    /// overlays on `uppers`: selected containers' roots mounted again), and attaches them.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: Config,
         symbols: &HashSet<String>,
         devs: &[Dev],
+        uppers: &[overlay_trace_common::UpperDir],
         maxactive: u32,
         btf: &probes::BtfFacts,
         wanted: ProbesArg,
@@ -182,6 +193,18 @@ impl KernelSide {
                 filter
                     .insert(dev.to_kernel(), 1, 0)
                     .map_err(|e| anyhow!("DEV_FILTER: {e}"))?;
+            }
+            // Borrowed, not taken: a map taken out of the object is closed when dropped, before
+            // the programs that use it are loaded.
+            let map = ebpf
+                .map_mut("UPPER_FILTER")
+                .ok_or_else(|| anyhow!("eBPF object has no UPPER_FILTER map"))?;
+            let mut follow: BpfHashMap<_, overlay_trace_common::UpperDir, u8> =
+                BpfHashMap::try_from(map).map_err(|e| anyhow!("UPPER_FILTER: {e}"))?;
+            for u in uppers {
+                follow
+                    .insert(u, 1, 0)
+                    .map_err(|e| anyhow!("UPPER_FILTER: {e}"))?;
             }
         }
         let logger = if config.verbose != 0 {
@@ -214,7 +237,13 @@ impl KernelSide {
             probes::FentrySupport::probe(&mut ebpf, btf)
         };
         let (plan, mut warnings) = probes::plan(btf, symbols, &support, wanted)?;
-        let attached = probes::attach(&mut ebpf, &plan, &support, maxactive)?;
+        let attached = probes::attach(
+            &mut ebpf,
+            &plan,
+            &support,
+            maxactive,
+            wanted == ProbesArg::Auto,
+        )?;
         warnings.extend(attached.warnings.iter().cloned());
         if process_starts {
             // The timeline's process starts: useful, not essential.
@@ -258,7 +287,15 @@ impl KernelSide {
 
     /// The probes attached, with the kernel's hit and miss counts as of now.
     pub fn probes(&self) -> Vec<ProbeReport> {
-        self.attached.report()
+        self.attached.report(&self.ebpf)
+    }
+
+    /// What was lost so far: the kernel side's counters and the runs the kernel skipped.
+    pub fn counts(&self) -> EventCounts {
+        with_skipped(
+            counts_of(&self.stats()),
+            &self.attached.tracing_report(&self.ebpf),
+        )
     }
 
     pub fn flush_logs(&mut self) {
@@ -275,7 +312,7 @@ impl KernelSide {
     /// the calls whose return never came: those found stale while tracing and those still in
     /// flight now.
     pub fn stop(mut self, mut f: impl FnMut(&[u8])) -> Stopped {
-        let probes = self.attached.report();
+        let mut probes = self.attached.report(&self.ebpf);
         self.mount_clock.stop_recording();
         probes::detach_entries(&mut self.ebpf, &mut self.attached);
         // Calls that began before the entries went get a moment to return while their return
@@ -290,6 +327,13 @@ impl KernelSide {
             let now = self.maps.in_flight();
             if now != left {
                 (left, changed) = (now, Instant::now());
+            }
+        }
+        // The programs' skipped runs once the last call returned (tracefs counts were read
+        // before their events went).
+        for now in self.attached.tracing_report(&self.ebpf) {
+            if let Some(p) = probes.iter_mut().find(|p| p.program == now.program) {
+                p.missed = now.missed;
             }
         }
         drop(std::mem::take(&mut self.attached));
@@ -308,8 +352,16 @@ impl KernelSide {
         counts.missed_return_copy_up += left_copy_ups;
         counts.missed_return_lookup += left_lookups;
         counts.missed_return_mount += left_mounts;
+        let counts = with_skipped(counts, &probes);
         Stopped { counts, probes }
     }
+}
+
+/// The calls on one thread's stack of `depth` frames that are not filtered: frames of filtered
+/// calls (kept only to pair returns) are nobody's loss.
+fn unfiltered<F>(depth: u32, frames: &[F], filtered: impl Fn(&F) -> u32) -> u64 {
+    let depth = (depth as usize).min(MAX_NESTING);
+    frames[..depth].iter().filter(|f| filtered(f) == 0).count() as u64
 }
 
 /// The in-flight tables: each thread's calls that began and have not returned (as the kernel
@@ -327,15 +379,20 @@ impl InFlight {
             .copy_ups
             .iter()
             .filter_map(Result::ok)
-            .map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64)
+            .map(|(_, v)| unfiltered(v.depth, &v.frames, |f| f.filtered))
             .sum();
         let lookups: u64 = self
             .lookups
             .iter()
             .filter_map(Result::ok)
-            .map(|(_, v)| (v.depth as usize).min(MAX_NESTING) as u64)
+            .map(|(_, v)| unfiltered(v.depth, &v.frames, |f| f.filtered))
             .sum();
-        let mounts = self.mounts.keys().filter_map(Result::ok).count() as u64;
+        let mounts = self
+            .mounts
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, f)| f.filtered == 0)
+            .count() as u64;
         (copy_ups, lookups, mounts)
     }
 }

@@ -16,10 +16,14 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque, btree_map},
 };
 
 use crate::model::stats::{CopyUpStats, LookupStats};
+
+/// The maps each event looks up, keyed by device numbers the kernel gives (not chosen by anyone
+/// else): a fast seeded hash rather than SipHash, which cost more than the lookup itself.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
 use crate::stream::{
     event::{Dev, Event},
     names::{Container, OverlayMount},
@@ -84,6 +88,9 @@ pub struct Added {
     pub seq: u64,
     /// The mount this one (a new mount of the device number) took the number from: gone.
     pub superseded: Option<MountKey>,
+    /// The mount is named (its mountinfo entry found): its copy-ups are no evidence for the
+    /// naming any more.
+    pub named: bool,
 }
 
 /// Everything seen so far.
@@ -97,10 +104,10 @@ pub struct Aggregate {
     /// Mounts folded out of the detail, by group label (see `group_label`).
     pub retired: BTreeMap<String, Group>,
     /// Recently retired mounts -> their group, for events that arrive after retirement.
-    retired_index: HashMap<MountKey, String>,
+    retired_index: FastMap<MountKey, String>,
     retired_order: VecDeque<MountKey>,
     /// Current generation of each device (bounded by the number of device numbers in use).
-    generations: HashMap<Dev, u32>,
+    generations: FastMap<Dev, u32>,
     pub copy_up_events: u64,
     pub lookup_events: u64,
     pub mount_events: u64,
@@ -158,21 +165,31 @@ impl Aggregate {
                     new_mount: false,
                     seq: self.seq,
                     superseded,
+                    // A mount evicted from the detail may still be waiting for its name: its
+                    // copy-ups stay evidence (the naming ignores a mount it no longer waits for).
+                    named: false,
                 };
             }
         }
-        let new_mount = !self.mounts.contains_key(&key);
-        if new_mount {
-            if self.live >= LIVE_MOUNTS_MAX {
-                self.evict_least_recent();
-            }
-            self.live += 1;
-        }
         let seq = self.seq;
-        let m = self.mounts.entry(key).or_default();
-        if new_mount {
-            m.alive_ns = e.origin().start_ns;
+        // One search of the mounts for an event of a known mount (nearly every event).
+        if self.live >= LIVE_MOUNTS_MAX && !self.mounts.contains_key(&key) {
+            self.evict_least_recent();
         }
+        let (new_mount, m) = match self.mounts.entry(key) {
+            btree_map::Entry::Occupied(o) => (false, o.into_mut()),
+            btree_map::Entry::Vacant(v) => {
+                self.live += 1;
+                let alive_ns = e.origin().start_ns;
+                (
+                    true,
+                    v.insert(MountStats {
+                        alive_ns,
+                        ..Default::default()
+                    }),
+                )
+            }
+        };
         m.last_seq = seq;
         match e {
             Event::CopyUp(c) => m.copy_ups.add_with_layer(c, seq),
@@ -188,6 +205,7 @@ impl Aggregate {
             new_mount,
             seq,
             superseded,
+            named: m.mount.is_some(),
         }
     }
 

@@ -37,7 +37,6 @@ pub struct Collector {
 
 /// An event the fold took.
 pub struct Taken {
-    pub event: Event,
     /// The mount it went to.
     pub key: MountKey,
     /// Set on the mount's first event: the mount to name while it still exists.
@@ -47,6 +46,16 @@ pub struct Taken {
 impl Collector {
     /// Takes one kernel event (None: a record that is not one, counted when undecodable).
     pub fn take(&mut self, record: &[u8]) -> Option<Taken> {
+        self.take_and(record, |_, _| {})
+    }
+
+    /// As `take`; `also` sees the event after the fold (the Chrome trace), before its path moves
+    /// on to the source-layer ask: the event is never copied.
+    pub fn take_and(
+        &mut self,
+        record: &[u8],
+        also: impl FnOnce(&Event, MountKey),
+    ) -> Option<Taken> {
         let Ok(e) = Event::try_from(record) else {
             self.decode_errors += 1;
             return None;
@@ -55,28 +64,6 @@ impl Collector {
         if let Some(before) = added.superseded {
             // A newer mount took the device number: the one before is gone.
             self.layer_asks.push(LayerAsk::Forget { key: before });
-        }
-        if let Event::CopyUp(c) = &e {
-            // Its source layer, looked up beside the drain; not for a wait (it copied nothing)
-            // nor a path cut short or not UTF-8 (its name below is not known exactly).
-            if !c.is_wait() && !c.path_truncated && c.path_hex.is_none() {
-                let named = self
-                    .agg
-                    .mounts
-                    .get(&added.key)
-                    .is_some_and(|m| m.mount.is_some());
-                // Only what was copied is evidence of which mount this is (a failed copy-up
-                // may have left nothing in the upper dir).
-                if !named && c.ret == 0 {
-                    self.copied_unnamed
-                        .push((added.key, c.path.clone(), c.origin.tgid));
-                }
-                self.layer_asks.push(LayerAsk::CopyUp {
-                    key: added.key,
-                    copy_up: CopyUpRef::of(c, added.seq),
-                    path: c.path.clone(),
-                });
-            }
         }
         if let Some(out) = self.events.as_mut() {
             out.write(&e, added.key.generation);
@@ -91,13 +78,30 @@ impl Collector {
             }
             m.observe(added.key, &e, now);
         }
+        also(&e, added.key);
         let new_mount = added.new_mount.then(|| NewMount {
             key: added.key,
             tgid: e.origin().tgid,
             alive_ns: e.origin().start_ns,
         });
+        if let Event::CopyUp(c) = e {
+            // Its source layer, looked up beside the drain; not for a wait (it copied nothing)
+            // nor a path cut short or not UTF-8 (its name below is not known exactly).
+            if !c.is_wait() && !c.path_truncated && c.path_hex.is_none() {
+                // Only what was copied is evidence of which mount this is (a failed copy-up
+                // may have left nothing in the upper dir).
+                if !added.named && c.ret == 0 {
+                    self.copied_unnamed
+                        .push((added.key, c.path.clone(), c.origin.tgid));
+                }
+                self.layer_asks.push(LayerAsk::CopyUp {
+                    key: added.key,
+                    copy_up: CopyUpRef::of(&c, added.seq),
+                    path: c.path,
+                });
+            }
+        }
         Some(Taken {
-            event: e,
             key: added.key,
             new_mount,
         })

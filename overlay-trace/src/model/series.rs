@@ -61,6 +61,12 @@ pub struct Health {
     pub attached: bool,
     /// The drain loop's last 1 s tick: `/healthz` fails when it stops coming.
     pub last_tick: Option<Instant>,
+    /// Series left out of /metrics bodies to keep them under `--max-body-mib`.
+    pub series_cut: u64,
+    /// Scrapes being encoded or sent when the last one began (itself included).
+    pub scrapes_in_progress: usize,
+    /// Scrapes answered 503 because every place was held.
+    pub scrapes_refused: u64,
 }
 
 pub struct Metrics {

@@ -17,6 +17,11 @@ pub struct OverlayMount {
     /// namespace of its own): its paths are resolved there, through `/proc/<pid>/root`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ns_pid: Option<u32>,
+    /// With `ns_pid`: the user namespace (its inode number) that owns that process's mount
+    /// namespace. Unless it is ours, the mount is never given a runtime's labels (see
+    /// `enrich::containers::may_be_a_runtimes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<u64>,
 }
 
 impl OverlayMount {

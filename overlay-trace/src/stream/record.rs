@@ -116,6 +116,14 @@ pub struct EventCounts {
     /// Returns of calls that began before the probes were attached (not a loss).
     #[serde(default)]
     pub orphan_returns: u64,
+    /// Calls the kernel never let us see start: their fentry program was skipped (its
+    /// recursion guard held, `bpf_prog_info.recursion_misses`). Not reported: lost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_calls: u64,
+    /// Other fentry/fexit runs the kernel skipped: returns (also found as missed returns) and
+    /// details (a data copy's time, a lookup's layer, whether a copy-up owned its copy).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_runs: u64,
     /// Kernel reads that failed (fields left zero in an event that was still sent).
     pub kernel_read_errors: u64,
     /// Process starts the ring buffer could not take (`--trace` only: the timeline lacks them).
@@ -143,6 +151,7 @@ impl EventCounts {
             + self.dropped_lookup
             + self.dropped_mount
             + self.untracked_calls
+            + self.skipped_calls
             + self.decode_errors
             + self.missed_returns()
     }
@@ -166,4 +175,8 @@ pub struct ProbeReport {
     pub hits: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<u64>,
+    /// Why this function has a kprobe although `--probes auto` planned fentry/fexit for it: the
+    /// kernel's refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }

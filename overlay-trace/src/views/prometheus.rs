@@ -217,6 +217,16 @@ impl Collector for View {
         )?;
         counter(
             &mut enc,
+            "kernel_skipped_runs",
+            "fentry/fexit runs the kernel skipped (recursion guard): a call's entry (the call is lost), or another run",
+            None,
+            &[
+                (vec![("run", Escaped("call_entry".into()))], n.skipped_calls),
+                (vec![("run", Escaped("other".into()))], n.skipped_runs),
+            ],
+        )?;
+        counter(
+            &mut enc,
             "decode_errors",
             "Records userspace could not decode",
             None,
@@ -288,6 +298,26 @@ impl Collector for View {
             None,
             &[(vec![], m.forgotten)],
         )?;
+        counter(
+            &mut enc,
+            "scrape_series_cut",
+            "Series left out of /metrics bodies to keep them under --max-body-mib (the largest first)",
+            None,
+            &[(vec![], m.health.series_cut)],
+        )?;
+        gauge(
+            &mut enc,
+            "scrapes_in_progress",
+            "Scrapes being encoded or sent when this one began, itself included",
+            &[(vec![], m.health.scrapes_in_progress as i64)],
+        )?;
+        counter(
+            &mut enc,
+            "scrapes_refused",
+            "Scrapes answered 503 because every place was held (clients reading slowly)",
+            None,
+            &[(vec![], m.health.scrapes_refused)],
+        )?;
         let pending = m.pending;
         gauge(
             &mut enc,
@@ -350,6 +380,8 @@ pub fn prometheus_text(openmetrics: &str) -> String {
     }
     out
 }
+
+pub mod cut;
 
 #[cfg(test)]
 mod tests;

@@ -280,7 +280,8 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(
             out,
             "LOST: {} copy-up and {} lookup events dropped (ring buffer full), {} missed returns \
-             (copy-up {}, lookup {}, mount {}), {} calls untracked, {} undecodable records, {} failed kernel reads",
+             (copy-up {}, lookup {}, mount {}), {} calls untracked, {} calls skipped by the kernel, \
+             {} undecodable records, {} failed kernel reads",
             e.dropped_copy_up,
             e.dropped_lookup + e.dropped_mount,
             e.missed_returns(),
@@ -288,6 +289,7 @@ pub fn render(r: &Report) -> String {
             e.missed_return_lookup,
             e.missed_return_mount,
             e.untracked_calls,
+            e.skipped_calls,
             e.decode_errors,
             e.kernel_read_errors
         );
@@ -328,6 +330,26 @@ pub fn render(r: &Report) -> String {
             .map(|(k, f)| format!("{k} on {}", f.join(", ")))
             .collect();
         let _ = writeln!(out, "probes: {}", parts.join("; "));
+        let mut said = Vec::new();
+        for p in &r.probes {
+            if let Some(why) = p.fallback.as_ref().filter(|_| !said.contains(&&p.function)) {
+                said.push(&p.function);
+                let _ = writeln!(
+                    out,
+                    "note: kprobes on {}: the kernel refused its fentry/fexit ({})",
+                    escape(&p.function),
+                    escape(why)
+                );
+            }
+        }
+    }
+    if e.skipped_runs > 0 {
+        let _ = writeln!(
+            out,
+            "note: the kernel skipped {} other fentry/fexit runs (recursion guard): returns \
+             (counted as missed) and details (data time, layers, ownership)",
+            e.skipped_runs
+        );
     }
     if e.missed_return_data > 0 {
         let _ = writeln!(

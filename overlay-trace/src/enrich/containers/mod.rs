@@ -18,6 +18,24 @@ pub const IO_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 /// Answers remembered by `Resolver` (beyond, it starts over).
 const KNOWN_MAX: usize = 4096;
 
+/// Whether a runtime may have made `m`. Trust comes from the kernel, not from paths: a mount
+/// seen only in another process's mount namespace is a runtime's only if that namespace is owned
+/// by our user namespace, so that making it took the privilege a runtime has (containerd's shim
+/// mounts a task's root in a namespace of its own). A namespace an unprivileged user makes
+/// (`unshare -Urm`) is owned by a user namespace of its own: there it could choose every path a
+/// runtime is recognised by (a containerd task directory with its own `config.json`, an upperdir
+/// ending in a real container's layer id), and the kernel never propagates its mounts to ours.
+pub fn may_be_a_runtimes(m: &OverlayMount) -> bool {
+    static OURS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let ours = OURS.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata("/proc/self/ns/user")
+            .ok()
+            .map(|m| m.ino())
+    });
+    m.ns_pid.is_none() || (m.userns.is_some() && m.userns == *ours)
+}
+
 /// Maps mounts to containers, asking each runtime in turn, and remembers every answer so a
 /// container that exits before the report keeps its name.
 pub struct Resolver {
@@ -44,6 +62,9 @@ impl Resolver {
         m: &OverlayMount,
         io: &mut crate::enrich::budget::Budgeted,
     ) -> Option<Container> {
+        if !may_be_a_runtimes(m) {
+            return None;
+        }
         let key = (m.dev, m.mount_point.clone());
         if let Some(c) = self.known.get(&key) {
             return Some(c.clone());

@@ -139,6 +139,7 @@ mod tests {
             upperdir: Some(format!("/var/lib/containers/storage/overlay/{layer}/diff")),
             workdir: None,
             ns_pid: None,
+            userns: None,
         };
         assert_eq!(layer_of(&m).as_deref(), Some(layer));
         let all = parse_containers_json(CONTAINERS_JSON);

@@ -114,6 +114,11 @@ impl ContainerFinder {
 
     /// Asks the runtimes for the mount's container; `tries` earlier asks found none.
     async fn resolve(&mut self, key: MountKey, m: OverlayMount, budget: Duration, tries: u32) {
+        if !crate::enrich::containers::may_be_a_runtimes(&m) {
+            // A tenant's (see there): nothing to ask, now or later.
+            self.send(Named::Unclaimed { key });
+            return;
+        }
         match tokio::time::timeout(budget, self.resolver.resolve(&m, &mut self.io)).await {
             Ok(Some(c)) => {
                 // A runtime's layer metadata holds host paths: not for a mount of another mount

@@ -177,12 +177,18 @@ pub fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
         if pid <= 1 {
             break;
         }
+        // The namespace is asked before and after its mountinfo is read: a pid reused meanwhile
+        // by a process of another namespace gives no owner (and so no runtime's labels).
+        let before = mount_namespace(pid);
         if let Some(m) = crate::base::safe_fs::read_small_file(std::path::Path::new(&format!(
             "/proc/{pid}/mountinfo"
         )))
         .and_then(|t| parse_mountinfo(&t).remove(&dev))
         .map(|m| OverlayMount {
             ns_pid: Some(pid),
+            userns: before
+                .filter(|b| mount_namespace(pid) == Some(*b))
+                .map(|(_, owner)| owner),
             ..m
         }) {
             if m.mount_point != "/" {
@@ -195,6 +201,22 @@ pub fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
     at_root
 }
 
+/// Process `pid`'s mount namespace and the user namespace that owns it, as inode numbers: the
+/// owner is the one whose privilege made that namespace (`NS_GET_USERNS`, Linux 4.9).
+fn mount_namespace(pid: u32) -> Option<(u64, u64)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::fs::MetadataExt as _;
+    // _IO(0xb7, 0x1)
+    const NS_GET_USERNS: u32 = (0xb7 << 8) | 0x1;
+    let mnt = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
+    let fd = unsafe { libc::ioctl(mnt.as_raw_fd(), NS_GET_USERNS as _) };
+    if fd < 0 {
+        return None;
+    }
+    let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Some((mnt.metadata().ok()?.ino(), owner.metadata().ok()?.ino()))
+}
+
 /// The parent of process `pid` (field 4 of /proc/PID/stat, after the command in parentheses).
 fn parent_of(pid: u32) -> Option<u32> {
     let stat =
@@ -205,4 +227,20 @@ fn parent_of(pid: u32) -> Option<u32> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    #[test]
+    fn our_mount_namespace_is_owned_by_our_user_namespace() {
+        let (mnt, owner) = super::mount_namespace(std::process::id()).expect("NS_GET_USERNS");
+        assert_eq!(mnt, std::fs::metadata("/proc/self/ns/mnt").unwrap().ino());
+        assert_eq!(
+            owner,
+            std::fs::metadata("/proc/self/ns/user").unwrap().ino()
+        );
+        assert_eq!(super::mount_namespace(u32::MAX), None);
+    }
 }

@@ -12,7 +12,7 @@ use aya::{
     programs::{FEntry, FExit, ProgramError},
 };
 
-use super::*;
+use super::{one::How, *};
 
 /// How kretprobes get their `maxactive`: through tracefs with ours, or through aya's perf PMU
 /// with the kernel's default (when tracefs is not mounted).
@@ -52,7 +52,7 @@ pub struct AttachedProbe {
     pub kind: &'static str,
     pub is_return: bool,
     /// None: attached through aya's perf PMU (no kernel miss count).
-    event: Option<tracefs::ProbeEvent>,
+    pub(super) event: Option<tracefs::ProbeEvent>,
 }
 
 /// What `attach` did. Dropping it detaches the probes made through tracefs, entries first.
@@ -66,15 +66,44 @@ pub struct Attached {
     /// Entry kprobes made through aya's perf PMU (no tracefs), detached with the fentries: the
     /// return probes go only when the programs are unloaded, after them.
     pub kprobe_entries: Vec<(&'static str, aya::programs::kprobe::KProbeLinkId)>,
+    /// fexit links, kept to undo one whose fentry the kernel then refused.
+    pub fexits: Vec<(&'static str, aya::programs::fexit::FExitLinkId)>,
+    /// Functions traced with kprobes because the kernel refused their fentry/fexit.
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// A function traced with kprobes under `--probes auto` although its plan was fentry/fexit.
+#[derive(Clone, Debug)]
+pub struct Fallback {
+    pub function: String,
+    /// The kernel's refusal.
+    pub reason: String,
 }
 
 impl Attached {
-    /// The probes with the kernel's hit and miss counts as of now.
-    pub fn report(&self) -> Vec<ProbeReport> {
+    /// The probes with the kernel's hit and miss counts as of now: a tracefs kprobe's from
+    /// `kprobe_profile`, an fentry or fexit program's misses from `bpf_prog_info` (runs skipped
+    /// by its recursion guard).
+    pub fn report(&self, ebpf: &Ebpf) -> Vec<ProbeReport> {
+        self.reports(ebpf, |_| true)
+    }
+
+    /// The fentry and fexit programs only, with the runs the kernel skipped: one `bpf` call
+    /// each, no tracefs file read (cheap enough for every second, on the drain's thread).
+    pub fn tracing_report(&self, ebpf: &Ebpf) -> Vec<ProbeReport> {
+        self.reports(ebpf, |p| p.kind.starts_with('f'))
+    }
+
+    fn reports(&self, ebpf: &Ebpf, which: impl Fn(&AttachedProbe) -> bool) -> Vec<ProbeReport> {
         self.probes
             .iter()
+            .filter(|p| which(p))
             .map(|p| {
                 let profile = p.event.as_ref().and_then(|e| e.profile());
+                let skipped = (p.kind == "fentry" || p.kind == "fexit")
+                    .then(|| ebpf.program(p.program)?.fd().ok())
+                    .flatten()
+                    .and_then(|fd| crate::kernel::prog_info::recursion_misses(fd.as_fd()).ok());
                 ProbeReport {
                     program: p.program.to_string(),
                     function: p.function.to_string(),
@@ -83,7 +112,12 @@ impl Attached {
                         .then(|| self.ceiling.as_ref().map(ReturnCeiling::maxactive))
                         .flatten(),
                     hits: profile.map(|(h, _)| h),
-                    missed: profile.map(|(_, m)| m),
+                    missed: profile.map(|(_, m)| m).or(skipped),
+                    fallback: self
+                        .fallbacks
+                        .iter()
+                        .find(|f| f.function == p.function)
+                        .map(|f| f.reason.clone()),
                 }
             })
             .collect()
@@ -99,7 +133,7 @@ impl Drop for Attached {
     }
 }
 
-fn tracing<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+pub(super) fn tracing<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -111,7 +145,7 @@ where
 
 /// Loads an fentry or fexit program for `target` (type `btf_id`): against the overlay module's
 /// BTF object when there is one (patched aya, see vendor/README.md), else against vmlinux's.
-fn load_tracing(
+pub(super) fn load_tracing(
     ebpf: &mut Ebpf,
     program: &str,
     target: &str,
@@ -141,12 +175,15 @@ fn load_tracing(
 /// Loads and attaches the plan: every return program first (kretprobes, fexits), then every
 /// entry program. A failing optional function is a warning (its whole row is skipped); a failing
 /// required one is an error. Kretprobes get `maxactive` (through tracefs) where tracefs is
-/// mounted.
+/// mounted. With `fallback` (`--probes auto`), a function whose fentry or fexit program the
+/// kernel refuses at load or attach (a trampoline already holding its most links, a livepatched
+/// function) is traced with a kprobe and a kretprobe instead, and `fallbacks` says why.
 pub fn attach(
     ebpf: &mut Ebpf,
     plan: &[Choice],
     support: &FentrySupport,
     maxactive: u32,
+    fallback: bool,
 ) -> Result<Attached> {
     let ceiling = return_ceiling(maxactive);
     let tracefs = tracefs::root();
@@ -166,99 +203,95 @@ pub fn attach(
             ));
         }
     }
-    // (row, program, is_return)
-    let returns = plan.iter().filter_map(|c| match &c.backend {
-        Backend::Kprobe => c.spec.ret.map(|r| (c, r, true)),
-        Backend::Fentry { fexit, .. } => fexit.map(|f| (c, f, true)),
-    });
-    let entries = plan.iter().map(|c| match &c.backend {
-        Backend::Kprobe => (c, c.spec.entry, false),
-        Backend::Fentry { .. } => (c, c.spec.fentry, false),
-    });
+    let how = How {
+        tracefs: tracefs.as_deref(),
+        ceiling: &ceiling,
+        support,
+    };
+    let mut backends: Vec<Backend> = plan.iter().map(|c| c.backend.clone()).collect();
     let mut failed_rows: HashSet<&'static str> = HashSet::new();
-    for (choice, program, is_return) in returns.chain(entries).collect::<Vec<_>>() {
-        let (spec, target) = (choice.spec, choice.target);
-        if failed_rows.contains(spec.entry) {
-            continue;
-        }
-        let attached: Result<Option<tracefs::ProbeEvent>> = match &choice.backend {
-            Backend::Fentry { btf_id, .. } => load_tracing(
-                ebpf,
-                program,
-                target,
-                *btf_id,
-                support.module_btf.as_ref(),
-                is_return,
-            )
-            .and_then(|()| {
-                if is_return {
-                    tracing::<FExit>(ebpf, program)?
-                        .attach()
-                        .map(|_| None)
-                        .map_err(|e| anyhow!("{e}"))
-                } else {
-                    let id = tracing::<FEntry>(ebpf, program)?
-                        .attach()
-                        .map_err(|e| anyhow!("{e}"))?;
-                    out.fentries.push((program, id));
-                    Ok(None)
+    for is_return in [true, false] {
+        for (row, choice) in plan.iter().enumerate() {
+            let spec = choice.spec;
+            if failed_rows.contains(spec.entry) {
+                continue;
+            }
+            let Some(program) = program_of(spec, &backends[row], is_return) else {
+                continue;
+            };
+            let mut attached = how.one(ebpf, &mut out, choice, &backends[row], program, is_return);
+            if let (Err(e), Backend::Fentry { fexit, .. }, true) =
+                (&attached, &backends[row], fallback)
+            {
+                out.fallbacks.push(Fallback {
+                    function: choice.target.to_string(),
+                    reason: format!("{e:#}"),
+                });
+                // The row's fexit, attached already in the return pass, goes: the kprobes
+                // pair with each other, never with it.
+                if let (false, Some(f)) = (is_return, fexit) {
+                    how.undo(ebpf, &mut out, f);
                 }
-            }),
-            Backend::Kprobe => {
-                let prog = kprobe(ebpf, program)?;
-                prog.load().map_err(|e| load_error(program, e))?;
-                match &tracefs {
-                    Some(t) => {
-                        let kind = if is_return {
-                            tracefs::Kind::Return {
-                                maxactive: ceiling.maxactive(),
-                            }
-                        } else {
-                            tracefs::Kind::Entry
-                        };
-                        let fd = prog.fd().map_err(|e| anyhow!("{program}: {e}"))?;
-                        tracefs::ProbeEvent::attach(t, fd.as_fd(), program, target, kind).map(Some)
+                backends[row] = Backend::Kprobe;
+                // Its return first, then (in the entry pass) its entry.
+                let mut ret_refused = None;
+                if let (false, Some(ret)) = (is_return, spec.ret) {
+                    match how.one(ebpf, &mut out, choice, &Backend::Kprobe, ret, true) {
+                        Ok(p) => out.probes.push(p),
+                        Err(e) => ret_refused = Some(e),
                     }
-                    None => match prog.attach(target, 0) {
-                        Ok(id) => {
-                            if !is_return {
-                                out.kprobe_entries.push((program, id));
-                            }
-                            Ok(None)
-                        }
-                        Err(e) => Err(anyhow!("{e}")),
-                    },
+                }
+                let Some(program) = program_of(spec, &Backend::Kprobe, is_return) else {
+                    continue;
+                };
+                attached = match ret_refused {
+                    Some(e) => Err(e),
+                    None => how.one(ebpf, &mut out, choice, &Backend::Kprobe, program, is_return),
+                };
+                if attached.is_err() {
+                    // No kprobe either: the row's failure below says it all.
+                    out.fallbacks.pop();
                 }
             }
-        };
-        let kind = match (&choice.backend, is_return) {
-            (Backend::Kprobe, false) => "kprobe",
-            (Backend::Kprobe, true) => "kretprobe",
-            (Backend::Fentry { .. }, false) => "fentry",
-            (Backend::Fentry { .. }, true) => "fexit",
-        };
-        match attached {
-            Ok(event) => out.probes.push(AttachedProbe {
-                program,
-                function: target,
-                kind,
-                is_return,
-                event,
-            }),
-            // Config::copy_up_end_probed was set from kallsyms: a missing attach would turn
-            // every copy-up into a wait.
-            Err(e) if !spec.required && spec.entry != "copy_up_end_entry" => {
-                // Without its return, an entry would only leave garbage: skip the whole row.
-                failed_rows.insert(spec.entry);
-                out.warnings.push(format!(
-                    "cannot attach to {target} ({e:#}): {} not measured",
-                    spec.purpose
-                ));
+            match attached {
+                Ok(p) => out.probes.push(p),
+                // Config::copy_up_end_probed was set from kallsyms: a missing attach would turn
+                // every copy-up into a wait.
+                Err(e) if !spec.required && spec.entry != "copy_up_end_entry" => {
+                    // Without its return, an entry would only leave garbage: skip the whole row.
+                    // Without its entry, a return would only count orphans: it goes too.
+                    failed_rows.insert(spec.entry);
+                    if let (false, Some(ret)) = (is_return, program_of(spec, &backends[row], true))
+                    {
+                        how.undo(ebpf, &mut out, ret);
+                    }
+                    out.warnings.push(format!(
+                        "cannot attach to {} ({e:#}): {} not measured",
+                        choice.target, spec.purpose
+                    ));
+                }
+                Err(e) => return Err(anyhow!("cannot attach a probe to {}: {e:#}", choice.target)),
             }
-            Err(e) => return Err(anyhow!("cannot attach a probe to {target}: {e:#}")),
         }
     }
+    for f in &out.fallbacks {
+        out.warnings.push(format!(
+            "fentry/fexit refused on {} ({}): traced with kprobes instead",
+            f.function, f.reason
+        ));
+    }
     Ok(out)
+}
+
+/// The program of a row for one pass (its return or its entry) under `backend`; None when the
+/// row has no return program.
+fn program_of(spec: &ProbeSpec, backend: &Backend, is_return: bool) -> Option<&'static str> {
+    match (backend, is_return) {
+        (Backend::Kprobe, true) => spec.ret,
+        (Backend::Fentry { fexit, .. }, true) => *fexit,
+        (Backend::Kprobe, false) => Some(spec.entry),
+        (Backend::Fentry { .. }, false) => Some(spec.fentry),
+    }
 }
 
 /// Loads (without attaching) the fentry and fexit programs of a plan: the verifier's answer for

@@ -3,10 +3,12 @@
 
 pub mod attach;
 pub mod btf_object;
+mod one;
 pub mod plan;
 pub mod tracefs;
 
 pub use attach::*;
+pub use one::refused_now;
 pub use plan::*;
 
 use crate::stream::record::ProbeReport;

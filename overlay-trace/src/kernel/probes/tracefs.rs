@@ -3,9 +3,14 @@
 //! kernel's default, max(10, 2 x CPUs), and a function that sleeps with more calls in flight than
 //! that loses returns), and the kernel's own count of missed hits (`kprobe_profile`).
 //!
-//! Each probe is a trace event `overlay_trace/ot<pid>_<program>`; the program is attached to a
-//! perf event on it (`PERF_EVENT_IOC_SET_BPF`), which is how libbpf attaches "legacy" kprobes.
-//! The event is removed on drop; events left by a tracer that was killed are removed at start.
+//! Each probe is a trace event `overlay_trace/ot<token>_<program>`; the program is attached to
+//! a perf event on it (`PERF_EVENT_IOC_SET_BPF`), which is how libbpf attaches "legacy" kprobes.
+//! tracefs is one for the whole machine while pids are per namespace (two tracers in two
+//! containers are both pid 1), so the token is random, drawn once per process. The event is
+//! removed on drop; events left by a tracer that was killed are removed at start: the kernel
+//! refuses (EBUSY) to remove an event a perf event still holds, which is what tells a live
+//! tracer's events from a dead one's, in any namespace. A live tracer's event is removable only
+//! between its creation and its perf event's opening; one removed then is made again.
 
 use std::{
     fs::{self, OpenOptions},
@@ -83,36 +88,53 @@ fn append(file: &Path, line: &str) -> std::io::Result<()> {
         .write_all(line.as_bytes())
 }
 
-/// Removes `overlay_trace` events whose tracer process is gone (killed before it could clean up).
+/// This process's token in event names: random (tracers in other pid namespaces share tracefs
+/// and may have the same pid), 12 hex digits.
+fn token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let mut b = [0u8; 6];
+        // SAFETY: writes at most b.len() bytes into b.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n != b.len() as isize {
+            // No entropy source: time and pid still tell concurrent tracers apart.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            b.copy_from_slice(&(t ^ u64::from(std::process::id()) << 32).to_le_bytes()[..6]);
+        }
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    })
+}
+
+/// The `overlay_trace` events in `kprobe_events` text ("r4096:overlay_trace/ot1a2b_x ovl_lookup"
+/// gives "overlay_trace/ot1a2b_x").
+pub fn our_events(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next()?.split_once(':'))
+        .map(|(_, e)| e)
+        .filter(|e| e.strip_prefix(GROUP).is_some_and(|r| r.starts_with('/')))
+        .collect()
+}
+
+/// Removes the `overlay_trace` events no perf event holds: those of tracers that were killed
+/// before they could clean up (the kernel refuses to remove the others: EBUSY).
 pub fn remove_leftovers(tracefs: &Path) {
     let Ok(text) = fs::read_to_string(tracefs.join("kprobe_events")) else {
         return;
     };
-    for line in text.lines() {
-        // "r4096:overlay_trace/ot123_lookup_return ovl_lookup"
-        let Some(event) = line
-            .split_whitespace()
-            .next()
-            .and_then(|e| e.split_once(':'))
-            .map(|(_, e)| e)
-        else {
+    for event in our_events(&text) {
+        if event.contains(&format!("/ot{}_", token())) {
             continue;
-        };
-        let Some(name) = event.strip_prefix(&format!("{GROUP}/")) else {
-            continue;
-        };
-        let pid = name
-            .strip_prefix("ot")
-            .and_then(|r| r.split('_').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-            let _ = append(&tracefs.join("kprobe_events"), &format!("-:{event}\n"));
         }
+        let _ = append(&tracefs.join("kprobe_events"), &format!("-:{event}\n"));
     }
 }
 
 impl ProbeEvent {
-    /// Creates the probe event on `function` and attaches the loaded program `prog` to it.
+    /// Creates the probe event on `function` and attaches the loaded program `prog` to it. An
+    /// event removed before its perf event was open (another tracer starting, taking it for a
+    /// dead one's) is made again.
     pub fn attach(
         tracefs: &Path,
         prog: BorrowedFd<'_>,
@@ -120,7 +142,24 @@ impl ProbeEvent {
         function: &str,
         kind: Kind,
     ) -> Result<Self> {
-        let name = format!("ot{}_{program}", std::process::id());
+        let mut tries = 0;
+        loop {
+            match Self::try_attach(tracefs, prog, program, function, kind) {
+                Err(Attempt::Vanished(_)) if tries < 3 => tries += 1,
+                Err(Attempt::Vanished(e) | Attempt::Failed(e)) => return Err(e),
+                Ok(ev) => return Ok(ev),
+            }
+        }
+    }
+
+    fn try_attach(
+        tracefs: &Path,
+        prog: BorrowedFd<'_>,
+        program: &str,
+        function: &str,
+        kind: Kind,
+    ) -> Result<Self, Attempt> {
+        let name = format!("ot{}_{program}", token());
         let spec = match kind {
             Kind::Entry => format!("p:{GROUP}/{name} {function}\n"),
             Kind::Return { maxactive } => format!("r{maxactive}:{GROUP}/{name} {function}\n"),
@@ -138,11 +177,16 @@ impl ProbeEvent {
             e
         };
         let id_file = tracefs.join("events").join(GROUP).join(&name).join("id");
-        let id: u64 = fs::read_to_string(&id_file)
-            .map_err(|e| remove(anyhow!("{}: {e}", id_file.display())))?
-            .trim()
-            .parse()
-            .map_err(|e| remove(anyhow!("{}: {e}", id_file.display())))?;
+        let id: u64 = match fs::read_to_string(&id_file) {
+            Ok(t) => t
+                .trim()
+                .parse()
+                .map_err(|e| remove(anyhow!("{}: {e}", id_file.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Attempt::Vanished(anyhow!("{}: {e}", id_file.display())));
+            }
+            Err(e) => return Err(remove(anyhow!("{}: {e}", id_file.display())).into()),
+        };
         let attr = PerfEventAttr {
             type_: PERF_TYPE_TRACEPOINT,
             size: std::mem::size_of::<PerfEventAttr>() as u32,
@@ -163,8 +207,22 @@ impl ProbeEvent {
                 PERF_FLAG_FD_CLOEXEC,
             )
         };
+        // Is the id still our event's? Removed meanwhile (another tracer starting took it for a
+        // dead one's), its id may already be another event's: then the perf event, if any,
+        // anchors the wrong probe and goes, and ours is made again.
+        let still_ours = || {
+            fs::read_to_string(&id_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                == Some(id)
+        };
         if fd < 0 {
             let e = std::io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) && !still_ours() {
+                return Err(Attempt::Vanished(anyhow!(
+                    "perf_event_open on {function}: {e}"
+                )));
+            }
             // Debian's and Ubuntu's kernels refuse perf events to anyone without CAP_SYS_ADMIN
             // when kernel.perf_event_paranoid is above 2 (their default is 3 or 4), whatever
             // CAP_PERFMON says.
@@ -172,16 +230,22 @@ impl ProbeEvent {
                 .ok()
                 .and_then(|v| v.trim().parse::<i32>().ok())
                 .filter(|p| *p > 2 && e.raw_os_error() == Some(libc::EACCES));
-            return Err(remove(match paranoid {
+            return Err(Attempt::Failed(remove(match paranoid {
                 Some(p) => anyhow!(
                     "perf_event_open on {function}: {e} (kernel.perf_event_paranoid is {p}: this \
                      kernel wants CAP_SYS_ADMIN for kprobes, or the sysctl at 2 or below)"
                 ),
                 None => anyhow!("perf_event_open on {function}: {e}"),
-            }));
+            })));
         }
         // SAFETY: a fresh fd we own.
         let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if !still_ours() {
+            drop(perf);
+            return Err(Attempt::Vanished(anyhow!(
+                "the probe event on {function} was removed while it was made"
+            )));
+        }
         let raw = perf.as_raw_fd();
         // Dropped on error: closes the fd, then removes the event.
         let ev = ProbeEvent {
@@ -192,16 +256,16 @@ impl ProbeEvent {
         // SAFETY: ioctls on our own perf fd with the documented arguments.
         unsafe {
             if libc::ioctl(raw, PERF_EVENT_IOC_SET_BPF as _, prog.as_raw_fd()) != 0 {
-                return Err(anyhow!(
+                return Err(Attempt::Failed(anyhow!(
                     "cannot attach {program} to {function}: {}",
                     std::io::Error::last_os_error()
-                ));
+                )));
             }
             if libc::ioctl(raw, PERF_EVENT_IOC_ENABLE as _, 0) != 0 {
-                return Err(anyhow!(
+                return Err(Attempt::Failed(anyhow!(
                     "cannot enable the probe on {function}: {}",
                     std::io::Error::last_os_error()
-                ));
+                )));
             }
         }
         Ok(ev)
@@ -212,6 +276,18 @@ impl ProbeEvent {
     pub fn profile(&self) -> Option<(u64, u64)> {
         let text = fs::read_to_string(self.tracefs.join("kprobe_profile")).ok()?;
         parse_profile(&text, &self.name)
+    }
+}
+
+/// Why an attempt to attach failed: its event was removed under it (made again), or otherwise.
+enum Attempt {
+    Vanished(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Attempt {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Failed(e)
     }
 }
 
@@ -243,6 +319,28 @@ impl Drop for ProbeEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_group_s_events_are_listed() {
+        let text = "p:overlay_trace/ot1a2b3c4d5e6f_lookup_entry ovl_lookup\n\
+                    r4096:overlay_trace/ot12_lookup_return ovl_lookup\n\
+                    p:kprobes/mine vfs_read\n\
+                    p:overlay_trace_other/x vfs_read\n";
+        assert_eq!(
+            our_events(text),
+            [
+                "overlay_trace/ot1a2b3c4d5e6f_lookup_entry",
+                "overlay_trace/ot12_lookup_return"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_token_is_the_same_for_the_process_and_hex() {
+        assert_eq!(token(), token());
+        assert_eq!(token().len(), 12);
+        assert!(token().bytes().all(|b| b.is_ascii_hexdigit()));
+    }
 
     #[test]
     fn profile_lines_are_found_by_event_name() {

@@ -67,7 +67,8 @@ fn mount_time_is_kept_per_superblock() {
             key: key(9, 1),
             new_mount: true,
             seq: 1,
-            superseded: Some(key(9, 0))
+            superseded: Some(key(9, 0)),
+            named: false,
         }
     );
     assert_eq!(
@@ -76,7 +77,8 @@ fn mount_time_is_kept_per_superblock() {
             key: key(9, 1),
             new_mount: false,
             seq: 2,
-            superseded: None
+            superseded: None,
+            named: false,
         }
     );
     assert_eq!(a.mounts[&key(9, 1)].mount_ns, Some(4242));

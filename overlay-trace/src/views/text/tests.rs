@@ -27,6 +27,7 @@ fn sample() -> Report {
             upperdir: Some("/upper".into()),
             workdir: Some("/work".into()),
             ns_pid: None,
+            userns: None,
         },
     );
     a.set_container(

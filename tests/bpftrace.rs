@@ -1,0 +1,189 @@
+//! bpftrace as an independent counter: start it, wait until its probes are attached, stop it and
+//! read its maps.
+//!
+//! bpftrace detaches its probes before its END probe runs and before it prints its maps at exit,
+//! and under emulation a detach can take minutes (the kernel waits for every task to pass a
+//! quiescent point). So the helper adds a probe of its own on the `kill` syscall that prints
+//! every map and then a marker when this process sends signal 0 to a process number of the
+//! helper's choosing: `stop` triggers it while the probes are still attached, returns once
+//! the marker is out, and leaves bpftrace to detach in the background.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicI32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// The line the print probe prints after the maps.
+const PRINTED: &str = "overlay-trace-tests: maps printed";
+
+/// Process numbers unlikely to exist (signal 0 would do nothing to one anyway; positive, as the
+/// syscall tracepoint holds the argument as an unsigned long): each bpftrace of this process its
+/// own.
+static NEXT_TRIGGER: AtomicI32 = AtomicI32::new(4_190_000);
+
+/// bpftrace running a program; `stop` interrupts it and returns what it printed (map dumps).
+pub struct Bpftrace {
+    child: Child,
+    out: PathBuf,
+    /// `kill(trigger, 0)` makes it print its maps (None: the print probe was refused).
+    trigger: Option<i32>,
+}
+
+impl Bpftrace {
+    /// Starts bpftrace and waits until its BEGIN probe printed "ready" (probes attached).
+    pub fn start(program: &str, out: PathBuf) -> Self {
+        Self::try_start(program, out).expect("bpftrace refused the program")
+    }
+
+    /// As `start`, but None when bpftrace refuses the program (e.g. it cannot resolve a kernel
+    /// struct on this kernel) instead of a failed test. A bpftrace that refuses the print probe
+    /// (a kernel without syscall tracepoints) runs the program alone, stopped the old way.
+    pub fn try_start(program: &str, out: PathBuf) -> Option<Self> {
+        let trigger =
+            NEXT_TRIGGER.fetch_add(1, Ordering::SeqCst) + (std::process::id() as i32 % 1000);
+        let prints: String = map_names(program)
+            .iter()
+            .map(|m| format!("print(@{m}); "))
+            .collect();
+        let with_probe = format!(
+            "{program}\ntracepoint:syscalls:sys_enter_kill /args->sig == 0 && args->pid == {trigger}/ \
+             {{ {prints}printf(\"{PRINTED}\\n\"); }}"
+        );
+        Self::spawn(&with_probe, &out)
+            .map(|child| Bpftrace {
+                child,
+                out: out.clone(),
+                trigger: Some(trigger),
+            })
+            .or_else(|| {
+                Self::spawn(program, &out).map(|child| Bpftrace {
+                    child,
+                    out: out.clone(),
+                    trigger: None,
+                })
+            })
+    }
+
+    /// bpftrace running `program` once its BEGIN probe printed "ready"; None if it ended first.
+    fn spawn(program: &str, out: &PathBuf) -> Option<Child> {
+        let file = fs::File::create(out).unwrap();
+        let mut child = Command::new("bpftrace")
+            .arg("-e")
+            .arg(format!("BEGIN {{ printf(\"ready\\n\"); }} {program}"))
+            .stdout(file)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("bpftrace");
+        let started = Instant::now();
+        while !printed(out).contains("ready") {
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "bpftrace did not start"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Some(child)
+    }
+
+    /// Has bpftrace print its maps while its probes are still attached and returns them; one
+    /// that has not printed them within 120 s fails the test saying so (never a hang). It is
+    /// then killed, and reaped in the background (its detach may take minutes).
+    pub fn stop(mut self) -> String {
+        let Some(trigger) = self.trigger else {
+            return self.interrupt();
+        };
+        let asked = Instant::now();
+        loop {
+            // Asked again each second until the marker is out (a repeat prints after it).
+            unsafe { libc::kill(trigger, 0) };
+            let text = printed(&self.out);
+            // The last whole set of maps (each ask prints one).
+            if let Some((before, _)) = text.rsplit_once(PRINTED) {
+                let maps = before.rsplit_once(PRINTED).map_or(before, |(_, m)| m);
+                let maps = maps.to_string();
+                let _ = self.child.kill();
+                std::thread::spawn(move || self.child.wait());
+                return maps;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("bpftrace ended ({st}) before printing its maps (it printed: {text:?})");
+            }
+            if asked.elapsed() > Duration::from_secs(120) {
+                let _ = self.child.kill();
+                panic!("bpftrace did not print its maps within 120 s (it printed: {text:?})");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Without the print probe: SIGINT, and the maps bpftrace prints as it exits (after its
+    /// detach, so given 300 s).
+    fn interrupt(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let asked = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if asked.elapsed() > Duration::from_secs(300) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "bpftrace did not exit within 300 s of SIGINT (it printed: {:?})",
+                    printed(&self.out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        printed(&self.out)
+    }
+}
+
+fn printed(out: &PathBuf) -> String {
+    fs::read_to_string(out).unwrap_or_default()
+}
+
+/// The names of the maps a program writes (`@name`), so the print probe can print each.
+fn map_names(program: &str) -> BTreeSet<String> {
+    program
+        .split('@')
+        .skip(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// Parses bpftrace map lines such as `@copyups[54]: 7` into key -> value.
+pub fn bpftrace_map(output: &str, map: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("@{map}[");
+    let mut out = BTreeMap::new();
+    for line in output.lines() {
+        if let Some(rest) = line.strip_prefix(&prefix) {
+            if let Some((k, v)) = rest.split_once("]: ") {
+                out.insert(k.to_string(), v.trim().parse().unwrap());
+            }
+        } else if let Some(v) = line.strip_prefix(&format!("@{map}: ")) {
+            out.insert(String::new(), v.trim().parse().unwrap());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::map_names;
+
+    #[test]
+    fn every_map_a_program_names_is_found_once() {
+        let names = map_names("kprobe:f { @a[tid] = count(); @b_2 = sum(@a[tid]); } k { @a = 1; }");
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b_2"]);
+    }
+}
