@@ -49,6 +49,9 @@ pub enum Command {
         #[arg(long, default_value = "")]
         max_regression: String,
     },
+    /// A live view of which containers copy up and look up right now, one row each (full
+    /// screen; one block of lines per interval when stdout is not a terminal).
+    Top(TopArgs),
     /// Trace until SIGTERM and serve the numbers to Prometheus on /metrics (and /healthz).
     Serve(ServeArgs),
     /// Run a copy-up benchmark scenario on an overlay of its own, under the tracer.
@@ -101,6 +104,40 @@ pub struct RunArgs {
     /// Run CMD with the probes attached; trace until it exits and exit with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// How often the rows are brought up to date (rates and p99 are over this interval).
+    #[arg(long, default_value = "1s", value_parser = interval)]
+    pub interval: Duration,
+    /// Stop after this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// The column the rows are sorted by at first (largest first; keys change it on screen).
+    #[arg(long, value_enum, default_value_t = crate::views::top::Column::CopyUps)]
+    pub sort: crate::views::top::Column,
+    /// Only trace this process id (filtered in the kernel).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+    /// Only trace this container (name, id or id prefix; repeatable), as `run --container`.
+    #[arg(long = "container", value_name = "NAME|ID")]
+    pub containers: Vec<String>,
+    /// As `run --maxactive`.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub maxactive: u32,
+    /// As `run --probes`.
+    #[arg(long, value_enum, default_value_t = crate::kernel::probes::ProbesArg::Auto)]
+    pub probes: crate::kernel::probes::ProbesArg,
+}
+
+/// An interval of 100 ms to an hour: shorter would redraw faster than a person reads.
+fn interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err("expected 100ms to 1h".into());
+    }
+    Ok(d)
 }
 
 #[derive(Args, Debug)]

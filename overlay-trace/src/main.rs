@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use overlay_trace::cli::{Cli, Command};
-use overlay_trace::cmd::{bench, check, report, run, serve};
+use overlay_trace::cmd::{bench, check, report, run, serve, top};
 
 fn main() -> ExitCode {
     // Output piped into `head` and closed early: end quietly like other command-line tools
@@ -58,6 +58,12 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(serve::serve(args)))
             .map(|()| ExitCode::SUCCESS),
+        Command::Top(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(top::top(args)))
+            .map(|code| ExitCode::from(code.clamp(0, 255) as u8)),
         Command::Run(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -10,3 +10,4 @@ mod select;
 pub mod serve;
 pub mod session;
 pub mod signals;
+pub mod top;

@@ -33,13 +33,14 @@ use crate::{
         session::{self as kernel_side, KernelSide},
     },
     model::{
+        aggregate::Aggregate,
         fold::{Collector, lock},
         series::Shared,
     },
     stream::{
         event::{Dev, decode_exec},
         output::{EventsFile, PendingFile},
-        record::{Record, SCHEMA_VERSION},
+        record::{EventCounts, Record, SCHEMA_VERSION},
     },
     views::{chrome_trace::TraceFile, json, report::Report},
 };
@@ -258,6 +259,16 @@ impl Session {
         }
     }
 
+    /// What the kernel side, the decoder and naming lost so far, as the report counts it.
+    pub fn counts(&self) -> EventCounts {
+        let mut c = self.kernel.counts();
+        c.decode_errors = self.fold.decode_errors;
+        let enriched = self.naming.counts.tally();
+        c.enrich_abandoned = enriched.abandoned;
+        c.enrich_skipped = enriched.skipped;
+        c
+    }
+
     /// The live status line: what was seen and what was lost so far.
     pub fn status_line(&self) -> String {
         let s = self.kernel.stats();
@@ -278,6 +289,11 @@ impl Session {
     /// flight, gives naming `naming_budget` for a last pass (a hung runtime delays the report by
     /// that much at most), and writes the outputs. The report, and the time traced.
     pub async fn finish(self, naming_budget: Duration) -> Result<Report> {
+        Ok(self.finish_and_model(naming_budget).await?.0)
+    }
+
+    /// `finish`, and the model the report was built from (`top` looks at it once more).
+    pub async fn finish_and_model(self, naming_budget: Duration) -> Result<(Report, Aggregate)> {
         let Session {
             kernel,
             mut fold,
@@ -341,7 +357,7 @@ impl Session {
                 .context("writing the JSON report")?;
             out.commit()?;
         }
-        Ok(report)
+        Ok((report, fold.agg))
     }
 }
 

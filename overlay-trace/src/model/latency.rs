@@ -88,6 +88,35 @@ impl Latencies {
         self.summary().max_ns
     }
 
+    /// What was recorded since `earlier`, a copy of these latencies taken before (values are
+    /// only ever added, so the difference is exact: a suffix of a few values, or a histogram
+    /// minus the earlier one).
+    pub fn since(&self, earlier: &Latencies) -> Latencies {
+        match (self, earlier) {
+            (_, Self::Empty) => self.clone(),
+            (Self::Few(now), Self::Few(was)) => {
+                Self::Few(now.get(was.len()..).unwrap_or_default().to_vec())
+            }
+            (Self::Live(now), Self::Few(was)) => {
+                let mut h = now.clone();
+                let mut w = new_histogram();
+                was.iter().for_each(|x| w.saturating_record(*x));
+                let _ = h.subtract(w.as_ref());
+                Self::Live(h)
+            }
+            (Self::Live(now), Self::Live(was)) => {
+                let mut h = now.clone();
+                // An error only if `earlier` was not a copy of these: then all of them.
+                if h.subtract(was.as_ref()).is_err() {
+                    return self.clone();
+                }
+                Self::Live(h)
+            }
+            // `earlier` holds more than these: it was not a copy of them.
+            _ => self.clone(),
+        }
+    }
+
     /// Whether a histogram is held (memory accounting in tests).
     pub fn has_histogram(&self) -> bool {
         matches!(self, Self::Live(_))
@@ -241,6 +270,20 @@ mod tests {
             m.p50_ns,
             f.p50_ns
         );
+        // What came after a copy is exactly the values recorded after it.
+        let mut later = many.clone();
+        for v in [5, 7_000_000] {
+            later.record(v);
+        }
+        let since_few = later.since(&few);
+        assert_eq!(since_few.len(), 3);
+        let max = since_few.summary().max_ns;
+        assert!((7_000_000..7_100_000).contains(&max), "{max}");
+        let since_many = later.since(&many);
+        assert_eq!(since_many.len(), 2);
+        assert_eq!(since_many.summary().p50_ns, 5);
+        assert_eq!(few.since(&few).len(), 0);
+        assert_eq!(few.since(&Latencies::Empty).len(), FEW_MAX as u64);
         let mut merged = Latencies::default();
         merged.merge(&few);
         merged.merge(&many);

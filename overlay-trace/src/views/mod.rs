@@ -10,3 +10,4 @@ pub mod prometheus;
 pub mod report;
 pub mod text;
 pub mod timeline_svg;
+pub mod top;

@@ -1,0 +1,238 @@
+//! The model seen at intervals (`top`): one row per container (or per mount no runtime
+//! claimed), its totals as the report counts them, and what changed since the previous look.
+//! Rates are differences of the model's own totals and the interval's p99 is the model's
+//! latencies minus their copy from the previous look, so no event is counted a second way.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{
+    model::{
+        aggregate::{Aggregate, MountStats},
+        latency::Latencies,
+        stats::{CopyUpStats, LookupStats},
+    },
+    stream::{event::LookupOutcome, record::MountKey},
+};
+
+/// Copy-ups shown in a row's detail.
+pub const SLOWEST_SHOWN: usize = 8;
+
+/// What a row stands for. Docker's init layer is a row of its own (`role`): its copy-ups are
+/// not in the container's root (nor in `docker diff`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RowId {
+    Container {
+        id: String,
+        role: Option<String>,
+    },
+    Mount(MountKey),
+    /// Mounts folded out of the detail that no runtime claimed, or beyond the cap on groups.
+    Folded(String),
+}
+
+/// Totals since tracing began.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub copy_ups: u64,
+    pub failed: u64,
+    pub data_bytes: u64,
+    pub lookups: u64,
+    pub negative: u64,
+}
+
+impl Totals {
+    fn add(&mut self, c: &CopyUpStats, l: &LookupStats) {
+        self.copy_ups += c.count;
+        self.failed += c.failed;
+        self.data_bytes = self.data_bytes.saturating_add(c.data_bytes);
+        self.lookups += l.count;
+        self.negative += l.outcome(LookupOutcome::Negative);
+    }
+
+    fn minus(&self, o: &Totals) -> Totals {
+        Totals {
+            copy_ups: self.copy_ups.saturating_sub(o.copy_ups),
+            failed: self.failed.saturating_sub(o.failed),
+            data_bytes: self.data_bytes.saturating_sub(o.data_bytes),
+            lookups: self.lookups.saturating_sub(o.lookups),
+            negative: self.negative.saturating_sub(o.negative),
+        }
+    }
+}
+
+/// A copy-up of a row's detail.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slow {
+    pub path: String,
+    pub size: i64,
+    pub data_bytes: Option<u64>,
+    pub total_ns: u64,
+    pub comm: String,
+    /// The lower layer it came from (1: topmost), and the Dockerfile line that made it.
+    pub layer: Option<u32>,
+    pub created_by: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub id: RowId,
+    pub name: String,
+    /// Lower layers (the most of its mounts).
+    pub layers: Option<usize>,
+    pub total: Totals,
+    /// Since the previous look.
+    pub delta: Totals,
+    /// p99 of the copy-ups since the previous look (None: there were none).
+    pub p99_ns: Option<u64>,
+    /// Every mount of the row is gone.
+    pub gone: bool,
+    /// The slowest copy-ups the model keeps for its mounts in detail, slowest first.
+    pub slowest: Vec<Slow>,
+}
+
+impl Row {
+    /// Per second over `secs`.
+    pub fn rate(&self, v: u64, secs: f64) -> f64 {
+        if secs > 0.0 { v as f64 / secs } else { 0.0 }
+    }
+
+    /// Negative lookups as a share of the interval's lookups (None: no lookups).
+    pub fn negative_share(&self) -> Option<f64> {
+        (self.delta.lookups > 0).then(|| self.delta.negative as f64 / self.delta.lookups as f64)
+    }
+}
+
+/// Remembers the previous look.
+#[derive(Default)]
+pub struct Window {
+    totals: HashMap<RowId, Totals>,
+    /// Each mount's copy-up latencies at the previous look, with their count.
+    latencies: HashMap<MountKey, Latencies>,
+}
+
+impl Window {
+    /// The rows of `agg` now (rows without any event left out), and the interval's changes.
+    pub fn look(&mut self, agg: &Aggregate) -> Vec<Row> {
+        let mut rows: BTreeMap<RowId, Row> = BTreeMap::new();
+        let mut interval: HashMap<RowId, Latencies> = HashMap::new();
+        for (key, m) in &agg.mounts {
+            let id = row_id(*key, m);
+            let row = rows
+                .entry(id.clone())
+                .or_insert_with(|| empty_row(id.clone(), name_of(*key, m)));
+            row.total.add(&m.copy_ups, &m.lookups);
+            row.layers = row.layers.max(m.mount.as_ref().map(|x| x.lowerdirs.len()));
+            row.gone &= m.gone;
+            row.slowest.extend(slowest_of(m));
+            let now = &m.copy_ups.latency;
+            let new = match self.latencies.get(key) {
+                Some(was) if was.len() == now.len() => Latencies::Empty,
+                Some(was) => now.since(was),
+                None => now.clone(),
+            };
+            interval.entry(id).or_default().merge(&new);
+        }
+        for (label, g) in &agg.retired {
+            let id = match &g.container {
+                Some(c) => RowId::Container {
+                    id: c.id.clone(),
+                    role: c.role.clone(),
+                },
+                None => RowId::Folded(label.clone()),
+            };
+            let name = g
+                .container
+                .as_ref()
+                .map_or_else(|| label.clone(), |c| c.track_name());
+            let row = rows
+                .entry(id.clone())
+                .or_insert_with(|| empty_row(id, name));
+            row.total.add(&g.copy_ups, &g.lookups);
+        }
+        // Copies for the next look: only of latencies that changed.
+        self.latencies.retain(|k, _| agg.mounts.contains_key(k));
+        for (key, m) in &agg.mounts {
+            let now = &m.copy_ups.latency;
+            if self
+                .latencies
+                .get(key)
+                .is_none_or(|was| was.len() != now.len())
+            {
+                self.latencies.insert(*key, now.clone());
+            }
+        }
+        let mut out: Vec<Row> = rows
+            .into_values()
+            .filter(|r| r.total.copy_ups + r.total.lookups > 0)
+            .collect();
+        for r in &mut out {
+            r.delta = r
+                .total
+                .minus(self.totals.get(&r.id).unwrap_or(&Totals::default()));
+            let l = interval.remove(&r.id).unwrap_or_default();
+            r.p99_ns = (!l.is_empty()).then(|| l.summary().p99_ns);
+            r.slowest.sort_by_key(|s| std::cmp::Reverse(s.total_ns));
+            r.slowest.truncate(SLOWEST_SHOWN);
+        }
+        self.totals = out.iter().map(|r| (r.id.clone(), r.total)).collect();
+        out
+    }
+}
+
+fn row_id(key: MountKey, m: &MountStats) -> RowId {
+    match &m.container {
+        Some(c) => RowId::Container {
+            id: c.id.clone(),
+            role: c.role.clone(),
+        },
+        None => RowId::Mount(key),
+    }
+}
+
+fn name_of(key: MountKey, m: &MountStats) -> String {
+    match (&m.container, &m.mount) {
+        (Some(c), _) => c.track_name(),
+        (None, Some(mount)) => mount.mount_point.clone(),
+        (None, None) => format!("overlay {}", key.dev),
+    }
+}
+
+fn empty_row(id: RowId, name: String) -> Row {
+    Row {
+        id,
+        name,
+        layers: None,
+        total: Totals::default(),
+        delta: Totals::default(),
+        p99_ns: None,
+        gone: true,
+        slowest: Vec::new(),
+    }
+}
+
+fn slowest_of(m: &MountStats) -> impl Iterator<Item = Slow> + '_ {
+    m.copy_ups
+        .slowest()
+        .into_iter()
+        .take(SLOWEST_SHOWN)
+        .map(|s| {
+            let layer = s.event.layer.filter(|l| *l > 0);
+            Slow {
+                path: s.event.path.clone(),
+                size: s.event.size,
+                data_bytes: s.event.data.map(|d| d.bytes),
+                total_ns: s.duration_ns,
+                comm: s.event.origin.comm.clone(),
+                layer,
+                created_by: layer.and_then(|l| {
+                    m.layers
+                        .iter()
+                        .find(|i| i.index == l)
+                        .and_then(|i| i.created_by.clone())
+                }),
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests;
