@@ -7,6 +7,19 @@ use clap::Parser as _;
 use overlay_trace::cli::{Cli, Command};
 use overlay_trace::cmd::{bench, check, report, run, serve, top};
 
+/// The commands that trace run on one thread: the drain's (see `cmd::session`).
+fn on_runtime<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// A shell-style status as the process's exit code.
+fn status(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
 fn main() -> ExitCode {
     // Output piped into `head` and closed early: end quietly like other command-line tools
     // instead of panicking on the failed print.
@@ -36,12 +49,7 @@ fn main() -> ExitCode {
             new,
             max_regression,
         } => return report::diff(&base, &new, &max_regression),
-        Command::Bench(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(bench::bench(args)))
-            .map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => on_runtime(bench::bench(args)).map(|()| ExitCode::SUCCESS),
         Command::BenchWorkload { scenario, merged } => {
             bench::workload(&scenario, &merged).map(|()| ExitCode::SUCCESS)
         }
@@ -52,24 +60,15 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }),
-        Command::Serve(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(serve::serve(args)))
-            .map(|()| ExitCode::SUCCESS),
-        Command::Top(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(top::top(args)))
-            .map(|code| ExitCode::from(code.clamp(0, 255) as u8)),
-        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run::run(args)))
-            .map(|code| ExitCode::from(code.clamp(0, 255) as u8)),
+        Command::Serve(args) => on_runtime(serve::serve(args)).map(|()| ExitCode::SUCCESS),
+        Command::Top(args) => {
+            // `top | head` closes its stdout while tracing: the write fails (EPIPE) and `top`
+            // ends the clean way, probes detached, instead of being killed by SIGPIPE.
+            // SAFETY: setting a signal disposition before the runtime's threads start.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+            on_runtime(top::top(args)).map(status)
+        }
+        Command::Run(args) => on_runtime(run::run(args)).map(status),
     };
     match result {
         Ok(code) => code,

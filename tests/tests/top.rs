@@ -12,7 +12,7 @@ use std::{
 };
 
 use overlay_trace_tests::{
-    attached::AttachedRun,
+    attached::{AttachedRun, bpf_programs},
     bin, out_dir, read_json,
     runtimes::{Dockerd, ROOT, busybox_rootfs, docker_ok, host, sh},
     tracer,
@@ -50,35 +50,44 @@ fn pane_until(what: &str, f: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// The screen's COPY-UPS cell of the row named `name` (the name column is last).
+/// Whether a line of the table is the row named exactly `name` (the name column is last; a
+/// row whose mounts are gone says so after it).
+fn is_row(line: &str, name: &str) -> bool {
+    let l = line.trim_end();
+    let l = l.strip_suffix(" [gone]").unwrap_or(l);
+    l.ends_with(&format!(" {name}"))
+}
+
+/// The screen's COPY-UPS cell of the row named `name`.
 fn screen_copy_ups(pane: &str, name: &str) -> Option<u64> {
     let header = pane.lines().find(|l| l.contains("COPY-UPS"))?;
     let col = header
         .split_whitespace()
         .position(|h| h.starts_with("COPY-UPS"))?;
     pane.lines()
-        .find(|l| l.contains(name))
+        .find(|l| is_row(l, name))
         .and_then(|l| l.split_whitespace().nth(col)?.parse().ok())
 }
 
 /// Where the row of `name` is on the screen.
-fn line_of(pane: &str, name: &str) -> Option<usize> {
-    pane.lines().position(|l| l.contains(name))
+fn line_of(pane: &str, name: &str) -> usize {
+    pane.lines()
+        .position(|l| is_row(l, name))
+        .unwrap_or_else(|| panic!("no row {name}:\n{pane}"))
 }
 
 /// The rows of the last block `top` printed: name -> (copy-ups, bytes).
 fn last_block(text: &str) -> BTreeMap<String, (u64, u64)> {
     let block = text.rsplit("--- end: ").next().unwrap_or("");
+    assert!(text.contains("--- end: "), "no last block:\n{text}");
     block
         .lines()
         .skip(2)
         .filter_map(|l| {
             let cells: Vec<&str> = l.split_whitespace().collect();
             (cells.len() > 9).then(|| {
-                (
-                    cells[9..].join(" "),
-                    (cells[6].parse().unwrap(), cells[7].parse().unwrap()),
-                )
+                let n = |i: usize| cells[i].parse().unwrap_or_else(|_| panic!("{l}"));
+                (cells[9..].join(" "), (n(6), n(7)))
             })
         })
         .collect()
@@ -200,9 +209,16 @@ fn top_shows_each_container_as_docker_diff_and_run_do() {
         "{shown}"
     );
     tmux(&["send-keys", "-t", "top", "B"]);
-    pane_until("B never sorted by bytes", |p| {
-        p.contains("BYTES▼") && line_of(p, "heavy (docker)") < line_of(p, "light (docker)")
-    });
+    let sorted = pane_until("B never sorted by bytes", |p| p.contains("BYTES▼"));
+    assert!(
+        line_of(&sorted, "heavy (docker)") < line_of(&sorted, "light (docker)"),
+        "{sorted}"
+    );
+    // The first row is selected: its slowest copy-up, the 4 MiB file, in the pane below.
+    assert!(
+        sorted.contains("4.0M") && sorted.contains("/data/big.bin"),
+        "{sorted}"
+    );
     // q: the terminal as it was.
     tmux(&["send-keys", "-t", "top", "q"]);
     wait_for_file(&after, "top did not end on q");
@@ -252,4 +268,20 @@ fn top_shows_each_container_as_docker_diff_and_run_do() {
             assert!(row.1 >= 4 << 20, "the 4 MiB file was copied: {text}");
         }
     }
+
+    // Piped into `head`: the closed pipe ends `top` the clean way, every program unloaded.
+    let programs = bpf_programs();
+    let t = Instant::now();
+    let o = Command::new("timeout")
+        .args(["120", "bash", "-o", "pipefail", "-c"])
+        .arg(format!(
+            "{} top --interval 250ms | head -n 3",
+            bin().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "top | head: {o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
+    println!("top | head ended in {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(bpf_programs(), programs, "programs left by top | head");
 }

@@ -497,9 +497,6 @@ fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<()> 
         "if [ -n \"$failed\" ]; then echo \"xtask: failed in the VM:$failed\"; exit 1; fi\n",
     );
     // The guest mostly keeps one core busy: the built-in overlay kernel (built once per machine,
-    // minutes on 2 cores) is built meanwhile on the other, at the lowest priority, and the other
-    // kernels' VMs then boot there while this one still runs.
-    // The guest mostly keeps one core busy: the built-in overlay kernel (built once per machine,
     // minutes on 2 cores) is built meanwhile on the other, at the lowest priority. The other
     // kernels' VMs boot after this one, not beside it: a second emulated guest slows both, and
     // tests that time what the tracer does within 0.3 s then fail (measured).

@@ -11,3 +11,4 @@ pub mod serve;
 pub mod session;
 pub mod signals;
 pub mod top;
+mod warnings;

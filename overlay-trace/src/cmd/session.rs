@@ -63,6 +63,9 @@ pub struct Options<'a> {
     pub trace: Option<&'a Path>,
     /// `serve`'s numbers: fed by the same fold, their health kept current.
     pub metrics: Option<Shared>,
+    /// Keep the warnings that come while tracing (`take_warnings`) instead of printing them:
+    /// `top`'s screen owns the terminal.
+    pub hold_warnings: bool,
 }
 
 pub struct Session {
@@ -75,6 +78,8 @@ pub struct Session {
     pub started: Instant,
     drain_tick: Interval,
     tick: Interval,
+    /// With `hold_warnings`: the newest warnings, and how many there were in all.
+    held: Option<super::warnings::Held>,
 }
 
 impl Session {
@@ -206,6 +211,7 @@ impl Session {
             started: Instant::now(),
             drain_tick: tokio::time::interval(DRAIN_EVERY),
             tick: tokio::time::interval(Duration::from_secs(1)),
+            held: o.hold_warnings.then(Default::default),
         })
     }
 
@@ -230,7 +236,12 @@ impl Session {
                 self.kernel.flush_logs();
             }
             Some(n) = self.naming.answers.recv() => {
-                answer(&mut self.fold, &mut self.trace, n);
+                if let Some(w) = answer(&mut self.fold, &mut self.trace, n) {
+                    match self.held.as_mut() {
+                        Some(held) => held.push(w),
+                        None => eprintln!("warning: {w}"),
+                    }
+                }
                 hand_over(&mut self.fold, &self.naming);
             }
             _ = self.tick.tick() => self.second(),
@@ -257,6 +268,17 @@ impl Session {
             m.health.enrich = self.naming.counts.tally();
             m.health.last_tick = Some(Instant::now());
         }
+    }
+
+    /// The warnings held so far (`Options::hold_warnings`), the newest last, and how many there
+    /// were in all; they are no longer held after.
+    pub fn take_warnings(&mut self) -> (Vec<String>, u64) {
+        self.held.as_mut().map(|h| h.take()).unwrap_or_default()
+    }
+
+    /// The newest warning held, if any.
+    pub fn last_warning(&self) -> Option<&str> {
+        self.held.as_ref()?.last()
     }
 
     /// What the kernel side, the decoder and naming lost so far, as the report counts it.
@@ -324,7 +346,11 @@ impl Session {
         loop {
             match tokio::time::timeout_at(give_up, naming.answers.recv()).await {
                 Ok(Some(Named::Done)) | Ok(None) | Err(_) => break,
-                Ok(Some(n)) => answer(&mut fold, &mut trace, n),
+                Ok(Some(n)) => {
+                    if let Some(w) = answer(&mut fold, &mut trace, n) {
+                        eprintln!("warning: {w}");
+                    }
+                }
             }
         }
         if verbose() {
@@ -361,8 +387,9 @@ impl Session {
     }
 }
 
-/// An answer of the naming side: the timeline's track names, then the fold.
-fn answer(fold: &mut Collector, trace: &mut Option<TraceFile>, n: Named) {
+/// An answer of the naming side: the timeline's track names, then the fold. A warning for the
+/// person, if the answer was one.
+fn answer(fold: &mut Collector, trace: &mut Option<TraceFile>, n: Named) -> Option<String> {
     if let Some(t) = trace.as_mut() {
         match &n {
             Named::Container { key, container } => t.name(*key, container.track_name(), true),
@@ -370,9 +397,7 @@ fn answer(fold: &mut Collector, trace: &mut Option<TraceFile>, n: Named) {
             _ => {}
         }
     }
-    if let Some(w) = fold.apply(n) {
-        eprintln!("warning: {w}");
-    }
+    fold.apply(n)
 }
 
 /// What the fold asks of the naming side after an event or an answer.

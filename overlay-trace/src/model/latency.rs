@@ -72,6 +72,16 @@ impl Latencies {
         }
     }
 
+    /// The 99th percentile alone (`summary` computes every percentile a report shows).
+    pub fn p99(&self) -> u64 {
+        match self {
+            Self::Empty => 0,
+            Self::Few(v) => Latency::of_values(v).p99_ns,
+            Self::Live(h) if h.is_empty() => 0,
+            Self::Live(h) => quantiles(h, &[0.99])[0],
+        }
+    }
+
     pub fn len(&self) -> u64 {
         match self {
             Self::Empty => 0,

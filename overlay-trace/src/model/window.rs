@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::{
     model::{
-        aggregate::{Aggregate, MountStats},
+        aggregate::{Aggregate, MountStats, OTHER_GROUP, group_label},
         latency::Latencies,
         stats::{CopyUpStats, LookupStats},
     },
@@ -49,6 +49,16 @@ impl Totals {
         self.negative += l.outcome(LookupOutcome::Negative);
     }
 
+    fn plus(&self, o: &Totals) -> Totals {
+        Totals {
+            copy_ups: self.copy_ups.saturating_add(o.copy_ups),
+            failed: self.failed.saturating_add(o.failed),
+            data_bytes: self.data_bytes.saturating_add(o.data_bytes),
+            lookups: self.lookups.saturating_add(o.lookups),
+            negative: self.negative.saturating_add(o.negative),
+        }
+    }
+
     fn minus(&self, o: &Totals) -> Totals {
         Totals {
             copy_ups: self.copy_ups.saturating_sub(o.copy_ups),
@@ -58,6 +68,18 @@ impl Totals {
             negative: self.negative.saturating_sub(o.negative),
         }
     }
+}
+
+/// Whether a row's mounts are still there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowState {
+    /// One of its mounts in detail is mounted.
+    Live,
+    /// Its mounts in detail are all gone (unmounted, or their device number reused).
+    Gone,
+    /// Only mounts folded out of the detail (gone long ago, or beyond the cap on live mounts)
+    /// are left: totals only, no p99 and no slowest copy-ups.
+    Folded,
 }
 
 /// A copy-up of a row's detail.
@@ -84,8 +106,7 @@ pub struct Row {
     pub delta: Totals,
     /// p99 of the copy-ups since the previous look (None: there were none).
     pub p99_ns: Option<u64>,
-    /// Every mount of the row is gone.
-    pub gone: bool,
+    pub state: RowState,
     /// The slowest copy-ups the model keeps for its mounts in detail, slowest first.
     pub slowest: Vec<Slow>,
 }
@@ -102,11 +123,14 @@ impl Row {
     }
 }
 
-/// Remembers the previous look.
+/// Remembers the previous look: each source's totals (a mount in detail, or a group of folded
+/// mounts), so that a mount whose row changes (named, or folded into its group) never shows its
+/// whole past as the interval's.
 #[derive(Default)]
 pub struct Window {
-    totals: HashMap<RowId, Totals>,
-    /// Each mount's copy-up latencies at the previous look, with their count.
+    mounts: HashMap<MountKey, (Totals, String)>,
+    groups: HashMap<String, Totals>,
+    /// Each mount's copy-up latencies at the previous look.
     latencies: HashMap<MountKey, Latencies>,
 }
 
@@ -115,14 +139,22 @@ impl Window {
     pub fn look(&mut self, agg: &Aggregate) -> Vec<Row> {
         let mut rows: BTreeMap<RowId, Row> = BTreeMap::new();
         let mut interval: HashMap<RowId, Latencies> = HashMap::new();
+        let mut mounts = HashMap::with_capacity(agg.mounts.len());
         for (key, m) in &agg.mounts {
             let id = row_id(*key, m);
             let row = rows
                 .entry(id.clone())
                 .or_insert_with(|| empty_row(id.clone(), name_of(*key, m)));
-            row.total.add(&m.copy_ups, &m.lookups);
+            let mut t = Totals::default();
+            t.add(&m.copy_ups, &m.lookups);
+            row.total = row.total.plus(&t);
+            let was = self.mounts.get(key).map(|(t, _)| *t).unwrap_or_default();
+            row.delta = row.delta.plus(&t.minus(&was));
             row.layers = row.layers.max(m.mount.as_ref().map(|x| x.lowerdirs.len()));
-            row.gone &= m.gone;
+            row.state = match (row.state, m.gone) {
+                (RowState::Live, _) | (_, false) => RowState::Live,
+                _ => RowState::Gone,
+            };
             row.slowest.extend(slowest_of(m));
             let now = &m.copy_ups.latency;
             let new = match self.latencies.get(key) {
@@ -130,8 +162,29 @@ impl Window {
                 Some(was) => now.since(was),
                 None => now.clone(),
             };
-            interval.entry(id).or_default().merge(&new);
+            // Most rows have one mount: its latencies are moved in, not merged (a copy).
+            match interval.entry(id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(new);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(&new),
+            }
+            mounts.insert(*key, (t, group_label(m.container.as_ref())));
         }
+        // What mounts folded since the previous look had then: already shown, not new.
+        let mut folded: HashMap<&str, Totals> = HashMap::new();
+        for (key, (t, label)) in &self.mounts {
+            if !agg.mounts.contains_key(key) {
+                let label = if agg.retired.contains_key(label) {
+                    label.as_str()
+                } else {
+                    OTHER_GROUP
+                };
+                let f = folded.entry(label).or_default();
+                *f = f.plus(t);
+            }
+        }
+        let mut groups = HashMap::with_capacity(agg.retired.len());
         for (label, g) in &agg.retired {
             let id = match &g.container {
                 Some(c) => RowId::Container {
@@ -147,7 +200,13 @@ impl Window {
             let row = rows
                 .entry(id.clone())
                 .or_insert_with(|| empty_row(id, name));
-            row.total.add(&g.copy_ups, &g.lookups);
+            let mut t = Totals::default();
+            t.add(&g.copy_ups, &g.lookups);
+            row.total = row.total.plus(&t);
+            let was = self.groups.get(label).copied().unwrap_or_default();
+            let shown = folded.get(label.as_str()).copied().unwrap_or_default();
+            row.delta = row.delta.plus(&t.minus(&was).minus(&shown));
+            groups.insert(label.clone(), t);
         }
         // Copies for the next look: only of latencies that changed.
         self.latencies.retain(|k, _| agg.mounts.contains_key(k));
@@ -161,20 +220,17 @@ impl Window {
                 self.latencies.insert(*key, now.clone());
             }
         }
+        (self.mounts, self.groups) = (mounts, groups);
         let mut out: Vec<Row> = rows
             .into_values()
             .filter(|r| r.total.copy_ups + r.total.lookups > 0)
             .collect();
         for r in &mut out {
-            r.delta = r
-                .total
-                .minus(self.totals.get(&r.id).unwrap_or(&Totals::default()));
             let l = interval.remove(&r.id).unwrap_or_default();
-            r.p99_ns = (!l.is_empty()).then(|| l.summary().p99_ns);
+            r.p99_ns = (!l.is_empty()).then(|| l.p99());
             r.slowest.sort_by_key(|s| std::cmp::Reverse(s.total_ns));
             r.slowest.truncate(SLOWEST_SHOWN);
         }
-        self.totals = out.iter().map(|r| (r.id.clone(), r.total)).collect();
         out
     }
 }
@@ -192,8 +248,9 @@ fn row_id(key: MountKey, m: &MountStats) -> RowId {
 fn name_of(key: MountKey, m: &MountStats) -> String {
     match (&m.container, &m.mount) {
         (Some(c), _) => c.track_name(),
-        (None, Some(mount)) => mount.mount_point.clone(),
-        (None, None) => format!("overlay {}", key.dev),
+        // The device number tells apart mounts at alike (or forged) mount points.
+        (None, Some(mount)) => format!("{} [{}]", mount.mount_point, key.dev),
+        (None, None) => format!("overlay [{}]", key.dev),
     }
 }
 
@@ -205,7 +262,7 @@ fn empty_row(id: RowId, name: String) -> Row {
         total: Totals::default(),
         delta: Totals::default(),
         p99_ns: None,
-        gone: true,
+        state: RowState::Folded,
         slowest: Vec::new(),
     }
 }

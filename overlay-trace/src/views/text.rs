@@ -22,7 +22,7 @@ pub fn ns(v: u64) -> String {
 }
 
 pub fn bytes(v: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut f = v as f64;
     let mut u = 0;
     while f >= 1024.0 && u < UNITS.len() - 1 {

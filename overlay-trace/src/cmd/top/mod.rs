@@ -1,7 +1,10 @@
 //! `overlay-trace top`: a session (`cmd::session`) looked at once per `--interval` through the
 //! model's window (`model::window`) and shown full-screen (`terminal`), or printed per interval
-//! when stdout is not a terminal (`printer`). Ends on q, a signal, `--duration` or a closed
-//! stdout.
+//! when stdout is not a terminal (`printer`). Ends on q, a signal, `--duration`, a terminal
+//! gone or a closed stdout.
+//!
+//! Nothing here writes to the terminal from the drain's thread: warnings are held by the session
+//! and shown in the header (on screen) or in the next block (piped).
 
 mod printer;
 mod terminal;
@@ -20,7 +23,7 @@ use crate::{
     views::top::{Snapshot, lines},
 };
 
-/// The final naming pass gets this long (as `run`'s).
+/// The last naming pass, piped: its names reach the last block (as `run`'s report).
 const NAMING_FINISH: Duration = Duration::from_millis(3000);
 
 /// Where the looks go.
@@ -30,10 +33,10 @@ enum Out {
 }
 
 impl Out {
-    /// Resolves when the view asks to end (q; a reader that went away).
+    /// Resolves when the view ends by itself (q; a terminal or reader gone).
     async fn ended(&mut self) {
         match self {
-            Out::Screen(s) => s.quit_asked().await,
+            Out::Screen(s) => s.ended().await,
             Out::Lines(p) => p.gone().await,
         }
     }
@@ -41,11 +44,13 @@ impl Out {
 
 pub async fn top(args: TopArgs) -> Result<i32> {
     let mut signals = Signals::install()?;
+    let full_screen = std::io::stdout().is_terminal();
     let start = Session::start(Options {
         pid: args.pid,
         containers: &args.containers,
         maxactive: args.maxactive,
         probes: args.probes,
+        hold_warnings: true,
         ..Default::default()
     });
     let mut session = tokio::select! {
@@ -57,15 +62,17 @@ pub async fn top(args: TopArgs) -> Result<i32> {
         session.abort();
         return Ok(128 + sig);
     }
-    let mut out = if std::io::stdout().is_terminal() {
+    // Dropped on every way out, the screen gives the terminal back.
+    let mut out = if full_screen {
         Out::Screen(terminal::Screen::start(args.sort)?)
     } else {
         Out::Lines(printer::Printer::start()?)
     };
     let mut window = Window::default();
     let mut seq = 0;
-    let mut last_look = session.started;
-    let mut tick = tokio::time::interval(args.interval);
+    let mut last_look = std::time::Instant::now();
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     loop {
@@ -74,18 +81,24 @@ pub async fn top(args: TopArgs) -> Result<i32> {
             _ = tick.tick() => {
                 let now = std::time::Instant::now();
                 seq += 1;
-                let s = Snapshot {
+                let mut s = Snapshot {
                     seq,
                     traced_secs: session.started.elapsed().as_secs_f64(),
                     interval_secs: (now - last_look).as_secs_f64(),
                     rows: window.look(&session.fold.agg),
                     counts: session.counts(),
-                    last: false,
+                    ..Default::default()
                 };
                 last_look = now;
                 match &mut out {
-                    Out::Screen(screen) => screen.show(s),
-                    Out::Lines(p) => p.print(lines::block(&s, args.sort, false)),
+                    Out::Screen(screen) => {
+                        s.warnings = session.last_warning().map(str::to_string).into_iter().collect();
+                        screen.show(s);
+                    }
+                    Out::Lines(p) => {
+                        s.warnings = session.take_warnings().0;
+                        p.print(lines::block(&s, args.sort, false));
+                    }
                 }
             }
             _ = signals.recv() => break,
@@ -93,24 +106,32 @@ pub async fn top(args: TopArgs) -> Result<i32> {
             _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
         }
     }
-    // The terminal first: the person gets it back while the probes are detached.
-    if let Out::Screen(s) = out {
-        s.stop();
-        session.finish(NAMING_FINISH).await?;
-        return Ok(0);
-    }
-    let traced_secs = session.started.elapsed().as_secs_f64();
+    let out = match out {
+        Out::Screen(screen) => {
+            // The terminal back first; the report is not shown, so no last naming pass.
+            drop(screen);
+            let held = session.take_warnings();
+            session.finish(Duration::ZERO).await?;
+            super::warnings::print(held);
+            return Ok(0);
+        }
+        Out::Lines(p) => p,
+    };
+    let (traced_secs, interval_secs) = (
+        session.started.elapsed().as_secs_f64(),
+        last_look.elapsed().as_secs_f64(),
+    );
+    let warnings = session.take_warnings().0;
     let (report, model) = session.finish_and_model(NAMING_FINISH).await?;
     let s = Snapshot {
         seq: seq + 1,
         traced_secs,
-        interval_secs: last_look.elapsed().as_secs_f64(),
+        interval_secs,
         rows: window.look(&model),
         counts: report.events,
+        warnings,
         last: true,
     };
-    if let Out::Lines(p) = out {
-        p.finish(lines::block(&s, args.sort, false));
-    }
+    out.finish(lines::block(&s, args.sort, false));
     Ok(0)
 }

@@ -55,7 +55,7 @@ fn rows_are_containers_and_unclaimed_mounts_with_their_totals() {
     assert_eq!(web.slowest.len(), 2);
     let init = row(&rows, "web (docker, init-layer)");
     assert_eq!(init.total.copy_ups, 1);
-    let unclaimed = row(&rows, "overlay 0:3");
+    let unclaimed = row(&rows, "overlay [0:3]");
     assert_eq!((unclaimed.total.lookups, unclaimed.total.negative), (2, 1));
     assert_eq!(unclaimed.negative_share(), Some(0.5));
     assert_eq!(unclaimed.p99_ns, None);
@@ -82,7 +82,7 @@ fn a_second_look_shows_only_what_came_since() {
     let p99 = web.p99_ns.unwrap();
     assert!((50_000_000..50_600_000).contains(&p99), "{p99}");
     assert_eq!(web.slowest[0].path, "/slow");
-    let quiet = row(&rows, "overlay 0:2");
+    let quiet = row(&rows, "overlay [0:2]");
     assert_eq!((quiet.delta, quiet.p99_ns), (Totals::default(), None));
     let again = w.look(&a);
     assert_eq!(row(&again, "web (docker)").delta.copy_ups, 0);
@@ -95,10 +95,38 @@ fn a_gone_mounts_numbers_stay_in_its_row() {
     let mut w = Window::default();
     add(&mut a, raw::copy_up(1, "a", 1, 1, 10));
     a.set_container(key(1), container("c1", "web", None));
-    assert!(!w.look(&a)[0].gone);
+    assert_eq!(w.look(&a)[0].state, RowState::Live);
     a.retire(key(1));
     let rows = w.look(&a);
     assert_eq!(rows.len(), 1);
-    assert!(rows[0].gone);
+    assert_eq!(rows[0].state, RowState::Gone);
     assert_eq!((rows[0].total.copy_ups, rows[0].delta.copy_ups), (1, 0));
+}
+
+#[test]
+fn a_mount_that_changes_rows_brings_no_past_into_the_interval() {
+    let mut a = Aggregate::default();
+    let mut w = Window::default();
+    for i in 0..5 {
+        add(&mut a, raw::copy_up(1, &format!("f{i}"), 1, 1, 10));
+    }
+    let first = w.look(&a);
+    assert_eq!(row(&first, "overlay [0:1]").delta.copy_ups, 5);
+    // Named: the row is the container's now, and only the new copy-up is the interval's.
+    a.set_container(key(1), container("c1", "web", None));
+    add(&mut a, raw::copy_up(1, "late", 1, 1, 10));
+    let named = w.look(&a);
+    assert_eq!(named.len(), 1, "{named:?}");
+    let web = row(&named, "web (docker)");
+    assert_eq!((web.total.copy_ups, web.delta.copy_ups), (6, 1));
+    // Folded into its group (more than GONE_DETAIL_MAX gone mounts after it): nothing new.
+    a.retire(key(1));
+    for dev in 2..(crate::model::aggregate::GONE_DETAIL_MAX as u32 + 3) {
+        add(&mut a, raw::lookup(dev, "x", LOOKUP_UPPER, 1, 1));
+        a.retire(key(dev));
+    }
+    let folded = w.look(&a);
+    let web = row(&folded, "web (docker)");
+    assert_eq!(web.state, RowState::Folded);
+    assert_eq!((web.total.copy_ups, web.delta.copy_ups), (6, 0), "{web:?}");
 }

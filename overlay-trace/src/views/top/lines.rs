@@ -1,6 +1,6 @@
 //! `top` when stdout is not a terminal: per interval, a line saying when and what was lost,
-//! a header, and one line per row (as bcc's `filetop -C` prints), sizes in exact bytes so a
-//! script can add them up. The name comes last: it may contain spaces.
+//! a header, and one line per row (as bcc's `filetop -C` prints), totals exact (sizes in bytes)
+//! so a script can add them up. The name comes last: it may contain spaces.
 
 use std::fmt::Write as _;
 
@@ -16,6 +16,9 @@ pub fn block(s: &Snapshot, by: Column, reverse: bool) -> String {
         s.traced_secs,
         losses(&s.counts)
     );
+    for w in &s.warnings {
+        let _ = writeln!(out, "--- warning: {}", crate::base::escape::escape(w));
+    }
     let cells: Vec<String> = COLUMNS.iter().map(|c| pad(*c, c.header())).collect();
     let _ = writeln!(out, "{}", cells.join(" "));
     for r in sorted(&s.rows, by, reverse, s.interval_secs) {
@@ -27,6 +30,8 @@ pub fn block(s: &Snapshot, by: Column, reverse: bool) -> String {
                         (r.rate(r.delta.data_bytes, s.interval_secs) as u64).to_string()
                     }
                     Column::Bytes => r.total.data_bytes.to_string(),
+                    Column::CopyUps => r.total.copy_ups.to_string(),
+                    Column::Lookups => r.total.lookups.to_string(),
                     _ => c.cell(r, s.interval_secs),
                 };
                 pad(*c, &v)

@@ -8,7 +8,7 @@ pub mod screen;
 use std::cmp::Ordering;
 
 use crate::{
-    model::window::Row,
+    model::window::{Row, RowState},
     stream::record::EventCounts,
     views::text::{bytes, ns},
 };
@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub rows: Vec<Row>,
     /// The tracer's own losses so far (see `EventCounts::lost`).
     pub counts: EventCounts,
+    /// Warnings of the naming side since the previous look (on screen: the newest).
+    pub warnings: Vec<String>,
     /// The look after the probes were detached: the totals are final.
     pub last: bool,
 }
@@ -135,9 +137,9 @@ impl Column {
                 .negative_share()
                 .map_or("-".into(), |s| format!("{:.0}", s * 100.0)),
             Self::Layers => r.layers.map_or("-".into(), |l| l.to_string()),
-            Self::CopyUps => r.total.copy_ups.to_string(),
+            Self::CopyUps => count(r.total.copy_ups),
             Self::Bytes => short_bytes(r.total.data_bytes),
-            Self::Lookups => r.total.lookups.to_string(),
+            Self::Lookups => count(r.total.lookups),
             Self::Name => name(r),
         }
     }
@@ -175,10 +177,14 @@ pub fn sorted(rows: &[Row], by: Column, reverse: bool, secs: f64) -> Vec<&Row> {
     v
 }
 
-/// The row's name, safe for a terminal, marked when all its mounts are gone.
+/// The row's name, safe for a terminal, marked when its mounts are gone or folded.
 pub fn name(r: &Row) -> String {
     let n = crate::base::escape::escape(&r.name);
-    if r.gone { format!("{n} [gone]") } else { n }
+    match r.state {
+        RowState::Live => n,
+        RowState::Gone => format!("{n} [gone]"),
+        RowState::Folded => format!("{n} [folded]"),
+    }
 }
 
 /// The tracer's own losses, one line.
@@ -208,14 +214,23 @@ fn rate(v: f64) -> String {
     }
 }
 
-/// "64M" style sizes (binary units), at most 6 characters.
+/// "64.0M" style sizes (binary units), at most 7 characters (the widths above hold them).
 fn short_bytes(v: u64) -> String {
-    bytes(v)
-        .replace(" B", "")
-        .replace(" KiB", "K")
-        .replace(" MiB", "M")
-        .replace(" GiB", "G")
-        .replace(" TiB", "T")
+    let s = bytes(v);
+    match s.split_once(' ') {
+        Some((n, unit)) => format!("{n}{}", unit.trim_end_matches("iB").trim_end_matches('B')),
+        None => s,
+    }
+}
+
+/// A count, exact while it fits 7 characters, then "123.4M" (the widths above hold it).
+fn count(v: u64) -> String {
+    match v {
+        0..10_000_000 => v.to_string(),
+        10_000_000..10_000_000_000 => format!("{:.1}M", v as f64 / 1e6),
+        10_000_000_000..10_000_000_000_000 => format!("{:.1}G", v as f64 / 1e9),
+        _ => format!("{:.1}T", v as f64 / 1e12),
+    }
 }
 
 #[cfg(test)]

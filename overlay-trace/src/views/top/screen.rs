@@ -106,7 +106,7 @@ pub fn draw(f: &mut Frame, s: &Snapshot, ui: &Ui) {
     let area = f.area();
     let detail_height = 10.min(area.height.saturating_sub(8) / 2);
     let [head, table, detail, keys] = Layout::vertical([
-        Constraint::Length(2),
+        Constraint::Length(3),
         Constraint::Min(3),
         Constraint::Length(detail_height),
         Constraint::Length(2),
@@ -129,6 +129,13 @@ pub fn draw(f: &mut Frame, s: &Snapshot, ui: &Ui) {
             ))
             .bold(),
             Line::styled(lost, lost_style),
+            Line::styled(
+                s.warnings
+                    .last()
+                    .map(|w| format!("warning: {}", escape(w)))
+                    .unwrap_or_default(),
+                Style::new().yellow(),
+            ),
         ]),
         head,
     );
@@ -146,11 +153,16 @@ pub fn draw(f: &mut Frame, s: &Snapshot, ui: &Ui) {
         Cell::from(h)
     }))
     .style(Style::new().add_modifier(Modifier::REVERSED));
+    // What is left for the names: they are cut in their middle to fit.
+    let name_width = columns
+        .iter()
+        .filter(|c| **c != Column::Name)
+        .fold(table.width, |w, c| w.saturating_sub(c.width() + 1));
     let body = rows.iter().map(|r| {
         TableRow::new(columns.iter().map(|c| {
             let v = c.cell(r, s.interval_secs);
             match c {
-                Column::Name => Cell::from(v),
+                Column::Name => Cell::from(fit(&v, name_width)),
                 _ => Cell::from(Line::from(v).right_aligned()),
             }
         }))
@@ -171,10 +183,7 @@ pub fn draw(f: &mut Frame, s: &Snapshot, ui: &Ui) {
     );
 
     if let Some(r) = selected.map(|i| rows[i]) {
-        f.render_widget(
-            Paragraph::new(detail_lines(r)).wrap(Wrap { trim: false }),
-            detail,
-        );
+        f.render_widget(Paragraph::new(detail_lines(r, detail.width)), detail);
     }
     f.render_widget(
         Paragraph::new(footer())
@@ -184,34 +193,67 @@ pub fn draw(f: &mut Frame, s: &Snapshot, ui: &Ui) {
     );
 }
 
-/// The selected row: its slowest copy-ups, with where each came from.
-fn detail_lines(r: &Row) -> Vec<Line<'static>> {
+/// A Dockerfile line shown in the detail at most this long (an image's history is anyone's),
+/// and at least this much room left for the path.
+const CREATED_BY_SHOWN: usize = 40;
+const PATH_ROOM: usize = 24;
+
+/// The selected row: its slowest copy-ups, one line each, the fixed fields first and the path
+/// last, so that no name can pass for another field or another line.
+fn detail_lines(r: &Row, width: u16) -> Vec<Line<'static>> {
     let mut out = vec![
-        Line::from(format!(
-            "{}: {} copy-ups ({} failed), {} copied; slowest:",
-            name(r),
-            r.total.copy_ups,
-            r.total.failed,
-            short_bytes(r.total.data_bytes)
+        Line::from(fit(
+            &format!(
+                "{}: {} copy-ups ({} failed), {} copied; slowest:",
+                name(r),
+                r.total.copy_ups,
+                r.total.failed,
+                short_bytes(r.total.data_bytes)
+            ),
+            width,
         ))
         .bold(),
     ];
     if r.slowest.is_empty() {
-        out.push(Line::from("  (no copy-up kept in detail)"));
+        out.push(Line::from("  (none kept in detail)"));
     }
+    // Time, bytes, process: 34 columns; the layer's number and two spaces: 6.
+    let by_room = (width as usize)
+        .saturating_sub(34 + 6 + PATH_ROOM)
+        .min(CREATED_BY_SHOWN) as u16;
     for c in &r.slowest {
-        let from = match (c.layer, &c.created_by) {
-            (Some(l), Some(by)) => format!("  layer {l}: {}", escape(by)),
-            (Some(l), None) => format!("  layer {l}"),
-            _ => String::new(),
+        let layer = match (c.layer, &c.created_by) {
+            (Some(l), Some(by)) if by_room > 0 => format!("L{l} {}", fit(&escape(by), by_room)),
+            (Some(l), _) => format!("L{l}"),
+            _ => "L?".into(),
         };
-        out.push(Line::from(format!(
-            "{:>9} {:>6}  {}  ({}){from}",
+        let fields = format!(
+            "{:>9} {:>7} {:<15} {layer}  ",
             ns(c.total_ns).replace(' ', ""),
             c.data_bytes.map_or("-".into(), short_bytes),
-            escape(&c.path),
-            escape(&c.comm),
-        )));
+            fit(&escape(&c.comm), 15),
+        );
+        let room = (width as usize).saturating_sub(fields.chars().count());
+        out.push(Line::from(fields + &fit(&escape(&c.path), room as u16)));
     }
+    out
+}
+
+/// `s` cut to `width` columns in its middle ("/var/lib/do…c3b/merged"): both ends of a name
+/// or path tell more than its middle.
+pub fn fit(s: &str, width: u16) -> String {
+    let width = width as usize;
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= width {
+        return s.to_string();
+    }
+    if width < 5 {
+        return chars[..width].iter().collect();
+    }
+    let head = (width - 1) / 3;
+    let tail = width - 1 - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
     out
 }

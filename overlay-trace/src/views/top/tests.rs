@@ -29,7 +29,7 @@ fn row(name: &str, copy_ups: u64, bytes: u64, delta_bytes: u64) -> Row {
             negative: 1,
         },
         p99_ns: Some(1_500_000),
-        gone: false,
+        state: crate::model::window::RowState::Live,
         slowest: vec![Slow {
             path: format!("/{name}/big.log"),
             size: 64 << 20,
@@ -105,7 +105,7 @@ fn the_detail_pane_shows_the_selected_rows_slowest_copy_ups() {
         "the first row is selected:\n{text}"
     );
     assert!(
-        text.contains("layer 2: RUN dd if=/dev/zero of=/big.log"),
+        text.contains("L2 RUN dd if=/dev/zero of=/big.log  /heavy/big.log"),
         "{text}"
     );
     ui.key(Key::Down, &s);
@@ -161,10 +161,17 @@ fn an_80_by_24_terminal_shows_the_main_columns_names_and_the_keys() {
 #[test]
 fn names_from_the_traced_system_cannot_drive_the_terminal() {
     let mut s = snapshot();
-    s.rows[0].name = "evil\x1b[2J\nname".into();
+    s.rows[0].name = "evil\x1b[2J\nname\u{202e}".into();
     let text = lines::block(&s, Column::CopyUps, false);
     assert!(!text.contains('\x1b'), "{text:?}");
-    assert!(text.contains("evil\\033[2J\\nname"), "{text}");
+    assert!(text.contains("evil\\033[2J\\nname\\u{202e}"), "{text}");
+    s.warnings = vec!["docker said \x1b]0;owned\x07".into()];
+    let screen = screen(&s, &Ui::new(Column::CopyUps), 100, 30).join("\n");
+    assert!(screen.contains("evil\\033[2J\\nname"), "{screen}");
+    assert!(
+        screen.contains("warning: docker said \\033]0;owned\\007"),
+        "{screen}"
+    );
 }
 
 #[test]
@@ -183,4 +190,28 @@ fn piped_blocks_carry_exact_totals_and_losses() {
     assert_eq!(heavy.last(), Some(&"heavy"));
     assert_eq!(heavy[7], (64u64 << 20).to_string(), "{text}");
     assert_eq!(heavy[6], "2");
+}
+
+#[test]
+fn long_names_and_lines_are_cut_in_their_middle_to_one_line_each() {
+    assert_eq!(
+        screen::fit("/var/lib/docker/overlay2/abcdef/merged", 16),
+        "/var/…def/merged"
+    );
+    assert_eq!(screen::fit("short", 16), "short");
+    assert_eq!(screen::fit("abcdef", 3), "abc");
+    let mut s = snapshot();
+    s.rows[1].slowest[0].path = format!("/{}/end", "x".repeat(300));
+    s.rows[1].slowest[0].created_by = Some(format!("RUN {}", "y".repeat(1000)));
+    let lines = screen(&s, &Ui::new(Column::Bytes), 80, 24);
+    let entry = lines
+        .iter()
+        .find(|l| l.contains("90.00ms"))
+        .unwrap_or_else(|| panic!("{}", lines.join("\n")));
+    assert!(entry.trim_end().ends_with("/end"), "{entry}");
+    assert!(entry.contains("L2 RUN y…y"), "{entry}");
+    assert!(
+        entry.contains("/xxxxxxx…x"),
+        "the path keeps its room: {entry}"
+    );
 }
