@@ -13,9 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod feed;
+
 use anyhow::{Context as _, Result};
 use overlay_trace_common::{STAT_DROPPED_COPY_UP, STAT_DROPPED_LOOKUP, STAT_DROPPED_MOUNT};
 use tokio::time::Interval;
+
+use feed::{answer, hand_over, take};
 
 use crate::{
     enrich::{
@@ -38,7 +42,7 @@ use crate::{
         series::Shared,
     },
     stream::{
-        event::{Dev, decode_exec},
+        event::Dev,
         output::{EventsFile, PendingFile},
         record::{EventCounts, Record, SCHEMA_VERSION},
     },
@@ -385,50 +389,6 @@ impl Session {
         }
         Ok((report, fold.agg))
     }
-}
-
-/// An answer of the naming side: the timeline's track names, then the fold. A warning for the
-/// person, if the answer was one.
-fn answer(fold: &mut Collector, trace: &mut Option<TraceFile>, n: Named) -> Option<String> {
-    if let Some(t) = trace.as_mut() {
-        match &n {
-            Named::Container { key, container } => t.name(*key, container.track_name(), true),
-            Named::Mount { key, mount } => t.name(*key, mount.mount_point.clone(), false),
-            _ => {}
-        }
-    }
-    fold.apply(n)
-}
-
-/// What the fold asks of the naming side after an event or an answer.
-fn hand_over(fold: &mut Collector, naming: &Naming) {
-    for (key, path, tgid) in fold.copied_unnamed.drain(..) {
-        naming.copied_up(key, path, tgid);
-    }
-    for ask in fold.layer_asks.drain(..) {
-        naming.layers.ask(ask);
-    }
-}
-
-/// One record through the fold, the timeline and to the naming side.
-fn take(fold: &mut Collector, naming: &Naming, trace: &mut Option<TraceFile>, record: &[u8]) {
-    if let Some(o) = decode_exec(record) {
-        if let Some(t) = trace.as_mut() {
-            t.exec(&o);
-        }
-        return;
-    }
-    let Some(taken) = fold.take_and(record, |event, key| {
-        if let Some(t) = trace.as_mut() {
-            t.write(event, key);
-        }
-    }) else {
-        return;
-    };
-    if let Some(m) = taken.new_mount {
-        naming.name(m);
-    }
-    hand_over(fold, naming);
 }
 
 fn verbose() -> bool {
