@@ -248,9 +248,18 @@ fn row_id(key: MountKey, m: &MountStats) -> RowId {
 fn name_of(key: MountKey, m: &MountStats) -> String {
     match (&m.container, &m.mount) {
         (Some(c), _) => c.track_name(),
-        // The device number tells apart mounts at alike (or forged) mount points.
-        (None, Some(mount)) => format!("{} [{}]", mount.mount_point, key.dev),
-        (None, None) => format!("overlay [{}]", key.dev),
+        // The device number (and which mount of it) tells apart mounts at alike (or forged)
+        // mount points.
+        (None, Some(mount)) => format!("{} [{}]", mount.mount_point, dev_of(key)),
+        (None, None) => format!("overlay [{}]", dev_of(key)),
+    }
+}
+
+/// "0:38", or "0:38 #2" for the second mount of the number seen while tracing.
+fn dev_of(key: MountKey) -> String {
+    match key.generation {
+        0 => key.dev.to_string(),
+        g => format!("{} #{g}", key.dev),
     }
 }
 

@@ -56,7 +56,7 @@ pub enum Column {
 }
 
 /// Screens at least this wide show every column.
-pub const WIDE: u16 = 96;
+pub const WIDE: u16 = 120;
 
 /// The table's columns, left to right (the name last: it takes the width that is left).
 pub const COLUMNS: [Column; 10] = [
@@ -179,11 +179,15 @@ pub fn sorted(rows: &[Row], by: Column, reverse: bool, secs: f64) -> Vec<&Row> {
 
 /// The row's name, safe for a terminal, marked when its mounts are gone or folded.
 pub fn name(r: &Row) -> String {
-    let n = crate::base::escape::escape(&r.name);
+    crate::base::escape::escape(&r.name) + marker(r)
+}
+
+/// What follows a row's name: whether its mounts are gone or folded.
+pub fn marker(r: &Row) -> &'static str {
     match r.state {
-        RowState::Live => n,
-        RowState::Gone => format!("{n} [gone]"),
-        RowState::Folded => format!("{n} [folded]"),
+        RowState::Live => "",
+        RowState::Gone => " [gone]",
+        RowState::Folded => " [folded]",
     }
 }
 

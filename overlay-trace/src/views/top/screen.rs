@@ -10,7 +10,7 @@ use ratatui::{
     widgets::{Cell, Paragraph, Row as TableRow, Table, TableState, Wrap},
 };
 
-use super::{COLUMNS, Column, Snapshot, WIDE, losses, name, short_bytes, sorted};
+use super::{COLUMNS, Column, Snapshot, WIDE, losses, marker, name, short_bytes, sorted};
 use crate::{
     base::escape::escape,
     model::window::{Row, RowId},
@@ -162,7 +162,13 @@ pub fn draw(f: &mut Frame, s: &Snapshot, ui: &Ui) {
         TableRow::new(columns.iter().map(|c| {
             let v = c.cell(r, s.interval_secs);
             match c {
-                Column::Name => Cell::from(fit(&v, name_width)),
+                // The marker whole: only the name is cut.
+                Column::Name => Cell::from(
+                    fit(
+                        &escape(&r.name),
+                        name_width.saturating_sub(marker(r).len() as u16),
+                    ) + marker(r),
+                ),
                 _ => Cell::from(Line::from(v).right_aligned()),
             }
         }))

@@ -201,6 +201,16 @@ fn long_names_and_lines_are_cut_in_their_middle_to_one_line_each() {
     assert_eq!(screen::fit("short", 16), "short");
     assert_eq!(screen::fit("abcdef", 3), "abc");
     let mut s = snapshot();
+    s.rows[2].name = format!(
+        "/var/lib/docker/overlay2/{}/merged [0:38 #2]",
+        "f".repeat(64)
+    );
+    s.rows[2].state = crate::model::window::RowState::Gone;
+    let text = screen(&s, &Ui::new(Column::Bytes), 80, 24).join("\n");
+    assert!(
+        text.contains("… [0:38 #2] [gone]"),
+        "the marker whole:\n{text}"
+    );
     s.rows[1].slowest[0].path = format!("/{}/end", "x".repeat(300));
     s.rows[1].slowest[0].created_by = Some(format!("RUN {}", "y".repeat(1000)));
     let lines = screen(&s, &Ui::new(Column::Bytes), 80, 24);
