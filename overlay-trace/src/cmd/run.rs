@@ -72,26 +72,24 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 /// Attaches, traces until the end condition, detaches; the report and why it ended, or the
 /// signal that came before tracing began.
 async fn trace(args: &RunArgs, signals: &mut Signals) -> Result<Result<Traced, i32>> {
-    let start = Session::start(Options {
-        pid: args.pid,
-        containers: &args.containers,
-        only: &args.only_devs,
-        maxactive: args.maxactive,
-        probes: args.probes,
-        json: args.json.as_deref(),
-        events: args.events.as_deref(),
-        trace: args.trace.as_deref(),
-        ..Default::default()
-    });
-    let mut session = tokio::select! {
-        biased;
-        sig = signals.recv() => return Ok(Err(sig)),
-        s = start => s?,
+    let start = Session::start_unless_signalled(
+        Options {
+            pid: args.pid,
+            containers: &args.containers,
+            only: &args.only_devs,
+            maxactive: args.maxactive,
+            probes: args.probes,
+            json: args.json.as_deref(),
+            events: args.events.as_deref(),
+            trace: args.trace.as_deref(),
+            ..Default::default()
+        },
+        signals,
+    );
+    let mut session = match start.await? {
+        Ok(s) => s,
+        Err(sig) => return Ok(Err(sig)),
     };
-    if let Some(sig) = signals.pending().await {
-        session.abort();
-        return Ok(Err(sig));
-    }
     let live = !args.quiet && std::io::stderr().is_terminal();
     let mut child = if args.command.is_empty() {
         None

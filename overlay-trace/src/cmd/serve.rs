@@ -114,23 +114,20 @@ pub fn endpoint(
 /// The session behind the endpoint, until a signal ends it; no last naming pass (no report
 /// waits for names). None when the signal came before tracing began.
 async fn trace(args: &ServeArgs, metrics: Shared, signals: &mut Signals) -> Result<Option<Report>> {
-    let start = Session::start(Options {
-        pid: args.pid,
-        containers: &args.containers,
-        maxactive: args.maxactive,
-        probes: args.probes,
-        metrics: Some(metrics),
-        ..Default::default()
-    });
-    let mut session = tokio::select! {
-        biased;
-        _ = signals.recv() => return Ok(None),
-        s = start => s?,
-    };
-    if signals.pending().await.is_some() {
-        session.abort();
+    let start = Session::start_unless_signalled(
+        Options {
+            pid: args.pid,
+            containers: &args.containers,
+            maxactive: args.maxactive,
+            probes: args.probes,
+            metrics: Some(metrics),
+            ..Default::default()
+        },
+        signals,
+    );
+    let Ok(mut session) = start.await? else {
         return Ok(None);
-    }
+    };
     loop {
         tokio::select! {
             r = session.step() => r?,

@@ -21,6 +21,8 @@ use tokio::time::Interval;
 
 use feed::{answer, hand_over, take};
 
+use super::signals::Signals;
+
 use crate::{
     enrich::{
         answer::Named,
@@ -217,6 +219,25 @@ impl Session {
             tick: tokio::time::interval(Duration::from_secs(1)),
             held: o.hold_warnings.then(Default::default),
         })
+    }
+
+    /// `start`, unless an ending signal comes before it is done or while it starts: then
+    /// nothing is left attached and the signal's number comes back instead.
+    pub async fn start_unless_signalled(
+        o: Options<'_>,
+        signals: &mut Signals,
+    ) -> Result<Result<Self, i32>> {
+        let start = Self::start(o);
+        let session = tokio::select! {
+            biased;
+            sig = signals.recv() => return Ok(Err(sig)),
+            s = start => s?,
+        };
+        if let Some(sig) = signals.pending().await {
+            session.abort();
+            return Ok(Err(sig));
+        }
+        Ok(Ok(session))
     }
 
     /// Ends the session without a report: probes detached (entries first), the programs

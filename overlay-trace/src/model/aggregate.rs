@@ -66,6 +66,13 @@ pub struct MountStats {
     last_seq: u64,
 }
 
+impl MountStats {
+    /// What the runtime says of lower layer `index` (1: topmost; 0, not known, has nothing).
+    pub fn layer(&self, index: u32) -> Option<&crate::stream::names::LayerInfo> {
+        self.layers.iter().find(|l| l.index == index && index > 0)
+    }
+}
+
 /// Retired mounts of one container (or of no container), summed.
 #[derive(Clone, Default)]
 pub struct Group {

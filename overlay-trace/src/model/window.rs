@@ -11,7 +11,7 @@ use crate::{
         latency::Latencies,
         stats::{CopyUpStats, LookupStats},
     },
-    stream::{event::LookupOutcome, record::MountKey},
+    stream::{event::LookupOutcome, names::Container, record::MountKey},
 };
 
 /// Copy-ups shown in a row's detail.
@@ -30,6 +30,15 @@ pub enum RowId {
     Folded(String),
 }
 
+impl RowId {
+    fn of_container(c: &Container) -> RowId {
+        RowId::Container {
+            id: c.id.clone(),
+            role: c.role.clone(),
+        }
+    }
+}
+
 /// Totals since tracing began.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -41,12 +50,15 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, c: &CopyUpStats, l: &LookupStats) {
-        self.copy_ups += c.count;
-        self.failed += c.failed;
-        self.data_bytes = self.data_bytes.saturating_add(c.data_bytes);
-        self.lookups += l.count;
-        self.negative += l.outcome(LookupOutcome::Negative);
+    /// The totals of a mount's (or a group's) numbers.
+    fn of(c: &CopyUpStats, l: &LookupStats) -> Totals {
+        Totals {
+            copy_ups: c.count,
+            failed: c.failed,
+            data_bytes: c.data_bytes,
+            lookups: l.count,
+            negative: l.outcome(LookupOutcome::Negative),
+        }
     }
 
     fn plus(&self, o: &Totals) -> Totals {
@@ -145,8 +157,7 @@ impl Window {
             let row = rows
                 .entry(id.clone())
                 .or_insert_with(|| empty_row(id.clone(), name_of(*key, m)));
-            let mut t = Totals::default();
-            t.add(&m.copy_ups, &m.lookups);
+            let t = Totals::of(&m.copy_ups, &m.lookups);
             row.total = row.total.plus(&t);
             let was = self.mounts.get(key).map(|(t, _)| *t).unwrap_or_default();
             row.delta = row.delta.plus(&t.minus(&was));
@@ -162,6 +173,10 @@ impl Window {
                 Some(was) => now.since(was),
                 None => now.clone(),
             };
+            // A copy for the next look, only of latencies that changed.
+            if !new.is_empty() {
+                self.latencies.insert(*key, now.clone());
+            }
             // Most rows have one mount: its latencies are moved in, not merged (a copy).
             match interval.entry(id) {
                 std::collections::hash_map::Entry::Vacant(v) => {
@@ -186,13 +201,10 @@ impl Window {
         }
         let mut groups = HashMap::with_capacity(agg.retired.len());
         for (label, g) in &agg.retired {
-            let id = match &g.container {
-                Some(c) => RowId::Container {
-                    id: c.id.clone(),
-                    role: c.role.clone(),
-                },
-                None => RowId::Folded(label.clone()),
-            };
+            let id = g
+                .container
+                .as_ref()
+                .map_or_else(|| RowId::Folded(label.clone()), RowId::of_container);
             let name = g
                 .container
                 .as_ref()
@@ -200,26 +212,14 @@ impl Window {
             let row = rows
                 .entry(id.clone())
                 .or_insert_with(|| empty_row(id, name));
-            let mut t = Totals::default();
-            t.add(&g.copy_ups, &g.lookups);
+            let t = Totals::of(&g.copy_ups, &g.lookups);
             row.total = row.total.plus(&t);
             let was = self.groups.get(label).copied().unwrap_or_default();
             let shown = folded.get(label.as_str()).copied().unwrap_or_default();
             row.delta = row.delta.plus(&t.minus(&was).minus(&shown));
             groups.insert(label.clone(), t);
         }
-        // Copies for the next look: only of latencies that changed.
         self.latencies.retain(|k, _| agg.mounts.contains_key(k));
-        for (key, m) in &agg.mounts {
-            let now = &m.copy_ups.latency;
-            if self
-                .latencies
-                .get(key)
-                .is_none_or(|was| was.len() != now.len())
-            {
-                self.latencies.insert(*key, now.clone());
-            }
-        }
         (self.mounts, self.groups) = (mounts, groups);
         let mut out: Vec<Row> = rows
             .into_values()
@@ -236,13 +236,9 @@ impl Window {
 }
 
 fn row_id(key: MountKey, m: &MountStats) -> RowId {
-    match &m.container {
-        Some(c) => RowId::Container {
-            id: c.id.clone(),
-            role: c.role.clone(),
-        },
-        None => RowId::Mount(key),
-    }
+    m.container
+        .as_ref()
+        .map_or(RowId::Mount(key), RowId::of_container)
 }
 
 fn name_of(key: MountKey, m: &MountStats) -> String {
@@ -290,12 +286,10 @@ fn slowest_of(m: &MountStats) -> impl Iterator<Item = Slow> + '_ {
                 total_ns: s.duration_ns,
                 comm: s.event.origin.comm.clone(),
                 layer,
-                created_by: layer.and_then(|l| {
-                    m.layers
-                        .iter()
-                        .find(|i| i.index == l)
-                        .and_then(|i| i.created_by.clone())
-                }),
+                created_by: layer
+                    .and_then(|l| m.layer(l)?.created_by.clone())
+                    // An imported layer's history says nothing.
+                    .filter(|by| !by.trim().is_empty()),
             }
         })
 }

@@ -217,7 +217,7 @@ fn by_layer(m: &MountStats) -> Vec<LayerReport> {
         .by_layer
         .iter()
         .map(|(&layer, t)| {
-            let info = m.layers.iter().find(|l| l.index == layer && layer > 0);
+            let info = m.layer(layer);
             LayerReport {
                 layer,
                 of: lowerdirs.len() as u32,

@@ -45,23 +45,21 @@ impl Out {
 pub async fn top(args: TopArgs) -> Result<i32> {
     let mut signals = Signals::install()?;
     let full_screen = std::io::stdout().is_terminal();
-    let start = Session::start(Options {
-        pid: args.pid,
-        containers: &args.containers,
-        maxactive: args.maxactive,
-        probes: args.probes,
-        hold_warnings: true,
-        ..Default::default()
-    });
-    let mut session = tokio::select! {
-        biased;
-        sig = signals.recv() => return Ok(128 + sig),
-        s = start => s?,
+    let start = Session::start_unless_signalled(
+        Options {
+            pid: args.pid,
+            containers: &args.containers,
+            maxactive: args.maxactive,
+            probes: args.probes,
+            hold_warnings: true,
+            ..Default::default()
+        },
+        &mut signals,
+    );
+    let mut session = match start.await? {
+        Ok(s) => s,
+        Err(sig) => return Ok(128 + sig),
     };
-    if let Some(sig) = signals.pending().await {
-        session.abort();
-        return Ok(128 + sig);
-    }
     // Dropped on every way out, the screen gives the terminal back.
     let mut out = if full_screen {
         Out::Screen(terminal::Screen::start(args.sort)?)
@@ -69,7 +67,6 @@ pub async fn top(args: TopArgs) -> Result<i32> {
         Out::Lines(printer::Printer::start()?)
     };
     let mut window = Window::default();
-    let mut seq = 0;
     let mut last_look = std::time::Instant::now();
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
@@ -80,9 +77,7 @@ pub async fn top(args: TopArgs) -> Result<i32> {
             r = session.step() => r?,
             _ = tick.tick() => {
                 let now = std::time::Instant::now();
-                seq += 1;
                 let mut s = Snapshot {
-                    seq,
                     traced_secs: session.started.elapsed().as_secs_f64(),
                     interval_secs: (now - last_look).as_secs_f64(),
                     rows: window.look(&session.fold.agg),
@@ -97,7 +92,7 @@ pub async fn top(args: TopArgs) -> Result<i32> {
                     }
                     Out::Lines(p) => {
                         s.warnings = session.take_warnings().0;
-                        p.print(lines::block(&s, args.sort, false));
+                        p.print(lines::block(&s, args.sort));
                     }
                 }
             }
@@ -124,7 +119,6 @@ pub async fn top(args: TopArgs) -> Result<i32> {
     let warnings = session.take_warnings().0;
     let (report, model) = session.finish_and_model(NAMING_FINISH).await?;
     let s = Snapshot {
-        seq: seq + 1,
         traced_secs,
         interval_secs,
         rows: window.look(&model),
@@ -132,6 +126,6 @@ pub async fn top(args: TopArgs) -> Result<i32> {
         warnings,
         last: true,
     };
-    out.finish(lines::block(&s, args.sort, false));
+    out.finish(lines::block(&s, args.sort));
     Ok(0)
 }

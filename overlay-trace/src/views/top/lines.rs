@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use super::{COLUMNS, Column, Snapshot, losses, sorted};
 
 /// The block of one look.
-pub fn block(s: &Snapshot, by: Column, reverse: bool) -> String {
+pub fn block(s: &Snapshot, by: Column) -> String {
     let mut out = String::new();
     let when = if s.last { "end: " } else { "" };
     let _ = writeln!(
@@ -21,7 +21,7 @@ pub fn block(s: &Snapshot, by: Column, reverse: bool) -> String {
     }
     let cells: Vec<String> = COLUMNS.iter().map(|c| pad(*c, c.header())).collect();
     let _ = writeln!(out, "{}", cells.join(" "));
-    for r in sorted(&s.rows, by, reverse, s.interval_secs) {
+    for r in sorted(&s.rows, by, false, s.interval_secs) {
         let cells: Vec<String> = COLUMNS
             .iter()
             .map(|c| {

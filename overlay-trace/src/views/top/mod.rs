@@ -16,8 +16,6 @@ use crate::{
 /// One look at the model, as the views show it.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Counts the looks: a view that missed some can tell.
-    pub seq: u64,
     /// Seconds since tracing began, and since the previous look.
     pub traced_secs: f64,
     pub interval_secs: f64,
@@ -131,7 +129,7 @@ impl Column {
         match self {
             Self::CopyUpsRate => rate(r.rate(r.delta.copy_ups, secs)),
             Self::BytesRate => short_bytes(r.rate(r.delta.data_bytes, secs) as u64),
-            Self::P99 => r.p99_ns.map_or("-".into(), |v| ns(v).replace(' ', "")),
+            Self::P99 => r.p99_ns.map_or("-".into(), short_ns),
             Self::LookupsRate => rate(r.rate(r.delta.lookups, secs)),
             Self::Negative => r
                 .negative_share()
@@ -216,6 +214,11 @@ fn rate(v: f64) -> String {
         v if v < 10_000.0 => format!("{v:.0}"),
         v => format!("{:.0}k", v / 1000.0),
     }
+}
+
+/// "1.50ms" style durations.
+fn short_ns(v: u64) -> String {
+    ns(v).replace(' ', "")
 }
 
 /// "64.0M" style sizes (binary units), at most 7 characters (the widths above hold them).

@@ -10,11 +10,10 @@ use ratatui::{
     widgets::{Cell, Paragraph, Row as TableRow, Table, TableState, Wrap},
 };
 
-use super::{COLUMNS, Column, Snapshot, WIDE, losses, marker, name, short_bytes, sorted};
+use super::{COLUMNS, Column, Snapshot, WIDE, losses, marker, name, short_bytes, short_ns, sorted};
 use crate::{
     base::escape::escape,
     model::window::{Row, RowId},
-    views::text::ns,
 };
 
 /// What the person at the terminal chose.
@@ -235,7 +234,7 @@ fn detail_lines(r: &Row, width: u16) -> Vec<Line<'static>> {
         };
         let fields = format!(
             "{:>9} {:>7} {:<15} {layer}  ",
-            ns(c.total_ns).replace(' ', ""),
+            short_ns(c.total_ns),
             c.data_bytes.map_or("-".into(), short_bytes),
             fit(&escape(&c.comm), 15),
         );

@@ -44,7 +44,6 @@ fn row(name: &str, copy_ups: u64, bytes: u64, delta_bytes: u64) -> Row {
 
 fn snapshot() -> Snapshot {
     Snapshot {
-        seq: 3,
         traced_secs: 12.0,
         interval_secs: 1.0,
         rows: vec![
@@ -162,7 +161,7 @@ fn an_80_by_24_terminal_shows_the_main_columns_names_and_the_keys() {
 fn names_from_the_traced_system_cannot_drive_the_terminal() {
     let mut s = snapshot();
     s.rows[0].name = "evil\x1b[2J\nname\u{202e}".into();
-    let text = lines::block(&s, Column::CopyUps, false);
+    let text = lines::block(&s, Column::CopyUps);
     assert!(!text.contains('\x1b'), "{text:?}");
     assert!(text.contains("evil\\033[2J\\nname\\u{202e}"), "{text}");
     s.warnings = vec!["docker said \x1b]0;owned\x07".into()];
@@ -179,7 +178,7 @@ fn piped_blocks_carry_exact_totals_and_losses() {
     let mut s = snapshot();
     s.counts.dropped_copy_up = 3;
     s.last = true;
-    let text = lines::block(&s, Column::Bytes, false);
+    let text = lines::block(&s, Column::Bytes);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines[0].starts_with("--- end: 12.0 s traced; lost 3"),
