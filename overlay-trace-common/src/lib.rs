@@ -199,7 +199,8 @@ pub struct CopyUpEvent {
     pub ret: i32,
     /// `COPY_UP_*`: did this call copy the object, or wait for another call that did?
     pub outcome: u32,
-    pub _pad: u32,
+    /// The system call the thread was in (what asked for the copy-up), or `NO_SYSCALL`.
+    pub syscall: u32,
     /// Bytes of `path` used.
     pub path_len: u32,
     /// Number of components in `path`.
@@ -209,6 +210,12 @@ pub struct CopyUpEvent {
     pub path: [u8; PATH_BUF_LEN],
 }
 const _: () = assert!(size_of::<CopyUpEvent>() == 48 + 32 + 32 + PATH_BUF_LEN);
+
+/// `CopyUpEvent::syscall` when it is not known (a kernel thread, or the kernel's layout of the
+/// saved user registers was not found).
+pub const NO_SYSCALL: u32 = u32::MAX;
+/// System call numbers at or above this are not believed (a misread of the saved registers).
+pub const SYSCALL_NR_MAX: u64 = 1024;
 
 /// `CopyUpEvent::outcome`: this call copied the object up (it reached `ovl_copy_up_end`).
 pub const COPY_UP_COPIED: u32 = 0;
@@ -282,8 +289,15 @@ pub struct Config {
     pub ovl_layer_mnt: u32,
     pub vfsmount_mnt_root: u32,
     pub inode_i_ino: u32,
+    /// `task_struct.stack` and `task_struct.flags`; with `syscall_nr_from_stack`, the offset of
+    /// the saved user `orig_ax` (the system call number) from the bottom of the task's kernel
+    /// stack (x86_64: `THREAD_SIZE - padding - sizeof(pt_regs) + offsetof(pt_regs, orig_ax)`).
+    /// 0: not known, copy-ups carry `NO_SYSCALL`.
+    pub task_struct_stack: u32,
+    pub task_struct_flags: u32,
+    pub syscall_nr_from_stack: u32,
 }
-const _: () = assert!(size_of::<Config>() == 80);
+const _: () = assert!(size_of::<Config>() == 92);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -21,9 +21,9 @@ use overlay_trace_common::{
 use crate::{
     EVENTS,
     kernel::{
-        cfg, count, current_task, current_tgid_pid, dentry_dev, dev_filtered_out, fill_header,
-        filtered_out, now_ns, pop_frame, push_frame, read_field, read_path, return_stack_pointer,
-        slot, stack_pointer, submit_flags, trampoline_position, verbose,
+        cfg, count, current_syscall, current_task, current_tgid_pid, dentry_dev, dev_filtered_out,
+        fill_header, filtered_out, now_ns, pop_frame, push_frame, read_field, read_path,
+        return_stack_pointer, slot, stack_pointer, submit_flags, trampoline_position, verbose,
     },
 };
 
@@ -210,7 +210,7 @@ fn exit(ret: i64, sp: u64) -> u32 {
         } else {
             COPY_UP_WAITED
         };
-        (*ev)._pad = 0;
+        (*ev).syscall = current_syscall();
         let path = read_path(start.dentry, (&raw mut (*ev).path).cast());
         (*ev).path_len = path.len;
         (*ev).path_depth = path.depth;

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use overlay_trace_common::{
-    Config, EventHeader, MAX_PATH_DEPTH, NAME_READ_MAX, PATH_BUDGET, PATH_INCOMPLETE,
-    PATH_TRUNCATED, STAT_READ_ERRORS,
+    Config, EventHeader, MAX_PATH_DEPTH, NAME_READ_MAX, NO_SYSCALL, PATH_BUDGET, PATH_INCOMPLETE,
+    PATH_TRUNCATED, STAT_READ_ERRORS, SYSCALL_NR_MAX,
 };
 
 use crate::{CONFIG, DEV_FILTER, STATS};
@@ -188,6 +188,42 @@ pub fn trampoline_position(ctx: *mut core::ffi::c_void) -> u64 {
 pub fn current_task() -> u64 {
     // SAFETY: the helper has no preconditions.
     unsafe { bpf_get_current_task() }
+}
+
+/// `PF_KTHREAD` in `task_struct.flags`: a kernel thread has no system call.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// The system call the current thread is in, read from the user registers the entry code saved
+/// at the top of its kernel stack (see `Config::syscall_nr_from_stack`): what asked for a
+/// copy-up (chown, rename, openat...). `NO_SYSCALL` for a kernel thread, an unknown layout, or a
+/// value no system call has. Failed reads are not counted: this is context, not a measurement.
+#[inline(always)]
+pub fn current_syscall() -> u32 {
+    let (stack_at, flags_at, nr_at) = (
+        cfg(|c| &c.task_struct_stack),
+        cfg(|c| &c.task_struct_flags),
+        cfg(|c| &c.syscall_nr_from_stack),
+    );
+    if stack_at == 0 || nr_at == 0 {
+        return NO_SYSCALL;
+    }
+    let task = current_task();
+    // SAFETY (all three): bpf_probe_read_kernel handles faulting addresses.
+    let Ok(flags) = (unsafe { bpf_probe_read_kernel((task + flags_at as u64) as *const u32) })
+    else {
+        return NO_SYSCALL;
+    };
+    if flags & PF_KTHREAD != 0 {
+        return NO_SYSCALL;
+    }
+    let Ok(stack) = (unsafe { bpf_probe_read_kernel((task + stack_at as u64) as *const u64) })
+    else {
+        return NO_SYSCALL;
+    };
+    match unsafe { bpf_probe_read_kernel((stack + nr_at as u64) as *const u64) } {
+        Ok(nr) if nr < SYSCALL_NR_MAX => nr as u32,
+        _ => NO_SYSCALL,
+    }
 }
 
 /// Is a recorded call of this thread over, though its return was never seen? It is when the

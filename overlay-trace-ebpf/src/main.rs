@@ -41,6 +41,9 @@ static CONFIG: Config = Config {
     ovl_layer_mnt: 0,
     vfsmount_mnt_root: 0,
     inode_i_ino: 0,
+    task_struct_stack: 0,
+    task_struct_flags: 0,
+    syscall_nr_from_stack: 0,
 };
 
 /// Superblocks to trace when `CONFIG.filter_devs` is set (`--container`); key: kernel `s_dev`.

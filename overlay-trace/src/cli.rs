@@ -38,6 +38,9 @@ pub enum Command {
         /// Write an HTML page with the picture and the text reports.
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
+        /// Exit 3 when a report has this finding (an id, or `any`; repeatable): for CI.
+        #[arg(long, value_name = "ID", value_parser = fail_on_ids())]
+        fail_on: Vec<String>,
     },
     /// Compare two JSON reports: exit 0 within bounds, 1 on regression (naming each metric),
     /// 2 on bad input.
@@ -89,6 +92,10 @@ pub struct RunArgs {
     /// Write a timeline (Chrome Trace Event format: Perfetto, chrome://tracing) to FILE.
     #[arg(long, value_name = "FILE.json")]
     pub trace: Option<PathBuf>,
+    /// Exit 3 (when the traced command itself succeeded) if the report has this finding (an
+    /// id, or `any`; repeatable): for CI.
+    #[arg(long, value_name = "ID", value_parser = fail_on_ids())]
+    pub fail_on: Vec<String>,
     /// No live status line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -190,4 +197,11 @@ pub struct BenchArgs {
     /// Mount options of the tmpfs under the layers (e.g. `size=2g`).
     #[arg(long, default_value = "")]
     pub upper_options: String,
+}
+
+/// The values `--fail-on` takes: a finding id, or `any`.
+fn fail_on_ids() -> clap::builder::PossibleValuesParser {
+    let mut ids = vec!["any"];
+    ids.extend_from_slice(crate::views::findings::IDS);
+    clap::builder::PossibleValuesParser::new(ids)
 }

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             timeline,
             svg,
             html,
+            fail_on,
         } => {
             return report::report(
                 &files,
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
                     timeline: timeline.as_deref(),
                     svg: svg.as_deref(),
                     html: html.as_deref(),
+                    fail_on: &fail_on,
                 },
             );
         }

@@ -58,6 +58,8 @@ pub struct Outputs<'a> {
     pub timeline: Option<&'a Path>,
     pub svg: Option<&'a Path>,
     pub html: Option<&'a Path>,
+    /// `--fail-on`: finding ids (or `any`) that make the exit status 3.
+    pub fail_on: &'a [String],
 }
 
 pub fn report(files: &[PathBuf], outputs: Outputs<'_>) -> ExitCode {
@@ -66,6 +68,7 @@ pub fn report(files: &[PathBuf], outputs: Outputs<'_>) -> ExitCode {
         timeline,
         svg,
         html,
+        fail_on,
     } = outputs;
     let mut picture = None;
     let reports: Result<Vec<(String, Report)>> = files
@@ -124,7 +127,18 @@ pub fn report(files: &[PathBuf], outputs: Outputs<'_>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    ExitCode::SUCCESS
+    let failing: Vec<String> = reports
+        .iter()
+        .flat_map(|(_, r)| crate::views::findings::failing(&r.findings, fail_on))
+        .collect();
+    for line in &failing {
+        eprintln!("{line}");
+    }
+    if failing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
 }
 
 pub fn diff(base: &Path, new: &Path, limits: &str) -> ExitCode {

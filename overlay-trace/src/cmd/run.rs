@@ -62,11 +62,20 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         }
     };
     print!("{}", text::render(&traced.report));
-    Ok(exit_code(
+    let code = exit_code(
         traced.ending,
         !args.command.is_empty(),
         traced.report.events_file_error.is_some() || traced.report.trace_file_error.is_some(),
-    ))
+    );
+    let failing = crate::views::findings::failing(&traced.report.findings, &args.fail_on);
+    for line in &failing {
+        eprintln!("{line}");
+    }
+    Ok(if code == 0 && !failing.is_empty() {
+        3
+    } else {
+        code
+    })
 }
 
 /// Attaches, traces until the end condition, detaches; the report and why it ended, or the

@@ -136,6 +136,7 @@ impl Session {
         config.filter_devs = u32::from(!only.is_empty());
         config.verbose = u32::from(verbose);
         config.copy_up_end_probed = u32::from(caps.symbols.contains("ovl_copy_up_end"));
+        config.syscall_nr_from_stack = btf.syscall_nr_from_stack(&caps.symbols);
         let facts = crate::kernel::probes::BtfFacts::of(&btf);
         // The parsed BTF (about 40 MiB) goes before aya parses it again to load the programs,
         // so the two never add up.

@@ -99,7 +99,45 @@ impl KernelBtf {
             ovl_layer_mnt: layer_mnt,
             vfsmount_mnt_root: mnt_root,
             inode_i_ino: i_ino,
+            task_struct_stack: member_offset(v, "task_struct", "stack").unwrap_or(0),
+            task_struct_flags: member_offset(v, "task_struct", "flags").unwrap_or(0),
+            syscall_nr_from_stack: 0,
         })
+    }
+
+    /// Where the system call number of a thread lies from the bottom of its kernel stack
+    /// (`Config::syscall_nr_from_stack`), for x86_64: the entry code saves the user registers
+    /// (`struct pt_regs`, whose `orig_ax` holds the number) at the top of the stack, below
+    /// `TOP_OF_KERNEL_STACK_PADDING` (16 bytes with CONFIG_X86_FRED, 6.9+). The stack is 16 KiB,
+    /// twice that with KASAN. Those two are told by kallsyms (`symbols`); 0 elsewhere or when
+    /// BTF lacks `pt_regs`: copy-ups then say no trigger.
+    pub fn syscall_nr_from_stack(&self, symbols: &std::collections::HashSet<String>) -> u32 {
+        if !cfg!(target_arch = "x86_64") {
+            return 0;
+        }
+        let v = &self.vmlinux;
+        let size = v
+            .resolve_ids_by_name("pt_regs")
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|id| match v.resolve_type_by_id(id) {
+                Ok(Type::Struct(s)) => Some(s.size() as u32),
+                _ => None,
+            });
+        let (Some(size), Ok(orig_ax)) = (size, member_offset(v, "pt_regs", "orig_ax")) else {
+            return 0;
+        };
+        let thread_size: u32 = if symbols.contains("kasan_report") {
+            32 << 10
+        } else {
+            16 << 10
+        };
+        let padding = if symbols.contains("asm_fred_entrypoint_user") {
+            16
+        } else {
+            0
+        };
+        thread_size - padding - size + orig_ax
     }
 
     /// Whether overlay's types come from a module's split BTF (overlay is a module) rather than
@@ -246,6 +284,14 @@ mod tests {
         );
         assert!(cfg.inode_i_size > cfg.inode_i_mode);
         assert!(cfg.super_block_s_dev > 0 && cfg.super_block_s_dev < 64);
+        assert!(cfg.task_struct_stack > 0 && cfg.task_struct_flags > 0);
+        if cfg!(target_arch = "x86_64") {
+            // pt_regs is 21 registers of 8 bytes, orig_ax the 16th.
+            assert_eq!(
+                btf.syscall_nr_from_stack(&Default::default()),
+                16384 - 168 + 120
+            );
+        }
     }
 
     #[test]

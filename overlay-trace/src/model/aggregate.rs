@@ -49,6 +49,8 @@ const RETIRED_INDEX_MAX: usize = 4096;
 pub struct MountStats {
     pub copy_ups: CopyUpStats,
     pub lookups: LookupStats,
+    /// What findings are made of (see `model::evidence`).
+    pub evidence: crate::model::evidence::Evidence,
     /// `ovl_fill_super` time, when the mount happened while tracing.
     pub mount_ns: Option<u64>,
     /// Mount point and layers, once named (from mountinfo).
@@ -199,8 +201,14 @@ impl Aggregate {
         };
         m.last_seq = seq;
         match e {
-            Event::CopyUp(c) => m.copy_ups.add_with_layer(c, seq),
-            Event::Lookup(l) => m.lookups.add(l),
+            Event::CopyUp(c) => {
+                m.copy_ups.add_with_layer(c, seq);
+                m.evidence.add_copy_up(c, seq);
+            }
+            Event::Lookup(l) => {
+                m.lookups.add(l);
+                m.evidence.add_lookup(l);
+            }
             Event::Mount(mt) => {
                 if mt.ret == 0 {
                     m.mount_ns = Some(mt.duration_ns);
@@ -246,6 +254,7 @@ impl Aggregate {
         let Some(m) = self.mounts.get_mut(&key) else {
             return;
         };
+        m.evidence.set_layer(c.seq, layer);
         let stats = &mut m.copy_ups;
         if let Some(t) = stats.by_layer.get_mut(&0) {
             t.count = t.count.saturating_sub(1);

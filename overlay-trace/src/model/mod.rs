@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod counters;
+pub mod evidence;
 pub mod fold;
 pub mod latency;
 pub mod replay;

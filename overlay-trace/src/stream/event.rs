@@ -94,6 +94,10 @@ pub struct CopyUp {
     pub open_flags: u32,
     pub mode: u32,
     pub ret: i32,
+    /// The system call that asked for it (`openat`, `fchownat`...), when the kernel side could
+    /// read it (see `stream::trigger`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
     /// Path inside the overlay, starting with '/'.
     pub path: String,
     /// The path's exact bytes in hex, when it is not valid UTF-8 (`path` then shows U+FFFD).
@@ -131,6 +135,13 @@ impl CopyUp {
         } else {
             CopyUpKind::Copied
         }
+    }
+
+    /// What asked for it, when known.
+    pub fn trigger(&self) -> Option<crate::stream::trigger::Trigger> {
+        self.syscall
+            .as_deref()
+            .map(crate::stream::trigger::Trigger::of_syscall)
     }
 
     /// A wait copied nothing and is not a copy-up.
@@ -306,6 +317,7 @@ impl TryFrom<&[u8]> for Event {
                     open_flags: e.flags,
                     mode: e.mode,
                     ret: e.ret,
+                    syscall: crate::stream::trigger::syscall_name(e.syscall),
                     path: String::from_utf8_lossy(&path_bytes(&e.path[..used])).into_owned(),
                     path_hex: hex_if_not_utf8(&path_bytes(&e.path[..used])),
                     path_truncated: e.path_flags & (PATH_TRUNCATED | PATH_INCOMPLETE) != 0,

@@ -8,3 +8,4 @@ pub mod input;
 pub mod names;
 pub mod output;
 pub mod record;
+pub mod trigger;

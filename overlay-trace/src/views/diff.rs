@@ -170,6 +170,7 @@ mod tests {
             kernel: "k".into(),
             traced_seconds: 1.0,
             events: EventCounts::default(),
+            findings: Vec::new(),
             retired: Vec::new(),
             probes: Vec::new(),
             events_file_error: None,

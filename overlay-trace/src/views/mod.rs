@@ -4,6 +4,7 @@
 
 pub mod chrome_trace;
 pub mod diff;
+pub mod findings;
 pub mod json;
 pub mod plot;
 pub mod prometheus;

@@ -24,6 +24,9 @@ pub struct Report {
     /// Seconds the probes were attached.
     pub traced_seconds: f64,
     pub events: EventCounts,
+    /// What to change, with evidence, fix and estimated saving (`views::findings`).
+    #[serde(default)]
+    pub findings: Vec<crate::views::findings::Finding>,
     /// Mounts kept in detail: those alive at the end, and the most recent ones gone while
     /// tracing (aggregate.rs says how many).
     pub mounts: Vec<MountReport>,
@@ -147,6 +150,9 @@ pub struct SlowCopyUpReport {
     pub ret: i32,
     pub pid: u32,
     pub comm: String,
+    /// The system call that asked for the copy-up, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
     /// cgroup v2 id of the triggering task (0 or meaningless on cgroup v1).
     #[serde(default)]
     pub cgroup_id: u64,
@@ -198,6 +204,7 @@ fn copy_up_report(c: &CopyUpStats) -> CopyUpReport {
                 ret: s.event.ret,
                 pid: s.event.origin.tgid,
                 comm: s.event.origin.comm.clone(),
+                syscall: s.event.syscall.clone(),
                 cgroup_id: s.event.origin.cgroup_id,
             })
             .collect(),
@@ -341,6 +348,7 @@ impl Report {
             kernel,
             traced_seconds,
             events,
+            findings: crate::views::findings::findings(agg, traced_seconds),
             mounts,
             retired,
             probes: Vec::new(),

@@ -138,13 +138,13 @@ fn copy_ups(out: &mut String, c: &CopyUpReport) {
         let _ = writeln!(out, "    slowest:");
         let _ = writeln!(
             out,
-            "    {:>10} {:>10} {:>10} {:>10}  {:<16} path",
-            "total", "data", "size", "copied", "process"
+            "    {:>10} {:>10} {:>10} {:>10}  {:<16} {:<10} path",
+            "total", "data", "size", "copied", "process", "asked by"
         );
         for s in &c.slowest {
             let _ = writeln!(
                 out,
-                "    {:>10} {:>10} {:>10} {:>10}  {:<16} {}{}",
+                "    {:>10} {:>10} {:>10} {:>10}  {:<16} {:<10} {}{}",
                 ns(s.total_ns),
                 s.data_ns.map(ns).unwrap_or_else(|| "-".into()),
                 if s.mode & 0o170000 == 0o040000 {
@@ -154,6 +154,7 @@ fn copy_ups(out: &mut String, c: &CopyUpReport) {
                 },
                 s.data_bytes.map(bytes).unwrap_or_else(|| "-".into()),
                 format!("{}[{}]", escape(&s.comm), s.pid),
+                s.syscall.as_deref().map_or_else(|| "-".into(), escape),
                 // A path cut short keeps its leaf end: mark the missing start.
                 if s.path_truncated {
                     format!("...{}", escape(&s.path))
@@ -364,6 +365,8 @@ pub fn render(r: &Report) -> String {
     if let Some(err) = &r.trace_file_error {
         let _ = writeln!(out, "TRACE FILE INCOMPLETE: {}", escape(err));
     }
+    out.push('\n');
+    crate::views::findings::text(&mut out, &r.findings);
     if r.mounts.is_empty() && r.retired.is_empty() {
         let _ = writeln!(out, "\nno overlayfs activity seen");
     }

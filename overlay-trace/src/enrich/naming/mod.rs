@@ -184,12 +184,22 @@ pub fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
             "/proc/{pid}/mountinfo"
         )))
         .and_then(|t| parse_mountinfo(&t).remove(&dev))
-        .map(|m| OverlayMount {
-            ns_pid: Some(pid),
-            userns: before
-                .filter(|b| mount_namespace(pid) == Some(*b))
-                .map(|(_, owner)| owner),
-            ..m
+        .map(|m| {
+            let same = before.filter(|b| mount_namespace(pid) == Some(*b));
+            // Our own namespace (the mounter is beside us: the mount was attached after our
+            // mountinfo was read): the mount is ours, with host paths and a runtime's layers.
+            if same.is_some_and(|(ns, _)| Some(ns) == own_mount_namespace()) {
+                return OverlayMount {
+                    ns_pid: None,
+                    userns: None,
+                    ..m
+                };
+            }
+            OverlayMount {
+                ns_pid: Some(pid),
+                userns: same.map(|(_, owner)| owner),
+                ..m
+            }
         }) {
             if m.mount_point != "/" {
                 return Some(m);
@@ -199,6 +209,12 @@ pub fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
         pid = parent_of(pid)?;
     }
     at_root
+}
+
+/// Our mount namespace's inode number.
+fn own_mount_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino())
 }
 
 /// Process `pid`'s mount namespace and the user namespace that owns it, as inode numbers: the

@@ -265,7 +265,9 @@ impl MountFinder {
                             break;
                         }
                     }
-                    (hit.0, false, hit.1)
+                    // Found beside us (attached after our mountinfo was read): ours.
+                    let in_ours = hit.0.as_ref().is_some_and(|m| m.ns_pid.is_none());
+                    (hit.0, in_ours, hit.1)
                 }
             };
             // Found, but no process of its namespace could be held (they exited): asked again

@@ -1,6 +1,7 @@
 //! Builders of raw records, as the kernel writes them: for tests and benchmarks.
 
 use super::*;
+use overlay_trace_common::NO_SYSCALL;
 
 pub fn header(kind: u32, dev: u32, comm: &str) -> EventHeader {
     let mut c = [0u8; COMM_LEN];
@@ -25,6 +26,15 @@ fn bytes_of<T>(v: &T) -> Vec<u8> {
 /// `path` is given root first ("a/b/c"); it is stored leaf first like the kernel does.
 pub fn copy_up(dev: u32, path: &str, size: i64, data_bytes: i64, duration_ns: u64) -> Vec<u8> {
     copy_up_ending(dev, path, size, data_bytes, duration_ns, 0, 0)
+}
+
+/// A copy-up record (`copy_up`...) as asked for by system call `nr`, with open flags `flags`.
+pub fn asked_by(mut record: Vec<u8>, nr: u32, flags: u32) -> Vec<u8> {
+    let at = std::mem::offset_of!(CopyUpEvent, syscall);
+    record[at..at + 4].copy_from_slice(&nr.to_ne_bytes());
+    let at = std::mem::offset_of!(CopyUpEvent, flags);
+    record[at..at + 4].copy_from_slice(&flags.to_ne_bytes());
+    record
 }
 
 /// A copy-up that returned `ret`, with the kernel's `outcome` (`COPY_UP_COPIED`, ...).
@@ -55,7 +65,7 @@ pub fn copy_up_ending(
         mode: 0o100644,
         ret,
         outcome,
-        _pad: 0,
+        syscall: NO_SYSCALL,
         path_len: off as u32,
         path_depth: depth,
         path_flags: 0,

@@ -1,0 +1,123 @@
+//! What the findings (`views::findings`) are made of, gathered per mount as events arrive: the
+//! copy-ups that copied data for a change of metadata alone, the big files copied up to be
+//! written, and the negative lookups that consulted many layers. Kept for mounts in detail only,
+//! like the by-layer table (a layer means nothing across folded mounts).
+
+use crate::stream::event::{CopyUp, Lookup, LookupOutcome};
+
+/// A copy-up that copied at least this much data to be written is a big file (`big-file-copy`).
+pub const BIG_FILE_BYTES: u64 = 8 << 20;
+/// A negative lookup that consulted at least this many layers is a deep one (`deep-layers`).
+pub const DEEP_LOOKUP_LAYERS: u32 = 10;
+/// Items kept per tally, most bytes (then most time) first.
+pub const ITEMS_MAX: usize = 5;
+
+/// One copy-up named in a finding's evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub seq: u64,
+    pub path: String,
+    pub bytes: u64,
+    pub total_ns: u64,
+    pub comm: String,
+    pub tgid: u32,
+    pub syscall: Option<String>,
+    /// Source layer (1: topmost lowerdir), once known.
+    pub layer: Option<u32>,
+}
+
+/// Copy-ups of one kind: how many, what they cost, the biggest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub count: u64,
+    pub bytes: u64,
+    pub total_ns: u64,
+    pub data_ns: u64,
+    pub items: Vec<Item>,
+}
+
+impl Tally {
+    fn add(&mut self, c: &CopyUp, seq: u64) {
+        let (bytes, data_ns) = c.data.map_or((0, 0), |d| (d.bytes, d.ns));
+        self.count += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.total_ns = self.total_ns.saturating_add(c.duration_ns);
+        self.data_ns = self.data_ns.saturating_add(data_ns);
+        let item = Item {
+            seq,
+            path: c.path.clone(),
+            bytes,
+            total_ns: c.duration_ns,
+            comm: c.origin.comm.clone(),
+            tgid: c.origin.tgid,
+            syscall: c.syscall.clone(),
+            layer: c.layer,
+        };
+        let rank = |i: &Item| {
+            (
+                std::cmp::Reverse(i.bytes),
+                std::cmp::Reverse(i.total_ns),
+                i.seq,
+            )
+        };
+        let at = self.items.partition_point(|i| rank(i) < rank(&item));
+        if at < ITEMS_MAX {
+            self.items.insert(at, item);
+            self.items.truncate(ITEMS_MAX);
+        }
+    }
+}
+
+/// Negative lookups that consulted `DEEP_LOOKUP_LAYERS` layers or more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeepLookups {
+    pub count: u64,
+    pub total_ns: u64,
+    /// Layers consulted, summed over them.
+    pub layers: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// Files whose data was copied for a change of metadata alone (chmod, chown, utimes, an
+    /// xattr, a rename or a link): `metacopy=on` would copy none of it.
+    pub metadata_copy: Tally,
+    /// Files of `BIG_FILE_BYTES` or more copied up to be written.
+    pub big_files: Tally,
+    pub deep_lookups: DeepLookups,
+}
+
+impl Evidence {
+    pub(super) fn add_copy_up(&mut self, c: &CopyUp, seq: u64) {
+        if c.is_wait() || c.ret != 0 {
+            return;
+        }
+        let bytes = c.data.map_or(0, |d| d.bytes);
+        if bytes == 0 {
+            return;
+        }
+        match c.trigger() {
+            Some(t) if t.metadata_only() => self.metadata_copy.add(c, seq),
+            _ if bytes >= BIG_FILE_BYTES => self.big_files.add(c, seq),
+            _ => {}
+        }
+    }
+
+    pub(super) fn add_lookup(&mut self, l: &Lookup) {
+        if l.outcome == LookupOutcome::Negative && l.layers >= DEEP_LOOKUP_LAYERS {
+            let d = &mut self.deep_lookups;
+            d.count += 1;
+            d.total_ns = d.total_ns.saturating_add(l.duration_ns);
+            d.layers = d.layers.saturating_add(u64::from(l.layers));
+        }
+    }
+
+    /// Copy-up `seq` came from lower layer `layer` (learned after it was added).
+    pub(super) fn set_layer(&mut self, seq: u64, layer: u32) {
+        for t in [&mut self.metadata_copy, &mut self.big_files] {
+            for i in t.items.iter_mut().filter(|i| i.seq == seq) {
+                i.layer = Some(layer);
+            }
+        }
+    }
+}

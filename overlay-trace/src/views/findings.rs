@@ -1,0 +1,276 @@
+//! Findings: what to change, read from the model's evidence (`model::evidence`), each with its
+//! evidence, its fix and an estimate of what the fix saves. One definition for the live report
+//! and `report events.ndjson` (both build the report from the same fold).
+//!
+//! Thresholds (the README states them): `metadata-copy` from `METADATA_COPY_BYTES` copied on one
+//! mount; `big-file-copy` for each file of `BIG_FILE_BYTES` or more; `deep-layers` from
+//! `DEEP_LOOKUPS` negative lookups of `DEEP_LOOKUP_LAYERS` layers or more on one mount.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    base::escape::escape,
+    model::{
+        aggregate::{Aggregate, MountStats},
+        evidence::{BIG_FILE_BYTES, DEEP_LOOKUP_LAYERS, Item, Tally},
+    },
+    views::text::{bytes, ns},
+};
+
+/// Data copied on one mount for changes of metadata alone, from which it is a finding.
+pub const METADATA_COPY_BYTES: u64 = 1 << 20;
+/// Deep negative lookups on one mount from which they are a finding.
+pub const DEEP_LOOKUPS: u64 = 100;
+
+/// Every finding id, for `--fail-on`.
+pub const IDS: &[&str] = &["metadata-copy", "big-file-copy", "deep-layers"];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub id: String,
+    /// The mount it is about: its mount point (or device number) and container, if any.
+    pub mount: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// One line: what happened.
+    pub summary: String,
+    pub count: u64,
+    pub bytes: u64,
+    pub time_ns: u64,
+    /// `time_ns` as a share of the traced span and of the mount's copy-up time.
+    pub share_of_traced: f64,
+    pub share_of_copy_up_time: f64,
+    /// The objects that weigh most, with who touched them and where they came from.
+    pub top: Vec<Evidence>,
+    pub fix: String,
+    /// What the fix would save, estimated from the evidence.
+    pub saving_ns: u64,
+    pub saving_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub path: String,
+    pub bytes: u64,
+    pub time_ns: u64,
+    pub process: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    /// Source layer (1: topmost lowerdir) and what made it (a Dockerfile line), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+}
+
+/// The findings of every mount in detail, most time first.
+pub fn findings(agg: &Aggregate, traced_seconds: f64) -> Vec<Finding> {
+    let traced_ns = (traced_seconds * 1e9).max(1.0);
+    let mut out: Vec<Finding> = agg
+        .mounts
+        .iter()
+        .flat_map(|(key, m)| {
+            let mount = m.mount.as_ref().map_or_else(
+                || format!("dev {} #{}", key.dev, key.generation),
+                |o| o.mount_point.clone(),
+            );
+            let container = m
+                .container
+                .as_ref()
+                .map(|c| format!("{} ({}, {})", c.name, c.short_id(), c.runtime));
+            of_mount(m)
+                .into_iter()
+                .map(move |mut f| {
+                    f.mount = mount.clone();
+                    f.container = container.clone();
+                    f.share_of_traced = f.time_ns as f64 / traced_ns;
+                    f
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(a.id.cmp(&b.id)));
+    out
+}
+
+fn of_mount(m: &MountStats) -> Vec<Finding> {
+    let e = &m.evidence;
+    let copy_up_ns = m.copy_ups.total_ns.max(1) as f64;
+    let mut out = Vec::new();
+    let finding = |id: &str, t: &Tally, summary: String, fix: &str, saving_ns: u64| Finding {
+        id: id.into(),
+        mount: String::new(),
+        container: None,
+        summary,
+        count: t.count,
+        bytes: t.bytes,
+        time_ns: t.total_ns,
+        share_of_traced: 0.0,
+        share_of_copy_up_time: t.total_ns as f64 / copy_up_ns,
+        top: t.items.iter().map(|i| evidence(m, i)).collect(),
+        fix: fix.into(),
+        saving_ns,
+        saving_bytes: t.bytes,
+    };
+    let meta = &e.metadata_copy;
+    if meta.bytes >= METADATA_COPY_BYTES {
+        out.push(finding(
+            "metadata-copy",
+            meta,
+            format!(
+                "{} copied whole ({}) to change only their metadata (chmod, chown, touch, xattrs, \
+                 rename, link)",
+                files(meta.count),
+                bytes(meta.bytes)
+            ),
+            "mount with metacopy=on (only the metadata is copied until a write), or set the \
+             owner and mode at build time (COPY --chown, chmod in the RUN that makes the files)",
+            // metacopy skips the data copy: its time is what goes.
+            meta.data_ns,
+        ));
+    }
+    let big = &e.big_files;
+    if big.count > 0 {
+        out.push(finding(
+            "big-file-copy",
+            big,
+            format!(
+                "{} of {} or more from the image copied up whole to be written ({})",
+                files(big.count),
+                bytes(BIG_FILE_BYTES),
+                bytes(big.bytes)
+            ),
+            "keep files written at run time out of the image: a volume (or tmpfs) for logs and \
+             data, or create the file at start",
+            big.total_ns,
+        ));
+    }
+    let deep = &e.deep_lookups;
+    if deep.count >= DEEP_LOOKUPS {
+        let layers = m.mount.as_ref().map_or(0, |o| o.lowerdirs.len());
+        let avg = deep.layers as f64 / deep.count as f64;
+        // Squashed, each would consult one layer: time scales with layers consulted.
+        let saving = (deep.total_ns as f64 * (1.0 - 1.0 / avg.max(1.0))) as u64;
+        out.push(Finding {
+            id: "deep-layers".into(),
+            mount: String::new(),
+            container: None,
+            summary: format!(
+                "{} negative lookups consulted {DEEP_LOOKUP_LAYERS} layers or more ({avg:.1} on \
+                 average; {} lower layers{})",
+                deep.count,
+                layers,
+                m.mount_ns
+                    .map(|t| format!(", mounted in {}", ns(t)))
+                    .unwrap_or_default()
+            ),
+            count: deep.count,
+            bytes: 0,
+            time_ns: deep.total_ns,
+            share_of_traced: 0.0,
+            share_of_copy_up_time: 0.0,
+            top: Vec::new(),
+            fix: "squash the image into fewer layers (a multi-stage build copying the result into \
+                  one layer), or shorten search paths (PATH, PYTHONPATH) to where names are"
+                .into(),
+            saving_ns: saving,
+            saving_bytes: 0,
+        });
+    }
+    out
+}
+
+fn files(n: u64) -> String {
+    format!("{n} file{}", if n == 1 { "" } else { "s" })
+}
+
+fn evidence(m: &MountStats, i: &Item) -> Evidence {
+    Evidence {
+        path: i.path.clone(),
+        bytes: i.bytes,
+        time_ns: i.total_ns,
+        process: format!("{}[{}]", i.comm, i.tgid),
+        syscall: i.syscall.clone(),
+        layer: i.layer,
+        created_by: i
+            .layer
+            .and_then(|l| m.layer(l))
+            .and_then(|l| l.created_by.clone()),
+    }
+}
+
+/// The findings `--fail-on` names (`any` names them all), as one line each for stderr.
+pub fn failing(findings: &[Finding], fail_on: &[String]) -> Vec<String> {
+    findings
+        .iter()
+        .filter(|f| fail_on.iter().any(|id| id == "any" || *id == f.id))
+        .map(|f| {
+            format!(
+                "overlay-trace: finding {} on {} (--fail-on)",
+                f.id,
+                escape(&f.mount)
+            )
+        })
+        .collect()
+}
+
+/// The findings section at the top of the text report.
+pub fn text(out: &mut String, findings: &[Finding]) {
+    if findings.is_empty() {
+        let _ = writeln!(out, "findings: none");
+        return;
+    }
+    let _ = writeln!(out, "findings:");
+    for f in findings {
+        let _ = writeln!(
+            out,
+            "  [{}] {}{}: {}",
+            f.id,
+            escape(&f.mount),
+            f.container
+                .as_deref()
+                .map(|c| format!(" (container {})", escape(c)))
+                .unwrap_or_default(),
+            escape(&f.summary)
+        );
+        let _ = writeln!(
+            out,
+            "    cost {} ({:.1}% of the traced time{}); the fix saves about {}{}",
+            ns(f.time_ns),
+            f.share_of_traced * 100.0,
+            if f.share_of_copy_up_time > 0.0 {
+                format!(", {:.1}% of copy-up time", f.share_of_copy_up_time * 100.0)
+            } else {
+                String::new()
+            },
+            ns(f.saving_ns),
+            if f.saving_bytes > 0 {
+                format!(" and {} copied", bytes(f.saving_bytes))
+            } else {
+                String::new()
+            }
+        );
+        for e in &f.top {
+            let _ = writeln!(
+                out,
+                "      {:>10} {:>10}  {:<16} {:<10} {}{}",
+                bytes(e.bytes),
+                ns(e.time_ns),
+                escape(&e.process),
+                e.syscall.as_deref().unwrap_or("-"),
+                escape(&e.path),
+                match (&e.created_by, e.layer) {
+                    (Some(c), _) => format!("  <- {}", escape(c)),
+                    (None, Some(l)) => format!("  <- lower {l}"),
+                    (None, None) => String::new(),
+                }
+            );
+        }
+        let _ = writeln!(out, "    fix: {}", f.fix);
+    }
+}
+
+#[cfg(test)]
+mod tests;

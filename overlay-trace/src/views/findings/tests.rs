@@ -1,0 +1,150 @@
+//! Each finding at its threshold and just below it (the control), from raw kernel records.
+
+use super::*;
+use crate::stream::event::{Event, raw};
+use overlay_trace_common::{LOOKUP_LOWER, LOOKUP_NEGATIVE};
+
+const FCHOWNAT: u32 = 260;
+const OPENAT: u32 = 257;
+const O_WRONLY_APPEND: u32 = 0o2001;
+
+fn add(a: &mut Aggregate, record: Vec<u8>) {
+    a.add(&Event::try_from(record.as_slice()).unwrap());
+}
+
+fn ids(a: &Aggregate) -> Vec<String> {
+    findings(a, 10.0).into_iter().map(|f| f.id).collect()
+}
+
+#[test]
+fn metadata_copy_from_a_mebibyte_copied_for_metadata() {
+    let mut a = Aggregate::default();
+    // Just below: 1 MiB - 1 byte copied by chown.
+    add(
+        &mut a,
+        raw::asked_by(raw::copy_up(1, "app/a", 1, 1, 1_000), FCHOWNAT, 0),
+    );
+    let half = (METADATA_COPY_BYTES / 2) as i64;
+    add(
+        &mut a,
+        raw::asked_by(raw::copy_up(1, "app/b", half, half - 2, 2_000), FCHOWNAT, 0),
+    );
+    add(
+        &mut a,
+        raw::asked_by(raw::copy_up(1, "app/c", half, half, 3_000), FCHOWNAT, 0),
+    );
+    // Data copied for a write is not a metadata copy.
+    add(
+        &mut a,
+        raw::asked_by(
+            raw::copy_up(1, "log", 100, 100, 500),
+            OPENAT,
+            O_WRONLY_APPEND,
+        ),
+    );
+    assert!(ids(&a).is_empty(), "{:?}", findings(&a, 10.0));
+    add(
+        &mut a,
+        raw::asked_by(raw::copy_up(1, "app/d", 1, 1, 4_000), FCHOWNAT, 0),
+    );
+    let f = findings(&a, 10.0);
+    assert_eq!(ids(&a), ["metadata-copy"]);
+    assert_eq!((f[0].count, f[0].bytes), (4, METADATA_COPY_BYTES));
+    assert_eq!(f[0].top[0].path, "/app/c");
+    assert_eq!(f[0].top[0].syscall.as_deref(), Some("fchownat"));
+    assert_eq!(f[0].time_ns, 10_000);
+    // The data copy's share of it (raw records copy data for half their time).
+    assert_eq!(f[0].saving_ns, 5_000);
+}
+
+#[test]
+fn big_file_copy_from_eight_mebibytes_written() {
+    let mut a = Aggregate::default();
+    let below = (BIG_FILE_BYTES - 1) as i64;
+    add(
+        &mut a,
+        raw::asked_by(
+            raw::copy_up(1, "var/log/a", below, below, 9),
+            OPENAT,
+            O_WRONLY_APPEND,
+        ),
+    );
+    // A big file copied for a chown is a metadata copy, not this.
+    let big = BIG_FILE_BYTES as i64;
+    add(
+        &mut a,
+        raw::asked_by(raw::copy_up(2, "big", big, big, 9), FCHOWNAT, 0),
+    );
+    assert_eq!(ids(&a), ["metadata-copy"]);
+    add(
+        &mut a,
+        raw::asked_by(
+            raw::copy_up(1, "var/log/b", big, big, 9),
+            OPENAT,
+            O_WRONLY_APPEND,
+        ),
+    );
+    let f: Vec<_> = findings(&a, 10.0)
+        .into_iter()
+        .filter(|f| f.id == "big-file-copy")
+        .collect();
+    assert_eq!(f.len(), 1);
+    assert_eq!((f[0].count, f[0].bytes), (1, BIG_FILE_BYTES));
+    assert_eq!(f[0].top[0].path, "/var/log/b");
+}
+
+#[test]
+fn deep_layers_from_a_hundred_deep_negative_lookups() {
+    let mut a = Aggregate::default();
+    for i in 0..DEEP_LOOKUPS - 1 {
+        add(
+            &mut a,
+            raw::lookup(
+                1,
+                &format!("n{i}"),
+                LOOKUP_NEGATIVE,
+                DEEP_LOOKUP_LAYERS,
+                1_000,
+            ),
+        );
+    }
+    // Shallower, or positive: not evidence.
+    add(
+        &mut a,
+        raw::lookup(1, "s", LOOKUP_NEGATIVE, DEEP_LOOKUP_LAYERS - 1, 1_000),
+    );
+    add(
+        &mut a,
+        raw::lookup(1, "p", LOOKUP_LOWER, DEEP_LOOKUP_LAYERS + 2, 1_000),
+    );
+    assert!(ids(&a).is_empty());
+    add(
+        &mut a,
+        raw::lookup(1, "last", LOOKUP_NEGATIVE, DEEP_LOOKUP_LAYERS, 1_000),
+    );
+    let f = findings(&a, 10.0);
+    assert_eq!(ids(&a), ["deep-layers"]);
+    assert_eq!(f[0].count, DEEP_LOOKUPS);
+    // Ten layers each: squashed, nine tenths of their time goes.
+    assert_eq!(f[0].saving_ns, DEEP_LOOKUPS * 900);
+}
+
+#[test]
+fn fail_on_names_what_is_there() {
+    let mut a = Aggregate::default();
+    let big = BIG_FILE_BYTES as i64;
+    add(
+        &mut a,
+        raw::asked_by(raw::copy_up(1, "big", big, big, 9), OPENAT, O_WRONLY_APPEND),
+    );
+    let f = findings(&a, 1.0);
+    assert_eq!(failing(&f, &["metadata-copy".into()]).len(), 0);
+    assert_eq!(failing(&f, &["big-file-copy".into()]).len(), 1);
+    assert_eq!(failing(&f, &["any".into()]).len(), 1);
+    let mut text_out = String::new();
+    text(&mut text_out, &f);
+    assert!(text_out.contains("[big-file-copy]"), "{text_out}");
+    let mut none = String::new();
+    text(&mut none, &[]);
+    assert_eq!(none, "findings: none\n");
+}
