@@ -13,6 +13,8 @@ pub const EVENT_LOOKUP: u32 = 2;
 pub const EVENT_MOUNT: u32 = 3;
 /// `EventHeader::kind` of an [`ExecEvent`].
 pub const EVENT_EXEC: u32 = 4;
+/// `EventHeader::kind` of a [`RenameEvent`].
+pub const EVENT_RENAME: u32 = 5;
 
 pub const COMM_LEN: usize = 16;
 
@@ -64,7 +66,9 @@ pub const STAT_MISSED_RETURN_DATA: u32 = 8;
 pub const STAT_ORPHAN_RETURNS: u32 = 9;
 /// Process starts (`sched_process_exec`, for `run --trace`) the ring buffer could not take.
 pub const STAT_DROPPED_EXEC: u32 = 10;
-pub const NUM_STATS: u32 = 11;
+/// Refused renames (`RenameEvent`) the ring buffer could not take.
+pub const STAT_DROPPED_RENAME: u32 = 11;
+pub const NUM_STATS: u32 = 12;
 
 /// Calls of one function nested on one thread (an overlay whose layer is itself an overlay) that
 /// are tracked each on their own; deeper ones count as `STAT_INFLIGHT_FULL`.
@@ -253,6 +257,26 @@ pub struct MountEvent {
 }
 const _: () = assert!(size_of::<MountEvent>() == 48 + 16);
 
+/// An `ovl_rename` that returned -EXDEV: overlayfs refused to rename a directory that is (also)
+/// in a lower layer (without `redirect_dir`), and the caller (`mv`) copies the whole tree itself.
+/// Only these renames are sent. `start_ns` is the call's entry where the probe saw it (kprobes),
+/// its return otherwise.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RenameEvent {
+    pub header: EventHeader,
+    pub ret: i32,
+    pub path_len: u32,
+    pub path_depth: u32,
+    pub path_flags: u32,
+    /// The renamed object's path inside the overlay, components leaf first.
+    pub path: [u8; PATH_BUF_LEN],
+}
+const _: () = assert!(size_of::<RenameEvent>() == 48 + 16 + PATH_BUF_LEN);
+
+/// `RenameEvent::ret`: what a refused rename returns.
+pub const EXDEV: i32 = -18;
+
 /// Load-time configuration: filters and the struct member offsets read from the running
 /// kernel's BTF (aya has no CO-RE for Rust eBPF programs). Handed over as the `CONFIG` global.
 #[repr(C)]
@@ -296,8 +320,11 @@ pub struct Config {
     pub task_struct_stack: u32,
     pub task_struct_flags: u32,
     pub syscall_nr_from_stack: u32,
+    /// 1-based position of `ovl_rename`'s `old` dentry (from BTF): 2 on 5.x, 3 since the
+    /// mount's user namespace (later idmap) came first; 0: not known, renames are not watched.
+    pub rename_old_arg: u32,
 }
-const _: () = assert!(size_of::<Config>() == 92);
+const _: () = assert!(size_of::<Config>() == 96);
 
 #[cfg(feature = "user")]
 mod pod {

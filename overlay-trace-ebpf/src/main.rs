@@ -11,6 +11,7 @@ mod exec;
 mod kernel;
 mod lookup;
 mod mount;
+mod rename;
 
 use aya_ebpf::{
     macros::map,
@@ -44,6 +45,7 @@ static CONFIG: Config = Config {
     task_struct_stack: 0,
     task_struct_flags: 0,
     syscall_nr_from_stack: 0,
+    rename_old_arg: 0,
 };
 
 /// Superblocks to trace when `CONFIG.filter_devs` is set (`--container`); key: kernel `s_dev`.

@@ -41,6 +41,22 @@ pub enum Command {
         /// Exit 3 when a report has this finding (an id, or `any`; repeatable): for CI.
         #[arg(long, value_name = "ID", value_parser = fail_on_ids())]
         fail_on: Vec<String>,
+        /// Try each finding whose fix is a mount option (metacopy=on): the recorded start (an
+        /// events file) is replayed by the bench without and with it. Needs root.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Turn a recorded start (`run --events`) into a bench scenario (TOML on stdout): each
+    /// object one mount copied up, at its path in its source layer with its size and type, and
+    /// a step that asks for its copy-up as the recording says it was asked for. `bench
+    /// FILE.toml` then replays it on a private overlay.
+    Scenario {
+        /// The events file.
+        events: PathBuf,
+        /// The mount: a container name, id prefix or mount point (default: the one whose
+        /// copy-ups took longest).
+        #[arg(long, value_name = "NAME|ID|PATH")]
+        mount: Option<String>,
     },
     /// Compare two JSON reports: exit 0 within bounds, 1 on regression (naming each metric),
     /// 2 on bad input.

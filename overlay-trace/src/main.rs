@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use overlay_trace::cli::{Cli, Command};
-use overlay_trace::cmd::{bench, check, report, run, serve, top};
+use overlay_trace::cmd::{bench, check, report, run, scenario, serve, top};
 
 /// The commands that trace run on one thread: the drain's (see `cmd::session`).
 fn on_runtime<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             svg,
             html,
             fail_on,
+            verify,
         } => {
             return report::report(
                 &files,
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
                     svg: svg.as_deref(),
                     html: html.as_deref(),
                     fail_on: &fail_on,
+                    verify,
                 },
             );
         }
@@ -54,6 +56,12 @@ fn main() -> ExitCode {
         Command::Bench(args) => on_runtime(bench::bench(args)).map(|()| ExitCode::SUCCESS),
         Command::BenchWorkload { scenario, merged } => {
             bench::workload(&scenario, &merged).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Scenario { events, mount } => {
+            scenario::scenario(&events, mount.as_deref()).map(|toml| {
+                print!("{toml}");
+                ExitCode::SUCCESS
+            })
         }
         Command::Check => check::check().map(|ok| {
             if ok {

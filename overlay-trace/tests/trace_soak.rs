@@ -16,6 +16,7 @@ fn origin_mut(e: &mut Event) -> &mut Origin {
         Event::CopyUp(c) => &mut c.origin,
         Event::Lookup(l) => &mut l.origin,
         Event::Mount(m) => &mut m.origin,
+        Event::Rename(r) => &mut r.origin,
     }
 }
 

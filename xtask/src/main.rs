@@ -394,7 +394,9 @@ fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
                 .is_some_and(|n| n.starts_with(name))
         })
     };
-    let (Some(kernel_trace), Some(preflight)) = (find("kernel_trace-"), find("preflight-")) else {
+    let (Some(kernel_trace), Some(preflight), Some(triggers)) =
+        (find("kernel_trace-"), find("preflight-"), find("triggers-"))
+    else {
         bail!("test binaries not found");
     };
     let mut failed = Vec::new();
@@ -406,10 +408,12 @@ fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
              export OVERLAY_TRACE_TEST_OUT={ws}/target/test-out/{name}\n\
              OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {p} --include-ignored --test-threads=1 || failed=1\n\
              OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned a_reused_device_number_never_names_a_mount_after_the_next || failed=1\n\
+             OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {tr} --include-ignored --test-threads=1 || failed=1\n\
              exit $failed\n",
             t = tracer.display(),
             p = preflight.display(),
             kt = kernel_trace.display(),
+            tr = triggers.display(),
             ws = workspace().display(),
         );
         let code = in_vm_on(k, &script, &format!("[{name}] "))?;

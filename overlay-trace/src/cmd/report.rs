@@ -60,6 +60,8 @@ pub struct Outputs<'a> {
     pub html: Option<&'a Path>,
     /// `--fail-on`: finding ids (or `any`) that make the exit status 3.
     pub fail_on: &'a [String],
+    /// `--verify`: the first file's findings' fixes tried on the bench.
+    pub verify: bool,
 }
 
 pub fn report(files: &[PathBuf], outputs: Outputs<'_>) -> ExitCode {
@@ -69,6 +71,7 @@ pub fn report(files: &[PathBuf], outputs: Outputs<'_>) -> ExitCode {
         svg,
         html,
         fail_on,
+        verify,
     } = outputs;
     let mut picture = None;
     let reports: Result<Vec<(String, Report)>> = files
@@ -87,10 +90,21 @@ pub fn report(files: &[PathBuf], outputs: Outputs<'_>) -> ExitCode {
             Ok((name, load(f)?))
         })
         .collect();
-    let reports = match reports {
+    let mut reports = match reports {
         Ok(r) => r,
         Err(e) => return bad_input(e),
     };
+    if verify {
+        if !crate::stream::input::is_events_file(&files[0]) {
+            return bad_input(anyhow::anyhow!(crate::base::BadInput(
+                "--verify needs an events file (run --events), not a JSON report".into()
+            )));
+        }
+        if let Err(e) = crate::cmd::verify::verify(&files[0], &mut reports[0].1) {
+            eprintln!("overlay-trace: error: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
     for (_, r) in &reports {
         print!("{}", text::render(r));
     }

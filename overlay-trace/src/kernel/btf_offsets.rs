@@ -102,6 +102,7 @@ impl KernelBtf {
             task_struct_stack: member_offset(v, "task_struct", "stack").unwrap_or(0),
             task_struct_flags: member_offset(v, "task_struct", "flags").unwrap_or(0),
             syscall_nr_from_stack: 0,
+            rename_old_arg: self.param_position("ovl_rename", "old").unwrap_or(0),
         })
     }
 

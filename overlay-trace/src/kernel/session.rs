@@ -50,6 +50,7 @@ pub fn counts_of(s: &Stats) -> EventCounts {
         missed_return_data: s[STAT_MISSED_RETURN_DATA as usize],
         orphan_returns: s[STAT_ORPHAN_RETURNS as usize],
         dropped_exec: s[STAT_DROPPED_EXEC as usize],
+        dropped_rename: s[overlay_trace_common::STAT_DROPPED_RENAME as usize],
         ..Default::default()
     }
 }

@@ -120,6 +120,8 @@ pub struct Aggregate {
     pub copy_up_events: u64,
     pub lookup_events: u64,
     pub mount_events: u64,
+    /// Renames overlayfs refused (only those are sent).
+    pub rename_events: u64,
     seq: u64,
 }
 
@@ -160,6 +162,7 @@ impl Aggregate {
             Event::CopyUp(_) => self.copy_up_events += 1,
             Event::Lookup(_) => self.lookup_events += 1,
             Event::Mount(_) => self.mount_events += 1,
+            Event::Rename(_) => self.rename_events += 1,
         }
         // A late event of a mount already retired goes to its summary.
         if let Some(label) = self.retired_index.get(&key) {
@@ -167,7 +170,7 @@ impl Aggregate {
                 match e {
                     Event::CopyUp(c) => g.copy_ups.add(c, self.seq),
                     Event::Lookup(l) => g.lookups.add(l),
-                    Event::Mount(_) => {}
+                    Event::Mount(_) | Event::Rename(_) => {}
                 }
                 return Added {
                     key,
@@ -214,6 +217,7 @@ impl Aggregate {
                     m.mount_ns = Some(mt.duration_ns);
                 }
             }
+            Event::Rename(r) => m.evidence.add_rename(r, seq),
         }
         Added {
             key,

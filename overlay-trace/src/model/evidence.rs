@@ -3,7 +3,7 @@
 //! written, and the negative lookups that consulted many layers. Kept for mounts in detail only,
 //! like the by-layer table (a layer means nothing across folded mounts).
 
-use crate::stream::event::{CopyUp, Lookup, LookupOutcome};
+use crate::stream::event::{CopyUp, Lookup, LookupOutcome, Rename};
 
 /// A copy-up that copied at least this much data to be written is a big file (`big-file-copy`).
 pub const BIG_FILE_BYTES: u64 = 8 << 20;
@@ -85,6 +85,8 @@ pub struct Evidence {
     /// Files of `BIG_FILE_BYTES` or more copied up to be written.
     pub big_files: Tally,
     pub deep_lookups: DeepLookups,
+    /// Directory renames overlayfs refused (-EXDEV): the caller copied each tree itself.
+    pub refused_renames: Tally,
 }
 
 impl Evidence {
@@ -109,6 +111,24 @@ impl Evidence {
             d.count += 1;
             d.total_ns = d.total_ns.saturating_add(l.duration_ns);
             d.layers = d.layers.saturating_add(u64::from(l.layers));
+        }
+    }
+
+    pub(super) fn add_rename(&mut self, r: &Rename, seq: u64) {
+        let t = &mut self.refused_renames;
+        t.count += 1;
+        let item = Item {
+            seq,
+            path: r.path.clone(),
+            bytes: 0,
+            total_ns: 0,
+            comm: r.origin.comm.clone(),
+            tgid: r.origin.tgid,
+            syscall: None,
+            layer: None,
+        };
+        if t.items.len() < ITEMS_MAX {
+            t.items.push(item);
         }
     }
 

@@ -50,6 +50,9 @@ pub struct CopyUpStats {
     /// Copy-ups by the lower layer they came from (0: not known), for one mount's detail (a
     /// layer number means nothing across mounts, so folded groups leave it empty).
     pub by_layer: BTreeMap<u32, LayerTally>,
+    /// Copy-ups by what asked for them (`stream::trigger`; "unknown" when the kernel side
+    /// could not tell).
+    pub by_trigger: BTreeMap<&'static str, LayerTally>,
 }
 
 /// The copy-ups that came from one lower layer.
@@ -78,6 +81,13 @@ impl CopyUpStats {
         }
         self.total_ns = self.total_ns.saturating_add(c.duration_ns);
         self.latency.record(c.duration_ns);
+        let t = self
+            .by_trigger
+            .entry(c.trigger().map_or("unknown", |t| t.name()))
+            .or_default();
+        t.count += 1;
+        t.data_bytes = t.data_bytes.saturating_add(c.data.map_or(0, |d| d.bytes));
+        t.total_ns = t.total_ns.saturating_add(c.duration_ns);
         self.offer(c.duration_ns, seq, || c.clone());
     }
 
@@ -119,6 +129,12 @@ impl CopyUpStats {
         self.waited += o.waited;
         self.waited_ns = self.waited_ns.saturating_add(o.waited_ns);
         self.latency.merge(&o.latency);
+        for (k, t) in &o.by_trigger {
+            let m = self.by_trigger.entry(k).or_default();
+            m.count += t.count;
+            m.data_bytes = m.data_bytes.saturating_add(t.data_bytes);
+            m.total_ns = m.total_ns.saturating_add(t.total_ns);
+        }
         for Reverse(s) in &o.slowest {
             self.offer(s.duration_ns, s.seq, || s.event.clone());
         }

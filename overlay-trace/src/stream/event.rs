@@ -5,9 +5,9 @@ use std::mem::size_of;
 
 use overlay_trace_common::{
     COMM_LEN, COPY_UP_WAITED, CopyUpEvent, EVENT_COPY_UP, EVENT_EXEC, EVENT_LOOKUP, EVENT_MOUNT,
-    EventHeader, LOOKUP_ERROR, LOOKUP_LOWER, LOOKUP_NAME_LEN, LOOKUP_NEGATIVE,
+    EVENT_RENAME, EventHeader, LOOKUP_ERROR, LOOKUP_LOWER, LOOKUP_NAME_LEN, LOOKUP_NEGATIVE,
     LOOKUP_POSITIVE_UNKNOWN_LAYER, LOOKUP_UPPER, LookupEvent, MountEvent, NO_DATA_COPY,
-    PATH_BUF_LEN, PATH_INCOMPLETE, PATH_TRUNCATED,
+    PATH_BUF_LEN, PATH_INCOMPLETE, PATH_TRUNCATED, RenameEvent,
 };
 use serde::{Deserialize, Serialize};
 
@@ -189,6 +189,19 @@ pub struct Mount {
     pub ret: i32,
 }
 
+/// A rename overlayfs refused with -EXDEV (a directory in a lower layer, no `redirect_dir`):
+/// the caller copies the tree itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rename {
+    #[serde(flatten)]
+    pub origin: Origin,
+    pub ret: i32,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    pub path_truncated: bool,
+}
+
 /// One line of `--events FILE.ndjson`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -196,6 +209,7 @@ pub enum Event {
     CopyUp(CopyUp),
     Lookup(Lookup),
     Mount(Mount),
+    Rename(Rename),
 }
 
 impl Event {
@@ -204,6 +218,7 @@ impl Event {
             Event::CopyUp(c) => &c.origin,
             Event::Lookup(l) => &l.origin,
             Event::Mount(m) => &m.origin,
+            Event::Rename(r) => &r.origin,
         }
     }
 }
@@ -352,6 +367,17 @@ impl TryFrom<&[u8]> for Event {
                     origin: origin(&e.header),
                     duration_ns: e.duration_ns,
                     ret: e.ret,
+                }))
+            }
+            EVENT_RENAME => {
+                let e: RenameEvent = read(buf, kind)?;
+                let used = (e.path_len as usize).min(PATH_BUF_LEN);
+                Ok(Event::Rename(Rename {
+                    origin: origin(&e.header),
+                    ret: e.ret,
+                    path: String::from_utf8_lossy(&path_bytes(&e.path[..used])).into_owned(),
+                    path_hex: hex_if_not_utf8(&path_bytes(&e.path[..used])),
+                    path_truncated: e.path_flags & (PATH_TRUNCATED | PATH_INCOMPLETE) != 0,
                 }))
             }
             other => Err(DecodeError::UnknownKind(other)),

@@ -80,7 +80,7 @@ pub fn read(path: &Path, mut each: impl FnMut(Item) -> Result<()>) -> Result<Opt
             ));
         }
         let item = match kind.as_str() {
-            "copy_up" | "lookup" | "mount" => Item::Event(
+            "copy_up" | "lookup" | "mount" | "rename" => Item::Event(
                 serde_json::from_value(v).map_err(|e| bad(n, format!("bad {kind}: {e}")))?,
             ),
             _ => {

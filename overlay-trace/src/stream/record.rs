@@ -96,6 +96,9 @@ pub struct EventCounts {
     pub copy_up: u64,
     pub lookup: u64,
     pub mount: u64,
+    /// Renames overlayfs refused with -EXDEV (the only renames recorded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rename_refused: u64,
     /// Ring buffer full: events the kernel could not hand over.
     pub dropped_copy_up: u64,
     pub dropped_lookup: u64,
@@ -129,6 +132,9 @@ pub struct EventCounts {
     /// Process starts the ring buffer could not take (`--trace` only: the timeline lacks them).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dropped_exec: u64,
+    /// Refused renames (`rename` events) the ring buffer could not take.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_rename: u64,
     /// Records userspace could not decode.
     pub decode_errors: u64,
     /// Enrichment work (a copy-up's source layer, a mount's name) abandoned after its time

@@ -30,6 +30,25 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    pub const ALL: [Trigger; 11] = [
+        Trigger::Open,
+        Trigger::Truncate,
+        Trigger::Chmod,
+        Trigger::Chown,
+        Trigger::Utimes,
+        Trigger::Xattr,
+        Trigger::Rename,
+        Trigger::Link,
+        Trigger::Create,
+        Trigger::Remove,
+        Trigger::Other,
+    ];
+
+    /// The trigger named `name` (as `name()` writes it).
+    pub fn from_name(name: &str) -> Option<Trigger> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// Changes of metadata alone: with `metacopy=on` they copy no data (overlayfs copies the
     /// data of a metacopy file when it is first opened for writing).
     pub fn metadata_only(self) -> bool {

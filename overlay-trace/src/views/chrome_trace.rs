@@ -154,6 +154,10 @@ impl TraceFile {
                     "size": c.size, "ret": c.ret, "waited": c.is_wait(), "layer": c.layer,
                 },
             })),
+            Event::Rename(r) => Some(json!({
+                "name": format!("rename refused (EXDEV): {}", r.path), "cat": "rename_exdev",
+                "ph": "i", "s": "t", "ts": us(o.start_ns), "pid": track, "tid": o.pid,
+            })),
             Event::Mount(m) => Some(json!({
                 "name": "mount (ovl_fill_super)", "cat": "mount",
                 "ph": "X", "ts": us(o.start_ns), "dur": us(m.duration_ns),

@@ -109,6 +109,17 @@ pub struct CopyUpReport {
     /// report only (empty in folded summaries).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by_layer: Vec<LayerReport>,
+    /// Copy-ups by what asked for them: chown, open, rename... ("unknown" where the kernel
+    /// side could not read it).
+    #[serde(default)]
+    pub by_trigger: BTreeMap<String, TriggerReport>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerReport {
+    pub count: u64,
+    pub data_bytes: u64,
+    pub total_ns: u64,
 }
 
 /// The copy-ups of one mount that came from one lower layer.
@@ -209,6 +220,20 @@ fn copy_up_report(c: &CopyUpStats) -> CopyUpReport {
             })
             .collect(),
         by_layer: Vec::new(),
+        by_trigger: c
+            .by_trigger
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.to_string(),
+                    TriggerReport {
+                        count: t.count,
+                        data_bytes: t.data_bytes,
+                        total_ns: t.total_ns,
+                    },
+                )
+            })
+            .collect(),
     }
 }
 
@@ -329,6 +354,7 @@ impl Report {
         events.copy_up = agg.copy_up_events;
         events.lookup = agg.lookup_events;
         events.mount = agg.mount_events;
+        events.rename_refused = agg.rename_events;
         let mut mounts: Vec<MountReport> =
             agg.mounts.iter().map(|(k, m)| mount_report(k, m)).collect();
         mounts.sort_by(|a, b| {

@@ -168,6 +168,14 @@ fn copy_ups(out: &mut String, c: &CopyUpReport) {
                 },
             );
         }
+        let asked: Vec<String> = c
+            .by_trigger
+            .iter()
+            .map(|(k, t)| format!("{k} {} ({})", t.count, bytes(t.data_bytes)))
+            .collect();
+        if !asked.is_empty() {
+            let _ = writeln!(out, "    asked by: {}", asked.join(", "));
+        }
         by_layer(out, &c.by_layer);
     }
 }
@@ -296,6 +304,13 @@ pub fn render(r: &Report) -> String {
         );
     } else {
         let _ = writeln!(out, "no events lost");
+    }
+    if e.dropped_rename > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} refused renames not recorded (ring buffer full)",
+            e.dropped_rename
+        );
     }
     if e.dropped_exec > 0 {
         let _ = writeln!(

@@ -62,7 +62,7 @@ impl Timeline {
             Event::CopyUp(c) if c.is_wait() => (Kind::Wait, c.duration_ns),
             Event::CopyUp(c) => (Kind::CopyUp, c.duration_ns),
             Event::Mount(m) => (Kind::Mount, m.duration_ns),
-            Event::Lookup(_) => return,
+            Event::Lookup(_) | Event::Rename(_) => return,
         };
         match self.row(key) {
             Some(r) if self.slices.len() < SLICES_MAX => {

@@ -87,7 +87,7 @@ pub fn check_mount_options(what: &str, opts: &str, allowed: &[&str]) -> Result<(
 /// Moves this process into a mount namespace of its own, with nothing propagating back: every
 /// mount the bench makes disappears with the process, however it ends. Must run before any
 /// other thread exists.
-fn private_mount_namespace() -> Result<()> {
+pub(crate) fn private_mount_namespace() -> Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .context("cannot make a private mount namespace")?;
     nix::mount::mount(
@@ -243,7 +243,6 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         )?);
     }
     private_mount_namespace()?;
-    let me = std::env::current_exe().context("cannot find my own executable")?;
     let mut runs: Vec<Report> = Vec::new();
     let mut options = String::new();
     for i in 0..args.repeat {
@@ -254,17 +253,15 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
             args.repeat,
             s.layers
         );
-        let ov = BenchOverlay::create(&s, &args.upper_options, &args.mount_options).await?;
-        options = ov.options.clone();
-        let command = vec![
-            me.display().to_string(),
-            "bench-workload".into(),
-            args.scenario.clone(),
-            ov.merged().display().to_string(),
-        ];
-        let report = traced_workload(&command, ov.dev()?, args.probes)
-            .await
-            .with_context(|| format!("the {} workload", s.name))?;
+        let (report, used) = measure(
+            &s,
+            &source,
+            &args.upper_options,
+            &args.mount_options,
+            args.probes,
+        )
+        .await?;
+        options = used;
         eprintln!(
             "bench {}: run {}/{}: {} copy-ups, {} lookups",
             s.name,
@@ -314,6 +311,33 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// One run of scenario `s` (its text `source`) on a fresh overlay of the bench's, in the
+/// private mount namespace the caller made (`private_mount_namespace`): its report, and the
+/// overlay's mount options.
+pub(crate) async fn measure(
+    s: &Scenario,
+    source: &str,
+    upper_options: &str,
+    mount_options: &str,
+    probes: ProbesArg,
+) -> Result<(Report, String)> {
+    let ov = BenchOverlay::create(s, upper_options, mount_options).await?;
+    // The workload reads the scenario from the bench's own tmpfs, beside the layers.
+    let file = ov.root.join("scenario.toml");
+    fs::write(&file, source).with_context(|| format!("cannot write {}", file.display()))?;
+    let me = std::env::current_exe().context("cannot find my own executable")?;
+    let command = vec![
+        me.display().to_string(),
+        "bench-workload".into(),
+        file.display().to_string(),
+        ov.merged().display().to_string(),
+    ];
+    let report = traced_workload(&command, ov.dev()?, probes)
+        .await
+        .with_context(|| format!("the {} workload", s.name))?;
+    Ok((report, ov.options.clone()))
 }
 
 /// The workload `command`, traced on the bench's overlay `dev` alone until it exits (0, or the

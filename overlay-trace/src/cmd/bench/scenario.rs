@@ -1,20 +1,14 @@
 //! Benchmark scenarios: small TOML files a user can copy and edit (see scenarios/ in the repo).
 //! A scenario says what the lower layers hold and what the workload does on the merged view.
 
-use std::{
-    fs::{self, File},
-    io::{Read as _, Write as _},
-    os::{fd::OwnedFd, unix::fs::PermissionsExt as _},
-    path::Path,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::fs;
 
 use anyhow::{Context as _, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::base::BadInput;
 
-use crate::base::safe_fs::{create_dirs_beneath, is_confined, open_beneath, open_dir};
+use crate::base::safe_fs::is_confined;
 
 /// The scenarios shipped with overlay-trace, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -40,7 +34,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
@@ -49,26 +43,44 @@ pub struct Scenario {
     /// Number of lower layers; layer 0 is the topmost.
     pub layers: usize,
     /// Extra overlay mount options (e.g. "redirect_dir=on", "metacopy=on").
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mount_options: String,
     #[serde(default)]
     pub files: Vec<FileSpec>,
     pub steps: Vec<Step>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
     pub layer: usize,
     /// `{i}` is replaced by 0..count.
     pub path: String,
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub count: usize,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
+    #[serde(default, skip_serializing_if = "Kind::is_file")]
+    pub kind: Kind,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+/// What a `FileSpec` makes: a file of `size` bytes, a directory, or a symlink (to "target").
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    #[default]
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Kind {
+    fn is_file(&self) -> bool {
+        *self == Kind::File
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Append one line (copies the file up).
@@ -85,24 +97,46 @@ pub enum Op {
     Stat,
     /// Read the whole file (lookups, no copy-up).
     Read,
+    /// fchownat to its own owner (copies up; with data unless metacopy=on).
+    Chown,
+    /// Set the xattr `trusted.overlay-trace` (copies up; with data unless metacopy=on).
+    Setxattr,
+    /// Set its times to now (utimensat; copies up, with data unless metacopy=on).
+    Touch,
+    /// truncate(2) to its own size (copies up with its data).
+    Resize,
+    /// Hard link `path` to `to` (copies `path` up; with data unless metacopy=on).
+    Link,
+    /// Make the directory `path` (copies up its parent directories).
+    Mkdir,
+    /// unlink `path` (copies up its parent directories, leaves a whiteout).
+    Remove,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub op: Op,
     pub path: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub count: usize,
     /// chmod: the whole tree under `path`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recursive: bool,
 }
 
 fn one() -> usize {
     1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A scenario's paths must stay inside the overlay; it runs as root.
@@ -168,9 +202,9 @@ impl Scenario {
         if let Some(st) = s
             .steps
             .iter()
-            .find(|st| st.op == Op::Rename && st.to.is_none())
+            .find(|st| matches!(st.op, Op::Rename | Op::Link) && st.to.is_none())
         {
-            bail!("bad scenario: rename of {} has no `to`", st.path);
+            bail!("bad scenario: {:?} of {} has no `to`", st.op, st.path);
         }
         Ok(s)
     }
@@ -204,142 +238,8 @@ fn expand(path: &str, count: usize) -> Vec<String> {
     }
 }
 
-/// Creates `rel` (and its directories) beneath `dir` for writing.
-fn create_beneath(dir: &OwnedFd, rel: &Path) -> Result<File> {
-    if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_dirs_beneath(dir, parent)?;
-    }
-    let fd = open_beneath(
-        dir,
-        rel,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
-        0o644,
-    )
-    .with_context(|| format!("cannot create {}", rel.display()))?;
-    Ok(File::from(fd))
-}
-
-/// Fills the lower layers (`lower(i)` is layer i), every file opened beneath its layer (no
-/// symlink or `..` leads out). Stops early when `stop` is set.
-pub fn populate(
-    s: &Scenario,
-    lower: impl Fn(usize) -> std::path::PathBuf,
-    stop: &AtomicBool,
-) -> Result<()> {
-    // Real data, not a sparse file: copy-up cost depends on it.
-    let chunk = vec![0x5au8; 1 << 20];
-    for f in &s.files {
-        let dir = open_dir(&lower(f.layer))?;
-        for rel in expand(&f.path, f.count) {
-            let mut w = std::io::BufWriter::new(create_beneath(&dir, Path::new(&rel))?);
-            let mut left = f.size;
-            while left > 0 {
-                if stop.load(Ordering::Relaxed) {
-                    bail!("interrupted");
-                }
-                let n = left.min(chunk.len() as u64) as usize;
-                w.write_all(&chunk[..n])?;
-                left -= n as u64;
-            }
-            w.flush()?;
-        }
-    }
-    Ok(())
-}
-
-fn open_at(dir: &OwnedFd, rel: &Path, flags: i32) -> std::io::Result<File> {
-    open_beneath(dir, rel, flags, 0).map(File::from)
-}
-
-/// chmod -R beneath `dir`: directories 0750, files 0640.
-fn chmod_tree(dir: &OwnedFd, rel: &Path) -> Result<()> {
-    let f = open_at(dir, rel, libc::O_RDONLY | libc::O_NOFOLLOW)?;
-    let is_dir = f.metadata()?.is_dir();
-    f.set_permissions(fs::Permissions::from_mode(if is_dir {
-        0o750
-    } else {
-        0o640
-    }))?;
-    if is_dir {
-        use std::os::fd::AsRawFd as _;
-        // The names, through our own descriptor of the directory.
-        for e in fs::read_dir(format!("/proc/self/fd/{}", f.as_raw_fd()))? {
-            chmod_tree(dir, &rel.join(e?.file_name()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Opens the parent directory of `rel` beneath `dir`, and returns it with the last component.
-fn parent_of(dir: &OwnedFd, rel: &Path) -> Result<(OwnedFd, std::ffi::CString)> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let name = rel
-        .file_name()
-        .with_context(|| format!("{}: no file name", rel.display()))?;
-    let parent = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(p) => open_beneath(dir, p, libc::O_PATH | libc::O_DIRECTORY, 0)?,
-        None => dir.try_clone()?,
-    };
-    Ok((parent, std::ffi::CString::new(name.as_bytes())?))
-}
-
-/// Runs the workload on `merged` (in the process the tracer runs as its command); every path is
-/// resolved beneath it.
-pub fn run_steps(s: &Scenario, merged: &Path) -> Result<()> {
-    let dir = open_dir(merged)?;
-    for st in &s.steps {
-        for (i, rel) in expand(&st.path, st.count).into_iter().enumerate() {
-            let p = Path::new(&rel);
-            let ctx = || format!("{:?} {}", st.op, p.display());
-            match st.op {
-                Op::Append => open_at(&dir, p, libc::O_WRONLY | libc::O_APPEND)
-                    .and_then(|mut f| f.write_all(b"bench\n"))
-                    .with_context(ctx)?,
-                Op::Truncate => open_at(&dir, p, libc::O_WRONLY | libc::O_TRUNC)
-                    .and_then(|mut f| f.write_all(b"bench\n"))
-                    .with_context(ctx)?,
-                Op::Create => create_beneath(&dir, p)
-                    .and_then(|mut f| Ok(f.write_all(b"new\n")?))
-                    .with_context(ctx)?,
-                Op::Chmod if st.recursive => chmod_tree(&dir, p).with_context(ctx)?,
-                Op::Chmod => open_at(&dir, p, libc::O_RDONLY)
-                    .and_then(|f| f.set_permissions(fs::Permissions::from_mode(0o640)))
-                    .with_context(ctx)?,
-                Op::Rename => {
-                    let to = expand(st.to.as_deref().unwrap_or(""), st.count)
-                        .into_iter()
-                        .nth(i)
-                        .unwrap_or_default();
-                    let (from_dir, from_name) = parent_of(&dir, p).with_context(ctx)?;
-                    let (to_dir, to_name) = parent_of(&dir, Path::new(&to)).with_context(ctx)?;
-                    use std::os::fd::AsRawFd as _;
-                    // SAFETY: valid descriptors and C strings.
-                    let r = unsafe {
-                        libc::renameat(
-                            from_dir.as_raw_fd(),
-                            from_name.as_ptr(),
-                            to_dir.as_raw_fd(),
-                            to_name.as_ptr(),
-                        )
-                    };
-                    if r != 0 {
-                        return Err(std::io::Error::last_os_error()).with_context(ctx);
-                    }
-                }
-                Op::Stat => {
-                    let _ = open_at(&dir, p, libc::O_PATH | libc::O_NOFOLLOW);
-                }
-                Op::Read => {
-                    let mut buf = Vec::new();
-                    open_at(&dir, p, libc::O_RDONLY)
-                        .and_then(|mut f| f.read_to_end(&mut buf))
-                        .with_context(ctx)?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
+mod work;
+pub use work::{populate, run_steps};
 
 #[cfg(test)]
 mod tests;

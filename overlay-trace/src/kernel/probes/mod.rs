@@ -119,6 +119,18 @@ pub const PROBES: &[ProbeSpec] = &[
         required: false,
         purpose: "layers consulted per lookup",
     },
+    // 5.x: ovl_rename(olddir, old, newdir, new, flags); 6.x: the mount's user namespace (later
+    // idmap) first. Only renames refused with -EXDEV are sent.
+    ProbeSpec {
+        entry: "rename_entry",
+        ret: Some("rename_return"),
+        fentry: "rename_fentry",
+        fexit: &[(5, "rename_fexit_5"), (6, "rename_fexit_6")],
+        fentry_param: None,
+        targets: &["ovl_rename"],
+        required: false,
+        purpose: "renames overlayfs refused (directories the caller copies itself)",
+    },
 ];
 
 impl ProbeSpec {

@@ -103,3 +103,24 @@ pub fn lookup(dev: u32, name: &str, outcome: u32, layers: u32, duration_ns: u64)
     };
     bytes_of(&e)
 }
+
+/// A rename refused with -EXDEV of `path` (root first, "a/b").
+pub fn rename_refused(dev: u32, path: &str) -> Vec<u8> {
+    let mut buf = [0u8; PATH_BUF_LEN];
+    let mut off = 0;
+    let mut depth = 0;
+    for comp in path.split('/').filter(|c| !c.is_empty()).rev() {
+        buf[off..off + comp.len()].copy_from_slice(comp.as_bytes());
+        off += comp.len() + 1;
+        depth += 1;
+    }
+    let e = RenameEvent {
+        header: header(EVENT_RENAME, dev, "mv"),
+        ret: overlay_trace_common::EXDEV,
+        path_len: off as u32,
+        path_depth: depth,
+        path_flags: 0,
+        path: buf,
+    };
+    bytes_of(&e)
+}

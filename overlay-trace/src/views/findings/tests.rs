@@ -148,3 +148,16 @@ fn fail_on_names_what_is_there() {
     text(&mut none, &[]);
     assert_eq!(none, "findings: none\n");
 }
+
+#[test]
+fn one_refused_rename_is_a_finding() {
+    let mut a = Aggregate::default();
+    add(&mut a, raw::copy_up(1, "old", 0, -1, 9));
+    assert!(ids(&a).is_empty());
+    add(&mut a, raw::rename_refused(1, "srv/old"));
+    let f = findings(&a, 1.0);
+    assert_eq!(ids(&a), ["lower-dir-rename"]);
+    assert_eq!((f[0].count, f[0].top[0].path.as_str()), (1, "/srv/old"));
+    assert_eq!(f[0].top[0].process, "mv[100]");
+    assert_eq!(a.rename_events, 1);
+}

@@ -1,0 +1,95 @@
+//! `report events.ndjson --verify`: each finding whose fix is a mount option is tried. The
+//! finding's mount is turned into a scenario (`cmd::scenario`) and run by the bench on its own
+//! overlay, without the option and with it; the finding keeps both measures beside its estimate.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    cmd::{
+        bench::{measure, private_mount_namespace},
+        scenario,
+    },
+    kernel::probes::ProbesArg,
+    stream::trigger::Trigger,
+    views::{
+        findings::{Measured, Verified, mount_option_fix},
+        report::Report,
+    },
+};
+
+/// The copy-ups of `r` the finding is about: those asked for by a change of metadata alone
+/// (`metadata-copy`, the one finding verified so far).
+fn measured(r: &Report) -> Measured {
+    let mut m = Measured {
+        copy_ups: 0,
+        data_bytes: 0,
+        total_ns: 0,
+    };
+    for mount in &r.mounts {
+        for (name, t) in &mount.copy_up.by_trigger {
+            if Trigger::from_name(name).is_some_and(Trigger::metadata_only) {
+                m.copy_ups += t.count;
+                m.data_bytes += t.data_bytes;
+                m.total_ns += t.total_ns;
+            }
+        }
+    }
+    m
+}
+
+/// Tries the fixes of `report`'s findings (the report rebuilt from `events`). Needs root and a
+/// kernel `run` can trace; runs before any other thread exists (it makes a private mount
+/// namespace for the bench's overlays).
+pub fn verify(events: &Path, report: &mut Report) -> Result<()> {
+    if !report
+        .findings
+        .iter()
+        .any(|f| mount_option_fix(&f.id).is_some())
+    {
+        return Ok(());
+    }
+    let mut caps = crate::kernel::preflight::inspect();
+    crate::kernel::preflight::ensure_overlay_loaded(&mut caps);
+    crate::kernel::preflight::require_for_run(&caps)?;
+    private_mount_namespace()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mounts = scenario::read(events)?;
+    for f in &mut report.findings {
+        let Some(option) = mount_option_fix(&f.id) else {
+            continue;
+        };
+        let Some((key, recorded)) = mounts.iter().find(|(k, r)| {
+            r.matches(&f.mount) || f.mount == format!("dev {} #{}", k.dev, k.generation)
+        }) else {
+            bail!("--verify: {} is not in {}", f.mount, events.display());
+        };
+        let (s, _) = scenario::derive(recorded, &recorded.label(key));
+        let source = toml::to_string(&s).context("cannot write the scenario")?;
+        let run = |opts: &str| {
+            eprintln!(
+                "verify {}: the recorded start on the bench{}",
+                f.id,
+                if opts.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {opts}")
+                }
+            );
+            rt.block_on(measure(&s, &source, "", opts, ProbesArg::Auto))
+                .map(|(r, _)| measured(&r))
+                .with_context(|| format!("--verify {}", f.id))
+        };
+        let without = run("")?;
+        let with = run(option)?;
+        f.verified = Some(Verified {
+            mount_option: option.into(),
+            without,
+            with,
+        });
+    }
+    Ok(())
+}
