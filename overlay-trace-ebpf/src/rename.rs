@@ -23,11 +23,25 @@ static RENAME_INFLIGHT: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries
 
 #[kprobe]
 pub fn rename_entry(ctx: ProbeContext) -> u32 {
-    let at = cfg(|c| &c.rename_old_arg);
-    if at == 0 {
+    // Both candidate registers read (volatile, each at its fixed offset; x86-64: rsi, rdx hold
+    // arguments 2 and 3), then one picked: the verifier refuses a load at a computed offset
+    // into the context.
+    let regs = ctx.regs;
+    // SAFETY: a kprobe's context is the probed function's saved registers.
+    let (second, third) = unsafe {
+        (
+            core::ptr::read_volatile(&(*regs).rsi),
+            core::ptr::read_volatile(&(*regs).rdx),
+        )
+    };
+    let old = match cfg(|c| &c.rename_old_arg) {
+        2 => second,
+        3 => third,
+        _ => 0,
+    };
+    if old == 0 {
         return 0;
     }
-    let old: u64 = ctx.arg((at - 1) as usize).unwrap_or(0);
     let (_, pid) = current_tgid_pid();
     let _ = RENAME_INFLIGHT.insert(pid, [old, now_ns()], 0);
     0
