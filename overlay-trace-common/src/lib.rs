@@ -323,8 +323,11 @@ pub struct Config {
     /// 1-based position of `ovl_rename`'s `old` dentry (from BTF): 2 on 5.x, 3 since the
     /// mount's user namespace (later idmap) came first; 0: not known, renames are not watched.
     pub rename_old_arg: u32,
+    /// `task_struct.thread_info.status` (x86: `TS_COMPAT` marks a 32-bit system call, whose
+    /// number means another call); 0: not known, no system call is read.
+    pub task_thread_status: u32,
 }
-const _: () = assert!(size_of::<Config>() == 96);
+const _: () = assert!(size_of::<Config>() == 100);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -190,8 +190,12 @@ pub fn current_task() -> u64 {
     unsafe { bpf_get_current_task() }
 }
 
-/// `PF_KTHREAD` in `task_struct.flags`: a kernel thread has no system call.
-const PF_KTHREAD: u32 = 0x0020_0000;
+/// `task_struct.flags` of threads whose saved registers say nothing of what they do now: a
+/// kernel thread (`PF_KTHREAD`), an io_uring worker (`PF_IO_WORKER`) or a user worker such as
+/// vhost's (`PF_USER_WORKER`, 6.4+): the last two start with a copy of their creator's registers.
+const NOT_A_SYSCALL: u32 = 0x0020_0000 | 0x0000_0010 | 0x0000_4000;
+/// `thread_info.status`: a 32-bit system call (its number is in the i386 table).
+const TS_COMPAT: u32 = 0x0002;
 
 /// The system call the current thread is in, read from the user registers the entry code saved
 /// at the top of its kernel stack (see `Config::syscall_nr_from_stack`): what asked for a
@@ -213,8 +217,14 @@ pub fn current_syscall() -> u32 {
     else {
         return NO_SYSCALL;
     };
-    if flags & PF_KTHREAD != 0 {
+    if flags & NOT_A_SYSCALL != 0 {
         return NO_SYSCALL;
+    }
+    let status_at = cfg(|c| &c.task_thread_status);
+    // SAFETY: as above.
+    match unsafe { bpf_probe_read_kernel((task + status_at as u64) as *const u32) } {
+        Ok(status) if status_at != 0 && status & TS_COMPAT == 0 => {}
+        _ => return NO_SYSCALL,
     }
     let Ok(stack) = (unsafe { bpf_probe_read_kernel((task + stack_at as u64) as *const u64) })
     else {

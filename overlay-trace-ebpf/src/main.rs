@@ -46,6 +46,7 @@ static CONFIG: Config = Config {
     task_struct_flags: 0,
     syscall_nr_from_stack: 0,
     rename_old_arg: 0,
+    task_thread_status: 0,
 };
 
 /// Superblocks to trace when `CONFIG.filter_devs` is set (`--container`); key: kernel `s_dev`.

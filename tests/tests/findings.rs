@@ -1,6 +1,7 @@
 //! Findings on real Docker starts: an image built offline with one case per finding (files made
 //! by one RUN line and chowned at start, a 64 MiB log appended to at start, 12 COPY layers adding
-//! to one directory searched like PATH for missing names), started under `run`; then a clean
+//! to one directory searched like PATH for missing names, a directory renamed at start), started
+//! under `run`; then a clean
 //! start of the same image. Oracles: the upper dir (bytes copied), the Dockerfile (which line
 //! made what), the number of names searched. The recorded start then becomes a scenario, run
 //! by `bench` and by `report --verify`.
@@ -29,7 +30,7 @@ fn build_image() {
     fs::create_dir_all(&ctx).unwrap();
     let mut dockerfile = format!(
         "FROM ot-fbase:1\n\
-         RUN mkdir -p /app/data && for i in $(busybox seq {DATA_FILES}); do busybox dd if=/dev/zero of=/app/data/f$i bs=1024 count={DATA_FILE_KIB} 2>/dev/null; done\n\
+         RUN mkdir -p /app/data /srv/old && echo x > /srv/old/f && for i in $(busybox seq {DATA_FILES}); do busybox dd if=/dev/zero of=/app/data/f$i bs=1024 count={DATA_FILE_KIB} 2>/dev/null; done\n\
          RUN mkdir -p /var/log/app && busybox dd if=/dev/zero of=/var/log/app/big.log bs=1048576 count={LOG_MIB} 2>/dev/null\n"
     );
     // COPY layers: made without running a container (a RUN costs ~20 s under emulation).
@@ -85,6 +86,7 @@ fn a_slow_start_has_one_finding_per_cause_and_a_clean_one_none() {
     build_image();
     let script = format!(
         "busybox chown -R 1000:1000 /app/data && echo line >> /var/log/app/big.log && \
+         busybox mv /srv/old /srv/new && \
          for i in $(busybox seq {MISSING_NAMES}); do command -v nosuch$i >/dev/null || true; done"
     );
     let (code, r, events) = traced_start("slow", &script, "metadata-copy");
@@ -101,7 +103,12 @@ fn a_slow_start_has_one_finding_per_cause_and_a_clean_one_none() {
             s.sort();
             s
         },
-        ["big-file-copy", "deep-layers", "metadata-copy"],
+        [
+            "big-file-copy",
+            "deep-layers",
+            "lower-dir-rename",
+            "metadata-copy"
+        ],
         "{found:#?}"
     );
     let get = |id: &str| *found.iter().find(|f| f["id"] == id).unwrap();
@@ -147,6 +154,18 @@ fn a_slow_start_has_one_finding_per_cause_and_a_clean_one_none() {
     let deep = get("deep-layers");
     let n = deep["count"].as_u64().unwrap();
     assert!((MISSING_NAMES..MISSING_NAMES + 10).contains(&n), "{deep:#}");
+
+    // The directory from the image renamed: refused, and mv copied it (the upper dir has it).
+    let renamed = get("lower-dir-rename");
+    assert_eq!(renamed["count"], 1, "{renamed:#}");
+    assert_eq!(renamed["top"][0]["path"], "/srv/old", "{renamed:#}");
+    assert!(
+        renamed["top"][0]["process"]
+            .as_str()
+            .unwrap()
+            .starts_with("busybox[")
+    );
+    assert!(upper.join("srv/new/f").exists());
 
     // The replay finds the same.
     let replayed = out_dir().join("slow.replayed.json");

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{Result, bail};
 
 use crate::{
-    base::BadInput,
+    base::{BadInput, escape::escape},
     cmd::bench::scenario::{FileSpec, Kind, Op, Scenario, Step},
     model::aggregate::Aggregate,
     stream::{
@@ -22,6 +22,8 @@ use crate::{
 
 /// The bench's bound on lower layers; deeper recordings fold their bottom layers into the last.
 const LAYERS_MAX: usize = 64;
+/// Copy-ups of one mount kept (the bench's bound on a scenario's objects).
+const COPY_UPS_MAX: usize = 1_000_000;
 const S_IFMT: u32 = 0o170000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFLNK: u32 = 0o120000;
@@ -32,6 +34,8 @@ pub struct Recorded {
     pub mount: Option<OverlayMount>,
     pub container: Option<Container>,
     pub copy_ups: Vec<(CopyUp, Option<u32>)>,
+    /// Copy-ups beyond `COPY_UPS_MAX`, not kept.
+    pub left_out: u64,
 }
 
 impl Recorded {
@@ -44,9 +48,11 @@ impl Recorded {
     }
 
     pub fn matches(&self, what: &str) -> bool {
-        self.container
-            .as_ref()
-            .is_some_and(|c| c.name == what || c.id.starts_with(what))
+        !what.is_empty()
+            && self
+                .container
+                .as_ref()
+                .is_some_and(|c| c.name == what || c.id.starts_with(what))
             || self.mount.as_ref().is_some_and(|m| m.mount_point == what)
     }
 }
@@ -67,8 +73,13 @@ pub fn read(path: &Path) -> Result<BTreeMap<MountKey, Recorded>> {
                 if let Event::CopyUp(c) = e {
                     if !c.is_wait() && c.ret == 0 && !c.path_truncated {
                         let r = mounts.entry(added.key).or_default();
-                        seqs.insert(added.seq, (added.key, r.copy_ups.len()));
-                        r.copy_ups.push((c, None));
+                        // A scenario holds at most that many objects: the rest are counted.
+                        if r.copy_ups.len() >= COPY_UPS_MAX {
+                            r.left_out += 1;
+                        } else {
+                            seqs.insert(added.seq, (added.key, r.copy_ups.len()));
+                            r.copy_ups.push((c, None));
+                        }
                     }
                 }
             }
@@ -113,11 +124,29 @@ pub fn read(path: &Path) -> Result<BTreeMap<MountKey, Recorded>> {
 /// id prefix or mount point; by default the one whose copy-ups took longest), as TOML.
 pub fn scenario(events: &Path, mount: Option<&str>) -> Result<String> {
     let mounts = read(events)?;
+    // A container's root, not the mounts made on the way (Docker's init layer).
+    let root = |r: &Recorded| r.container.as_ref().is_none_or(|c| c.role.is_none());
     let chosen = match mount {
-        Some(what) => mounts.iter().find(|(_, r)| r.matches(what)),
+        Some(what) => {
+            let hits: Vec<_> = mounts
+                .iter()
+                .filter(|(_, r)| r.matches(what) && root(r))
+                .collect();
+            if hits.len() > 1 {
+                let names: Vec<String> = hits.iter().map(|(k, r)| escape(&r.label(k))).collect();
+                bail!(BadInput(format!(
+                    "{}: {} names {} mounts with copy-ups ({}): give a longer id or the mount point",
+                    events.display(),
+                    escape(what),
+                    hits.len(),
+                    names.join(", ")
+                )));
+            }
+            hits.into_iter().next()
+        }
         None => mounts
             .iter()
-            .filter(|(_, r)| r.container.as_ref().is_none_or(|c| c.role.is_none()))
+            .filter(|(_, r)| root(r))
             .max_by_key(|(_, r)| r.copy_ups.iter().map(|c| c.0.duration_ns).sum::<u64>()),
     };
     let Some((key, r)) = chosen else {
@@ -134,13 +163,20 @@ pub fn scenario(events: &Path, mount: Option<&str>) -> Result<String> {
         )));
     };
     let (s, folded) = derive(r, &r.label(key));
+    // Names from the recording are escaped: a newline in one cannot add a key to the file.
     let mut out = format!(
         "# Recorded by overlay-trace from {}: {}, {} copy-ups.\n# File contents are not \
          recorded: files hold filler of their recorded size.\n",
-        events.display(),
-        r.label(key),
+        escape(&events.display().to_string()),
+        escape(&r.label(key)),
         r.copy_ups.len()
     );
+    if r.left_out > 0 {
+        out.push_str(&format!(
+            "# {} more copy-ups left out: a scenario holds at most {COPY_UPS_MAX}.\n",
+            r.left_out
+        ));
+    }
     if folded > 0 {
         out.push_str(&format!(
             "# The mount had {} lower layers: the bottom {} are folded into layer {}.\n",
@@ -173,7 +209,7 @@ pub fn derive(r: &Recorded, label: &str) -> (Scenario, usize) {
     let mut files = Vec::new();
     let mut steps = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for ((c, layer), rel) in r.copy_ups.iter().zip(&paths) {
+    for (i, ((c, layer), rel)) in r.copy_ups.iter().zip(&paths).enumerate() {
         // `{i}` would be expanded by the bench; an object is copied up once.
         if rel.is_empty() || rel.contains("{i}") || !seen.insert(*rel) {
             continue;
@@ -195,9 +231,13 @@ pub fn derive(r: &Recorded, label: &str) -> (Scenario, usize) {
             size,
             kind,
         });
-        // A directory copied up for something beneath it is copied up again by that.
+        // A directory copied up on the way to something beneath it (the next copy-up, asked for
+        // the same way: overlayfs copies the parents first) is copied up again by that step.
         let prefix = format!("{rel}/");
-        if kind == Kind::Dir && paths.iter().any(|p| p.starts_with(&prefix)) {
+        let next = r.copy_ups.get(i + 1).zip(paths.get(i + 1));
+        if kind == Kind::Dir
+            && next.is_some_and(|((n, _), p)| p.starts_with(&prefix) && n.trigger() == c.trigger())
+        {
             continue;
         }
         let step = |op: Op, path: String, to: Option<String>| Step {
@@ -210,7 +250,7 @@ pub fn derive(r: &Recorded, label: &str) -> (Scenario, usize) {
         let trigger = c.trigger();
         steps.push(match (kind, trigger) {
             (Kind::Symlink, Some(Trigger::Chown)) => step(Op::Chown, rel.to_string(), None),
-            (Kind::Symlink, _) => step(Op::Link, rel.to_string(), Some(format!("{rel}.ot-link"))),
+            (Kind::Symlink, _) => step(Op::Link, rel.to_string(), Some(beside(rel, "link", i))),
             (Kind::Dir, Some(Trigger::Chmod)) => step(Op::Chmod, rel.to_string(), None),
             (Kind::Dir, Some(Trigger::Chown)) => step(Op::Chown, rel.to_string(), None),
             (Kind::Dir, Some(Trigger::Utimes)) => step(Op::Touch, rel.to_string(), None),
@@ -234,10 +274,10 @@ pub fn derive(r: &Recorded, label: &str) -> (Scenario, usize) {
             (Kind::File, Some(Trigger::Xattr)) => step(Op::Setxattr, rel.to_string(), None),
             (Kind::File, Some(Trigger::Truncate)) => step(Op::Resize, rel.to_string(), None),
             (Kind::File, Some(Trigger::Link)) => {
-                step(Op::Link, rel.to_string(), Some(format!("{rel}.ot-link")))
+                step(Op::Link, rel.to_string(), Some(beside(rel, "link", i)))
             }
             (Kind::File, Some(Trigger::Rename)) => {
-                step(Op::Rename, rel.to_string(), Some(format!("{rel}.ot-moved")))
+                step(Op::Rename, rel.to_string(), Some(beside(rel, "moved", i)))
             }
             (Kind::File, _) if c.open_flags & libc::O_TRUNC as u32 != 0 => {
                 step(Op::Truncate, rel.to_string(), None)
@@ -254,6 +294,14 @@ pub fn derive(r: &Recorded, label: &str) -> (Scenario, usize) {
         steps,
     };
     (s, recorded_layers - layers)
+}
+
+/// A short new name in `rel`'s directory (a suffix could make a long name too long).
+fn beside(rel: &str, what: &str, i: usize) -> String {
+    match rel.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/.ot-{what}-{i}"),
+        None => format!(".ot-{what}-{i}"),
+    }
 }
 
 #[cfg(test)]

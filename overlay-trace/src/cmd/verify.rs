@@ -7,11 +7,13 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    base::BadInput,
     cmd::{
-        bench::{measure, private_mount_namespace},
+        bench::{measure, private_mount_namespace, scenario::Scenario},
         scenario,
     },
     kernel::probes::ProbesArg,
+    stream::record::MountKey,
     stream::trigger::Trigger,
     views::{
         findings::{Measured, Verified, mount_option_fix},
@@ -21,6 +23,9 @@ use crate::{
 
 /// The copy-ups of `r` the finding is about: those asked for by a change of metadata alone
 /// (`metadata-copy`, the one finding verified so far).
+/// Bytes of filler a verified scenario may ask the bench to write (its tmpfs is in memory).
+const VERIFY_BYTES_MAX: u64 = 8 << 30;
+
 fn measured(r: &Report) -> Measured {
     let mut m = Measured {
         copy_ups: 0,
@@ -62,13 +67,30 @@ pub fn verify(events: &Path, report: &mut Report) -> Result<()> {
         let Some(option) = mount_option_fix(&f.id) else {
             continue;
         };
-        let Some((key, recorded)) = mounts.iter().find(|(k, r)| {
-            r.matches(&f.mount) || f.mount == format!("dev {} #{}", k.dev, k.generation)
-        }) else {
-            bail!("--verify: {} is not in {}", f.mount, events.display());
+        let key = f.dev.parse().ok().map(|dev| MountKey {
+            dev,
+            generation: f.mount_gen,
+        });
+        let Some((key, recorded)) = key.and_then(|k| mounts.get_key_value(&k)) else {
+            bail!(BadInput(format!(
+                "--verify: the mount of finding {} ({}) is not in {}",
+                f.id,
+                f.mount,
+                events.display()
+            )));
         };
         let (s, _) = scenario::derive(recorded, &recorded.label(key));
+        let bytes: u64 = s.files.iter().map(|f| f.size).fold(0, u64::saturating_add);
+        if bytes > VERIFY_BYTES_MAX {
+            bail!(BadInput(format!(
+                "--verify {}: the recorded mount's files hold {bytes} bytes; at most \
+                 {VERIFY_BYTES_MAX} are written for a bench run",
+                f.id
+            )));
+        }
         let source = toml::to_string(&s).context("cannot write the scenario")?;
+        // The bench's own checks (confined paths, bounded counts) before anything is made.
+        Scenario::parse(&source)?;
         let run = |opts: &str| {
             eprintln!(
                 "verify {}: the recorded start on the bench{}",
@@ -79,9 +101,21 @@ pub fn verify(events: &Path, report: &mut Report) -> Result<()> {
                     format!(", {opts}")
                 }
             );
-            rt.block_on(measure(&s, &source, "", opts, ProbesArg::Auto))
-                .map(|(r, _)| measured(&r))
-                .with_context(|| format!("--verify {}", f.id))
+            let (r, _) = rt
+                .block_on(measure(&s, &source, "", opts, ProbesArg::Auto))
+                .with_context(|| format!("--verify {}", f.id))?;
+            // A bench that cannot tell what asked for its copy-ups measures nothing here.
+            if r.mounts
+                .iter()
+                .any(|m| m.copy_up.by_trigger.contains_key("unknown"))
+            {
+                bail!(
+                    "--verify {}: this kernel does not tell what asked for each copy-up \
+                     (x86_64 with BTF's pt_regs needed)",
+                    f.id
+                );
+            }
+            Ok::<_, anyhow::Error>(measured(&r))
         };
         let without = run("")?;
         let with = run(option)?;

@@ -102,7 +102,16 @@ impl KernelBtf {
             task_struct_stack: member_offset(v, "task_struct", "stack").unwrap_or(0),
             task_struct_flags: member_offset(v, "task_struct", "flags").unwrap_or(0),
             syscall_nr_from_stack: 0,
-            rename_old_arg: self.param_position("ovl_rename", "old").unwrap_or(0),
+            task_thread_status: match (
+                member_offset(v, "task_struct", "thread_info"),
+                member_offset(v, "thread_info", "status"),
+            ) {
+                (Ok(a), Ok(b)) if a + b > 0 => a + b,
+                _ => 0,
+            },
+            rename_old_arg: self
+                .param_position("ovl_rename", "old")
+                .unwrap_or_else(rename_old_arg_by_version),
         })
     }
 
@@ -195,6 +204,26 @@ impl KernelBtf {
         self.overlay_types()
             .resolve_ids_by_name("ovl_inode")
             .is_ok_and(|ids| !ids.is_empty())
+    }
+}
+
+/// Where `ovl_rename`'s `old` dentry is when BTF does not say (overlay a module without BTF,
+/// before 5.11): the 2nd argument until 5.12 put the mount's user namespace first.
+fn rename_old_arg_by_version() -> u32 {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    match (v.next(), v.next()) {
+        (Some(major), Some(minor)) if major > 0 => {
+            if (major, minor) < (5, 12) {
+                2
+            } else {
+                3
+            }
+        }
+        _ => 0,
     }
 }
 

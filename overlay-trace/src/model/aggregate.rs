@@ -85,6 +85,8 @@ pub struct Group {
     /// Mounts whose `ovl_fill_super` was seen, and their total time.
     pub mounts_timed: u64,
     pub mount_ns_total: u64,
+    /// The folded mounts' evidence, summed: their findings outlive their detail.
+    pub evidence: crate::model::evidence::Evidence,
 }
 
 /// What `add` did with an event.
@@ -168,9 +170,16 @@ impl Aggregate {
         if let Some(label) = self.retired_index.get(&key) {
             if let Some(g) = self.retired.get_mut(label) {
                 match e {
-                    Event::CopyUp(c) => g.copy_ups.add(c, self.seq),
-                    Event::Lookup(l) => g.lookups.add(l),
-                    Event::Mount(_) | Event::Rename(_) => {}
+                    Event::CopyUp(c) => {
+                        g.copy_ups.add(c, self.seq);
+                        g.evidence.add_copy_up(c, self.seq);
+                    }
+                    Event::Lookup(l) => {
+                        g.lookups.add(l);
+                        g.evidence.add_lookup(l);
+                    }
+                    Event::Rename(r) => g.evidence.add_rename(r, self.seq),
+                    Event::Mount(_) => {}
                 }
                 return Added {
                     key,
@@ -337,6 +346,9 @@ impl Aggregate {
         g.mounts += 1;
         g.copy_ups.merge(&m.copy_ups);
         g.lookups.merge(&m.lookups);
+        g.evidence.merge(&m.evidence, |l| {
+            m.layer(l).and_then(|i| i.created_by.clone())
+        });
         if let Some(t) = m.mount_ns {
             g.mounts_timed += 1;
             g.mount_ns_total = g.mount_ns_total.saturating_add(t);

@@ -24,6 +24,9 @@ pub struct Item {
     pub syscall: Option<String>,
     /// Source layer (1: topmost lowerdir), once known.
     pub layer: Option<u32>,
+    /// What made that layer (a Dockerfile line), written in when its mount is folded into a
+    /// group (which keeps no layers).
+    pub created_by: Option<String>,
 }
 
 /// Copy-ups of one kind: how many, what they cost, the biggest.
@@ -52,7 +55,13 @@ impl Tally {
             tgid: c.origin.tgid,
             syscall: c.syscall.clone(),
             layer: c.layer,
+            created_by: None,
         };
+        self.keep(item);
+    }
+
+    /// Keeps `item` if it is among the `ITEMS_MAX` heaviest.
+    fn keep(&mut self, item: Item) {
         let rank = |i: &Item| {
             (
                 std::cmp::Reverse(i.bytes),
@@ -64,6 +73,16 @@ impl Tally {
         if at < ITEMS_MAX {
             self.items.insert(at, item);
             self.items.truncate(ITEMS_MAX);
+        }
+    }
+
+    fn merge(&mut self, o: &Tally) {
+        self.count += o.count;
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.total_ns = self.total_ns.saturating_add(o.total_ns);
+        self.data_ns = self.data_ns.saturating_add(o.data_ns);
+        for i in &o.items {
+            self.keep(i.clone());
         }
     }
 }
@@ -98,9 +117,10 @@ impl Evidence {
         if bytes == 0 {
             return;
         }
+        // Only copy-ups whose cause is known: a big file chowned is not a big file written.
         match c.trigger() {
             Some(t) if t.metadata_only() => self.metadata_copy.add(c, seq),
-            _ if bytes >= BIG_FILE_BYTES => self.big_files.add(c, seq),
+            Some(_) if bytes >= BIG_FILE_BYTES => self.big_files.add(c, seq),
             _ => {}
         }
     }
@@ -126,10 +146,32 @@ impl Evidence {
             tgid: r.origin.tgid,
             syscall: None,
             layer: None,
+            created_by: None,
         };
         if t.items.len() < ITEMS_MAX {
             t.items.push(item);
         }
+    }
+
+    /// `o` (a mount being folded into a group; `created_by` names its layers) added to these.
+    pub(super) fn merge(&mut self, o: &Evidence, created_by: impl Fn(u32) -> Option<String>) {
+        let named = |t: &Tally| {
+            let mut t = t.clone();
+            for i in &mut t.items {
+                i.created_by = i
+                    .created_by
+                    .take()
+                    .or_else(|| i.layer.and_then(&created_by));
+            }
+            t
+        };
+        self.metadata_copy.merge(&named(&o.metadata_copy));
+        self.big_files.merge(&named(&o.big_files));
+        self.refused_renames.merge(&o.refused_renames);
+        let (d, od) = (&mut self.deep_lookups, &o.deep_lookups);
+        d.count += od.count;
+        d.total_ns = d.total_ns.saturating_add(od.total_ns);
+        d.layers = d.layers.saturating_add(od.layers);
     }
 
     /// Copy-up `seq` came from lower layer `layer` (learned after it was added).

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     base::escape::escape,
     model::{
-        aggregate::{Aggregate, MountStats},
+        aggregate::Aggregate,
         evidence::{BIG_FILE_BYTES, DEEP_LOOKUP_LAYERS, Item, Tally},
     },
     views::text::{bytes, ns},
@@ -38,6 +38,11 @@ pub struct Finding {
     pub id: String,
     /// The mount it is about: its mount point (or device number) and container, if any.
     pub mount: String,
+    /// Its device number and which mount of it (as records and the JSON's mounts say).
+    #[serde(default)]
+    pub dev: String,
+    #[serde(default)]
+    pub mount_gen: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     /// One line: what happened.
@@ -99,40 +104,74 @@ pub struct Evidence {
 /// The findings of every mount in detail, most time first.
 pub fn findings(agg: &Aggregate, traced_seconds: f64) -> Vec<Finding> {
     let traced_ns = (traced_seconds * 1e9).max(1.0);
-    let mut out: Vec<Finding> = agg
-        .mounts
-        .iter()
-        .flat_map(|(key, m)| {
-            let mount = m.mount.as_ref().map_or_else(
+    let name = |c: Option<&crate::stream::names::Container>| {
+        c.map(|c| format!("{} ({}, {})", c.name, c.short_id(), c.runtime))
+    };
+    let mut out = Vec::new();
+    for (key, m) in &agg.mounts {
+        let created_by = |i: &Item| {
+            i.layer
+                .and_then(|l| m.layer(l))
+                .and_then(|l| l.created_by.clone())
+        };
+        let subject = Subject {
+            evidence: &m.evidence,
+            copy_up_ns: m.copy_ups.total_ns,
+            layers: m.mount.as_ref().map_or(0, |o| o.lowerdirs.len()),
+            mount_ns: m.mount_ns,
+            created_by: &created_by,
+        };
+        for mut f in of(&subject) {
+            f.mount = m.mount.as_ref().map_or_else(
                 || format!("dev {} #{}", key.dev, key.generation),
                 |o| o.mount_point.clone(),
             );
-            let container = m
-                .container
-                .as_ref()
-                .map(|c| format!("{} ({}, {})", c.name, c.short_id(), c.runtime));
-            of_mount(m)
-                .into_iter()
-                .map(move |mut f| {
-                    f.mount = mount.clone();
-                    f.container = container.clone();
-                    f.share_of_traced = f.time_ns as f64 / traced_ns;
-                    f
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+            (f.dev, f.mount_gen) = (key.dev.to_string(), key.generation);
+            f.container = name(m.container.as_ref());
+            out.push(f);
+        }
+    }
+    // Mounts folded out of the detail keep their findings, per group.
+    for (label, g) in &agg.retired {
+        let subject = Subject {
+            evidence: &g.evidence,
+            copy_up_ns: g.copy_ups.total_ns,
+            layers: 0,
+            mount_ns: None,
+            created_by: &|i: &Item| i.created_by.clone(),
+        };
+        for mut f in of(&subject) {
+            f.mount = format!("{} mounts folded: {label}", g.mounts);
+            f.container = name(g.container.as_ref());
+            out.push(f);
+        }
+    }
+    for f in &mut out {
+        f.share_of_traced = f.time_ns as f64 / traced_ns;
+    }
     out.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(a.id.cmp(&b.id)));
     out
 }
 
-fn of_mount(m: &MountStats) -> Vec<Finding> {
-    let e = &m.evidence;
-    let copy_up_ns = m.copy_ups.total_ns.max(1) as f64;
+/// What findings are read from: one mount in detail, or a group of folded mounts.
+struct Subject<'a> {
+    evidence: &'a crate::model::evidence::Evidence,
+    copy_up_ns: u64,
+    /// Lower layers (0: not known, a group).
+    layers: usize,
+    mount_ns: Option<u64>,
+    created_by: &'a dyn Fn(&Item) -> Option<String>,
+}
+
+fn of(m: &Subject) -> Vec<Finding> {
+    let e = m.evidence;
+    let copy_up_ns = m.copy_up_ns.max(1) as f64;
     let mut out = Vec::new();
     let finding = |id: &str, t: &Tally, summary: String, fix: &str, saving_ns: u64| Finding {
         id: id.into(),
         mount: String::new(),
+        dev: String::new(),
+        mount_gen: 0,
         container: None,
         summary,
         count: t.count,
@@ -157,8 +196,9 @@ fn of_mount(m: &MountStats) -> Vec<Finding> {
                 files(meta.count),
                 bytes(meta.bytes)
             ),
-            "mount with metacopy=on (only the metadata is copied until a write), or set the \
-             owner and mode at build time (COPY --chown, chmod in the RUN that makes the files)",
+            "mount with metacopy=on (only the metadata is copied until a write; the kernel's \
+             documentation warns against it with lower layers from untrusted sources), or set \
+             the owner and mode at build time (COPY --chown, chmod in the RUN that makes them)",
             // metacopy skips the data copy: its time is what goes.
             meta.data_ns,
         ));
@@ -181,19 +221,25 @@ fn of_mount(m: &MountStats) -> Vec<Finding> {
     }
     let deep = &e.deep_lookups;
     if deep.count >= DEEP_LOOKUPS {
-        let layers = m.mount.as_ref().map_or(0, |o| o.lowerdirs.len());
+        let layers = m.layers;
         let avg = deep.layers as f64 / deep.count as f64;
         // Squashed, each would consult one layer: time scales with layers consulted.
         let saving = (deep.total_ns as f64 * (1.0 - 1.0 / avg.max(1.0))) as u64;
         out.push(Finding {
             id: "deep-layers".into(),
             mount: String::new(),
+            dev: String::new(),
+            mount_gen: 0,
             container: None,
             summary: format!(
                 "{} negative lookups consulted {DEEP_LOOKUP_LAYERS} layers or more ({avg:.1} on \
-                 average; {} lower layers{})",
+                 average{}{})",
                 deep.count,
-                layers,
+                if layers > 0 {
+                    format!("; {layers} lower layers")
+                } else {
+                    String::new()
+                },
                 m.mount_ns
                     .map(|t| format!(", mounted in {}", ns(t)))
                     .unwrap_or_default()
@@ -224,7 +270,8 @@ fn of_mount(m: &MountStats) -> Vec<Finding> {
                 if ren.count == 1 { "" } else { "s" }
             ),
             "mount with redirect_dir=on (the directory is then renamed in place; Docker's \
-             overlay2 does not set it), or make the directory where it is needed at build time",
+             overlay2 does not set it; not with untrusted lower layers, the kernel's \
+             documentation warns), or make the directory where it is needed at build time",
             0,
         );
         // The copy is the caller's, in userspace: its cost is not seen here.
@@ -238,7 +285,7 @@ fn files(n: u64) -> String {
     format!("{n} file{}", if n == 1 { "" } else { "s" })
 }
 
-fn evidence(m: &MountStats, i: &Item) -> Evidence {
+fn evidence(m: &Subject, i: &Item) -> Evidence {
     Evidence {
         path: i.path.clone(),
         bytes: i.bytes,
@@ -246,10 +293,7 @@ fn evidence(m: &MountStats, i: &Item) -> Evidence {
         process: format!("{}[{}]", i.comm, i.tgid),
         syscall: i.syscall.clone(),
         layer: i.layer,
-        created_by: i
-            .layer
-            .and_then(|l| m.layer(l))
-            .and_then(|l| l.created_by.clone()),
+        created_by: (m.created_by)(i),
     }
 }
 

@@ -8,6 +8,7 @@ const OPENAT: u32 = 257;
 const FCHOWNAT: u32 = 260;
 const RENAMEAT2: u32 = 316;
 const UNLINKAT: u32 = 263;
+const MKDIR: u32 = 83;
 
 fn copy_up(path: &str, size: i64, data: i64, nr: u32, flags: u32, mode: u32) -> CopyUp {
     let mut rec = raw::asked_by(raw::copy_up(1, path, size, data, 10), nr, flags);
@@ -29,6 +30,7 @@ fn each_copy_up_becomes_an_object_and_a_step() {
     let r = Recorded {
         mount: None,
         container: None,
+        left_out: 0,
         copy_ups: vec![
             (copy_up("app", 0, -1, FCHOWNAT, 0, dir), Some(2)),
             (copy_up("app/f", 300, 300, FCHOWNAT, 0, file), Some(2)),
@@ -39,6 +41,9 @@ fn each_copy_up_becomes_an_object_and_a_step() {
             (copy_up("etc/conf", 7, -1, OPENAT, 0o1001, file), None),
             (copy_up("srv/a", 5, 5, RENAMEAT2, 0, file), Some(70)),
             (copy_up("tmp", 0, -1, UNLINKAT, 0, dir), Some(1)),
+            // mv's fallback: /opt for a new name in it, then /opt/old to remove its files.
+            (copy_up("opt", 0, -1, MKDIR, 0, dir), Some(1)),
+            (copy_up("opt/old", 0, -1, UNLINKAT, 0, dir), Some(1)),
         ],
     };
     let (s, folded) = derive(&r, "test");
@@ -56,6 +61,9 @@ fn each_copy_up_becomes_an_object_and_a_step() {
             (Op::Truncate, "etc/conf"),
             (Op::Rename, "srv/a"),
             (Op::Remove, "tmp/.ot-gone"),
+            // /opt's next copy-up is beneath it but asked for by another call: its own step.
+            (Op::Mkdir, "opt/.ot-new"),
+            (Op::Remove, "opt/old/.ot-gone"),
         ]
     );
     let file_of = |p: &str| s.files.iter().find(|f| f.path == p).unwrap();
@@ -69,5 +77,5 @@ fn each_copy_up_becomes_an_object_and_a_step() {
     );
     // Layer 70 of a deeper mount: folded into the last.
     assert_eq!(file_of("srv/a").layer, 63);
-    assert_eq!(s.steps[3].to.as_deref(), Some("srv/a.ot-moved"));
+    assert_eq!(s.steps[3].to.as_deref(), Some("srv/.ot-moved-4"));
 }

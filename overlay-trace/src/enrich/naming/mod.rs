@@ -188,7 +188,7 @@ pub fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
             let same = before.filter(|b| mount_namespace(pid) == Some(*b));
             // Our own namespace (the mounter is beside us: the mount was attached after our
             // mountinfo was read): the mount is ours, with host paths and a runtime's layers.
-            if same.is_some_and(|(ns, _)| Some(ns) == own_mount_namespace()) {
+            if same.is_some_and(|(ns, _)| Some(ns) == own_mount_namespace()) && same_root(pid) {
                 return OverlayMount {
                     ns_pid: None,
                     userns: None,
@@ -209,6 +209,13 @@ pub fn foreign_mount(tgid: u32, dev: Dev) -> Option<OverlayMount> {
         pid = parent_of(pid)?;
     }
     at_root
+}
+
+/// Whether process `pid` sees `/` where we do (not chrooted): its mountinfo's paths are then ours.
+fn same_root(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    id(&format!("/proc/{pid}/root")).is_some_and(|r| Some(r) == id("/"))
 }
 
 /// Our mount namespace's inode number.

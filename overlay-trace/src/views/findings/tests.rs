@@ -161,3 +161,27 @@ fn one_refused_rename_is_a_finding() {
     assert_eq!(f[0].top[0].process, "mv[100]");
     assert_eq!(a.rename_events, 1);
 }
+
+#[test]
+fn a_mount_folded_out_of_the_detail_keeps_its_findings() {
+    use crate::model::aggregate::GONE_DETAIL_MAX;
+    let mut a = Aggregate::default();
+    let big = BIG_FILE_BYTES as i64;
+    add(
+        &mut a,
+        raw::asked_by(raw::copy_up(1, "log", big, big, 9), OPENAT, O_WRONLY_APPEND),
+    );
+    let first = a.current(crate::stream::event::Dev::from_kernel(1));
+    a.retire(first);
+    for minor in 2..(GONE_DETAIL_MAX as u32 + 3) {
+        add(&mut a, raw::copy_up(minor, "x", 1, 1, 9));
+        let k = a.current(crate::stream::event::Dev::from_kernel(minor));
+        a.retire(k);
+    }
+    assert!(!a.mounts.contains_key(&first), "folded");
+    let f = findings(&a, 1.0);
+    assert_eq!(ids(&a), ["big-file-copy"]);
+    assert_eq!((f[0].count, f[0].top[0].path.as_str()), (1, "/log"));
+    assert!(f[0].mount.contains("mounts folded"), "{}", f[0].mount);
+    assert!(f[0].dev.is_empty());
+}
