@@ -2,7 +2,7 @@
 //! system call, and the system call each copy-up names. The oracle is the operation the test
 //! did to that path (the names a libc may use for it are listed).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use overlay_trace_tests::{Overlay, out_dir, read_events, read_json, stderr, stdout, tracer};
 
@@ -47,6 +47,26 @@ const DONE: &[(&str, &str, &[&str], bool)] = &[
     ("/d_rm", "rm in it", &["unlink", "unlinkat"], false),
 ];
 
+/// `run` of `script` on overlay `o` alone: its output, events file and JSON report.
+fn traced(o: &Overlay, script: &str, name: &str) -> (std::process::Output, PathBuf, PathBuf) {
+    let dir = out_dir();
+    let (events, report) = (
+        dir.join(format!("{name}.ndjson")),
+        dir.join(format!("{name}.json")),
+    );
+    let out = tracer()
+        .run()
+        .events(&events)
+        .json(&report)
+        .with(&["--only-dev", &o.dev()])
+        .sh(script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    println!("{}", stdout(&out));
+    (out, events, report)
+}
+
 #[test]
 #[ignore = "needs kprobes on overlayfs: runs in the VM via `cargo xtask test`"]
 fn each_copy_up_names_the_system_call_that_asked_for_it() {
@@ -68,18 +88,7 @@ fn each_copy_up_names_the_system_call_that_asked_for_it() {
          mkdir d_mkdir/new; rm d_rm/x",
         m = o.merged().display()
     );
-    let dir = out_dir();
-    let (events, report) = (dir.join("triggers.ndjson"), dir.join("triggers.json"));
-    let out = tracer()
-        .run()
-        .events(&events)
-        .json(&report)
-        .with(&["--only-dev", &o.dev()])
-        .sh(&script)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    println!("{}", stdout(&out));
+    let (out, events, report) = traced(&o, &script, "triggers");
 
     // Path -> (system call, data bytes copied) of each copy-up.
     let mut seen: BTreeMap<String, Vec<(String, Option<u64>)>> = BTreeMap::new();
@@ -141,8 +150,6 @@ fn a_refused_directory_rename_is_a_finding() {
     };
     for (opts, refused) in [("", true), (",redirect_dir=on", false)] {
         let o = build(opts);
-        let dir = out_dir();
-        let (events, report) = (dir.join("rename.ndjson"), dir.join("rename.json"));
         let script = format!(
             "cd {m} && /usr/bin/python3 -c 'import os, errno\n\
              try:\n    os.rename(\"old\", \"py\")\n    print(\"renamed\")\n\
@@ -150,16 +157,7 @@ fn a_refused_directory_rename_is_a_finding() {
              if [ -e old ]; then mv old new; else mv py new; fi",
             m = o.merged().display()
         );
-        let out = tracer()
-            .run()
-            .events(&events)
-            .json(&report)
-            .with(&["--only-dev", &o.dev()])
-            .sh(&script)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        println!("{}", stdout(&out));
+        let (out, events, report) = traced(&o, &script, "rename");
         // The oracle: what rename(2) said.
         let said = if refused { "EXDEV" } else { "renamed" };
         assert!(stdout(&out).starts_with(said), "{}", stdout(&out));

@@ -23,6 +23,20 @@ fn bytes_of<T>(v: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
+/// `path` ("a/b/c") as the kernel stores it: components leaf first, each NUL-terminated; with
+/// the bytes used and the number of components.
+fn leaf_first(path: &str) -> ([u8; PATH_BUF_LEN], usize, u32) {
+    let mut buf = [0u8; PATH_BUF_LEN];
+    let mut off = 0;
+    let mut depth = 0;
+    for comp in path.split('/').filter(|c| !c.is_empty()).rev() {
+        buf[off..off + comp.len()].copy_from_slice(comp.as_bytes());
+        off += comp.len() + 1;
+        depth += 1;
+    }
+    (buf, off, depth)
+}
+
 /// `path` is given root first ("a/b/c"); it is stored leaf first like the kernel does.
 pub fn copy_up(dev: u32, path: &str, size: i64, data_bytes: i64, duration_ns: u64) -> Vec<u8> {
     copy_up_ending(dev, path, size, data_bytes, duration_ns, 0, 0)
@@ -47,14 +61,7 @@ pub fn copy_up_ending(
     ret: i32,
     outcome: u32,
 ) -> Vec<u8> {
-    let mut buf = [0u8; PATH_BUF_LEN];
-    let mut off = 0;
-    let mut depth = 0;
-    for comp in path.split('/').filter(|c| !c.is_empty()).rev() {
-        buf[off..off + comp.len()].copy_from_slice(comp.as_bytes());
-        off += comp.len() + 1;
-        depth += 1;
-    }
+    let (buf, off, depth) = leaf_first(path);
     let e = CopyUpEvent {
         header: header(EVENT_COPY_UP, dev, "writer"),
         duration_ns,
@@ -106,14 +113,7 @@ pub fn lookup(dev: u32, name: &str, outcome: u32, layers: u32, duration_ns: u64)
 
 /// A rename refused with -EXDEV of `path` (root first, "a/b").
 pub fn rename_refused(dev: u32, path: &str) -> Vec<u8> {
-    let mut buf = [0u8; PATH_BUF_LEN];
-    let mut off = 0;
-    let mut depth = 0;
-    for comp in path.split('/').filter(|c| !c.is_empty()).rev() {
-        buf[off..off + comp.len()].copy_from_slice(comp.as_bytes());
-        off += comp.len() + 1;
-        depth += 1;
-    }
+    let (buf, off, depth) = leaf_first(path);
     let e = RenameEvent {
         header: header(EVENT_RENAME, dev, "mv"),
         ret: overlay_trace_common::EXDEV,
