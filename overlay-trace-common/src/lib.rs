@@ -92,6 +92,9 @@ pub struct CopyUpFrame {
     pub data_ns: u64,
     /// Sum over the data copies of this copy-up, or `NO_DATA_COPY`.
     pub data_bytes: i64,
+    /// A sync (`vfs_fsync_range`) of this thread in flight, and the syncs' time so far.
+    pub sync_start_ns: u64,
+    pub sync_ns: u64,
     pub flags: u32,
     pub mode: u32,
     /// Non-zero once this call reached `ovl_copy_up_end`: it owned the copy-up.
@@ -195,6 +198,9 @@ pub struct CopyUpEvent {
     pub data_bytes: i64,
     /// `i_size` of the object at entry.
     pub size: i64,
+    /// Time spent syncing inside the copy-up (overlayfs fsyncs each file it copied, unless
+    /// mounted `volatile`; part of `data_ns`), when the sync probe is attached.
+    pub sync_ns: u64,
     /// Open flags passed to the copy-up (O_TRUNC...).
     pub flags: u32,
     /// `i_mode` of the object at entry (file type and permissions).
@@ -213,7 +219,7 @@ pub struct CopyUpEvent {
     /// Components leaf first, each NUL-terminated.
     pub path: [u8; PATH_BUF_LEN],
 }
-const _: () = assert!(size_of::<CopyUpEvent>() == 48 + 32 + 32 + PATH_BUF_LEN);
+const _: () = assert!(size_of::<CopyUpEvent>() == 48 + 40 + 32 + PATH_BUF_LEN);
 
 /// `CopyUpEvent::syscall` when it is not known (a kernel thread, or the kernel's layout of the
 /// saved user registers was not found).

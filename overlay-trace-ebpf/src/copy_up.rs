@@ -97,6 +97,8 @@ fn enter(dentry: u64, flags: i32, sp: u64) -> u32 {
         data_start_ns: 0,
         data_ns: 0,
         data_bytes: NO_DATA_COPY,
+        sync_start_ns: 0,
+        sync_ns: 0,
         flags: flags as u32,
         mode,
         owned: 0,
@@ -198,6 +200,7 @@ fn exit(ret: i64, sp: u64) -> u32 {
         (*ev).data_ns = start.data_ns;
         (*ev).data_bytes = start.data_bytes;
         (*ev).size = start.size;
+        (*ev).sync_ns = start.sync_ns;
         (*ev).flags = start.flags;
         (*ev).mode = start.mode;
         (*ev).ret = ret as i32;
@@ -222,7 +225,7 @@ fn exit(ret: i64, sp: u64) -> u32 {
 
 /// The innermost copy-up of this thread, if one is in flight.
 #[inline(always)]
-fn current_frame(pid: u32) -> Option<*mut CopyUpFrame> {
+pub(crate) fn current_frame(pid: u32) -> Option<*mut CopyUpFrame> {
     let s = COPY_UP_INFLIGHT.get_ptr_mut(pid)?;
     // SAFETY: this thread's own entry.
     unsafe {

@@ -12,6 +12,7 @@ mod kernel;
 mod lookup;
 mod mount;
 mod rename;
+mod sync;
 
 use aya_ebpf::{
     macros::map,

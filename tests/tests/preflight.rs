@@ -56,7 +56,7 @@ fn check_tells_the_truth_about_kprobes() {
 fn verifier_accepts_every_program() {
     let out = stdout(&overlay_trace(&["check"]));
     assert!(
-        out.contains("verifier:        accepts all 13 programs"),
+        out.contains("verifier:        accepts all 15 programs"),
         "{out}"
     );
     assert!(out.contains("fentry:"), "{out}");

@@ -106,12 +106,19 @@ pub struct Evidence {
     pub deep_lookups: DeepLookups,
     /// Directory renames overlayfs refused (-EXDEV): the caller copied each tree itself.
     pub refused_renames: Tally,
+    /// Copy-ups that synced the copied file, and the syncs' time.
+    pub synced: Tally,
+    pub sync_ns: u64,
 }
 
 impl Evidence {
     pub(super) fn add_copy_up(&mut self, c: &CopyUp, seq: u64) {
         if c.is_wait() || c.ret != 0 {
             return;
+        }
+        if c.sync_ns > 0 {
+            self.synced.add(c, seq);
+            self.sync_ns = self.sync_ns.saturating_add(c.sync_ns);
         }
         let bytes = c.data.map_or(0, |d| d.bytes);
         if bytes == 0 {
@@ -168,6 +175,8 @@ impl Evidence {
         self.metadata_copy.merge(&named(&o.metadata_copy));
         self.big_files.merge(&named(&o.big_files));
         self.refused_renames.merge(&o.refused_renames);
+        self.synced.merge(&named(&o.synced));
+        self.sync_ns = self.sync_ns.saturating_add(o.sync_ns);
         let (d, od) = (&mut self.deep_lookups, &o.deep_lookups);
         d.count += od.count;
         d.total_ns = d.total_ns.saturating_add(od.total_ns);
@@ -176,7 +185,11 @@ impl Evidence {
 
     /// Copy-up `seq` came from lower layer `layer` (learned after it was added).
     pub(super) fn set_layer(&mut self, seq: u64, layer: u32) {
-        for t in [&mut self.metadata_copy, &mut self.big_files] {
+        for t in [
+            &mut self.metadata_copy,
+            &mut self.big_files,
+            &mut self.synced,
+        ] {
             for i in t.items.iter_mut().filter(|i| i.seq == seq) {
                 i.layer = Some(layer);
             }

@@ -39,6 +39,8 @@ pub struct CopyUpStats {
     /// Bytes asked of the data copy.
     pub data_bytes: u64,
     pub data_ns: u64,
+    /// Of `data_ns`, the syncs of the copied files (when measured).
+    pub sync_ns: u64,
     pub total_ns: u64,
     pub latency: Latencies,
     /// Calls that only waited for another thread's copy-up of the same object, and their time.
@@ -80,6 +82,7 @@ impl CopyUpStats {
             self.data_ns = self.data_ns.saturating_add(d.ns);
         }
         self.total_ns = self.total_ns.saturating_add(c.duration_ns);
+        self.sync_ns = self.sync_ns.saturating_add(c.sync_ns);
         self.latency.record(c.duration_ns);
         let t = self
             .by_trigger
@@ -126,6 +129,7 @@ impl CopyUpStats {
         self.data_bytes = self.data_bytes.saturating_add(o.data_bytes);
         self.data_ns = self.data_ns.saturating_add(o.data_ns);
         self.total_ns = self.total_ns.saturating_add(o.total_ns);
+        self.sync_ns = self.sync_ns.saturating_add(o.sync_ns);
         self.waited += o.waited;
         self.waited_ns = self.waited_ns.saturating_add(o.waited_ns);
         self.latency.merge(&o.latency);

@@ -94,6 +94,9 @@ pub struct CopyUp {
     pub open_flags: u32,
     pub mode: u32,
     pub ret: i32,
+    /// Time spent syncing the copied file (inside the data copy's time), when measured.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sync_ns: u64,
     /// The system call that asked for it (`openat`, `fchownat`...), when the kernel side could
     /// read it (see `stream::trigger`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +115,10 @@ pub struct CopyUp {
     /// userspace once the mount's layers are known; see `layers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<u32>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// What one `ovl_copy_up_one` call did. The one definition every number uses (the report, the
@@ -332,6 +339,7 @@ impl TryFrom<&[u8]> for Event {
                     open_flags: e.flags,
                     mode: e.mode,
                     ret: e.ret,
+                    sync_ns: e.sync_ns,
                     syscall: crate::stream::trigger::syscall_name(e.syscall),
                     path: String::from_utf8_lossy(&path_bytes(&e.path[..used])).into_owned(),
                     path_hex: hex_if_not_utf8(&path_bytes(&e.path[..used])),

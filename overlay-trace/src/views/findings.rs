@@ -5,7 +5,8 @@
 //! Thresholds (the README states them): `metadata-copy` from `METADATA_COPY_BYTES` copied on one
 //! mount; `big-file-copy` for each file of `BIG_FILE_BYTES` or more; `deep-layers` from
 //! `DEEP_LOOKUPS` negative lookups of `DEEP_LOOKUP_LAYERS` layers or more on one mount;
-//! `lower-dir-rename` from one refused rename.
+//! `lower-dir-rename` from one refused rename; `copy-up-sync` from `SYNC_NS` of syncs that are
+//! `SYNC_SHARE` of the mount's copy-up time.
 
 use std::fmt::Write as _;
 
@@ -24,6 +25,10 @@ use crate::{
 pub const METADATA_COPY_BYTES: u64 = 1 << 20;
 /// Deep negative lookups on one mount from which they are a finding.
 pub const DEEP_LOOKUPS: u64 = 100;
+/// Sync time inside one mount's copy-ups from which it is a finding: this much, and this share
+/// of the copy-up time.
+pub const SYNC_NS: u64 = 10_000_000;
+pub const SYNC_SHARE: f64 = 0.25;
 
 /// Every finding id, for `--fail-on`.
 pub const IDS: &[&str] = &[
@@ -31,6 +36,7 @@ pub const IDS: &[&str] = &[
     "big-file-copy",
     "deep-layers",
     "lower-dir-rename",
+    "copy-up-sync",
 ];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -257,6 +263,26 @@ fn of(m: &Subject) -> Vec<Finding> {
             saving_bytes: 0,
             verified: None,
         });
+    }
+    if e.sync_ns >= SYNC_NS && e.sync_ns as f64 >= SYNC_SHARE * copy_up_ns {
+        let mut f = finding(
+            "copy-up-sync",
+            &e.synced,
+            format!(
+                "{} spent syncing the {} copied up (overlayfs fsyncs each one to its upper \
+                 filesystem)",
+                ns(e.sync_ns),
+                files(e.synced.count)
+            ),
+            "mount the overlay with volatile where the runtime lets you add mount options \
+             (no syncs; after a crash the upper and work directories must be thrown away, \
+             which suits containers recreated from their image), or put the upper directory on \
+             a filesystem whose syncs are cheap",
+            e.sync_ns,
+        );
+        (f.time_ns, f.saving_bytes) = (e.sync_ns, 0);
+        f.share_of_copy_up_time = e.sync_ns as f64 / copy_up_ns;
+        out.push(f);
     }
     let ren = &e.refused_renames;
     if ren.count > 0 {

@@ -97,6 +97,9 @@ pub struct CopyUpReport {
     pub failed: u64,
     pub data_bytes: u64,
     pub data_ns: u64,
+    /// Of `data_ns`, the syncs of the copied files (0 when not measured, or `volatile`).
+    #[serde(default)]
+    pub sync_ns: u64,
     pub total_ns: u64,
     pub latency: Latency,
     pub slowest: Vec<SlowCopyUpReport>,
@@ -196,6 +199,7 @@ fn copy_up_report(c: &CopyUpStats) -> CopyUpReport {
         failed: c.failed,
         data_bytes: c.data_bytes,
         data_ns: c.data_ns,
+        sync_ns: c.sync_ns,
         total_ns: c.total_ns,
         waited: c.waited,
         waited_ns: c.waited_ns,

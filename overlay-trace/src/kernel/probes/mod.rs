@@ -50,6 +50,9 @@ pub struct ProbeSpec {
     pub targets: &'static [&'static str],
     pub required: bool,
     pub purpose: &'static str,
+    /// Why the row stays on kprobes whatever `--probes auto` finds (a vmlinux function: fentry
+    /// programs are loaded against overlay's BTF object).
+    pub kprobe_only: Option<&'static str>,
 }
 
 pub const PROBES: &[ProbeSpec] = &[
@@ -62,6 +65,7 @@ pub const PROBES: &[ProbeSpec] = &[
         targets: &["ovl_copy_up_one"],
         required: true,
         purpose: "copy-ups",
+        kprobe_only: None,
     },
     // 6.1+: ovl_copy_up_file(ofs, dentry, new_file, len); 5.x: ovl_copy_up_data(ofs, old, new, len).
     // 6.1 has both names, ovl_copy_up_data being a wrapper there, hence the order.
@@ -74,6 +78,7 @@ pub const PROBES: &[ProbeSpec] = &[
         targets: &["ovl_copy_up_file", "ovl_copy_up_data"],
         required: false,
         purpose: "copy-up data time and bytes",
+        kprobe_only: None,
     },
     // Reached only by the call that copied; a call that raced with another copy-up of the same
     // object waits and returns without it. Its program only sets a flag, so a kernel where the
@@ -87,6 +92,7 @@ pub const PROBES: &[ProbeSpec] = &[
         targets: &["ovl_copy_up_end"],
         required: false,
         purpose: "telling copy-ups from waits for another thread's copy-up",
+        kprobe_only: None,
     },
     ProbeSpec {
         entry: "lookup_entry",
@@ -97,6 +103,7 @@ pub const PROBES: &[ProbeSpec] = &[
         targets: &["ovl_lookup"],
         required: true,
         purpose: "lookups",
+        kprobe_only: None,
     },
     // 6.1: ovl_fill_super(sb, data, silent); 6.5+: ovl_fill_super(sb, fc). sb is first in both.
     ProbeSpec {
@@ -108,6 +115,7 @@ pub const PROBES: &[ProbeSpec] = &[
         targets: &["ovl_fill_super"],
         required: false,
         purpose: "mount time",
+        kprobe_only: None,
     },
     ProbeSpec {
         entry: "lookup_layer_entry",
@@ -118,6 +126,7 @@ pub const PROBES: &[ProbeSpec] = &[
         targets: &["ovl_lookup_layer"],
         required: false,
         purpose: "layers consulted per lookup",
+        kprobe_only: None,
     },
     // 5.x: ovl_rename(olddir, old, newdir, new, flags); 6.x: the mount's user namespace (later
     // idmap) first. Only renames refused with -EXDEV are sent.
@@ -130,6 +139,22 @@ pub const PROBES: &[ProbeSpec] = &[
         targets: &["ovl_rename"],
         required: false,
         purpose: "renames overlayfs refused (directories the caller copies itself)",
+        kprobe_only: None,
+    },
+    // The fsync overlayfs does at the end of each file's data copy (unless `volatile`): timed
+    // only while the thread is in a copy-up.
+    ProbeSpec {
+        entry: "sync_entry",
+        ret: Some("sync_return"),
+        fentry: "sync_fentry",
+        fexit: &[(2, "sync_fexit")],
+        fentry_param: None,
+        targets: &["vfs_fsync"],
+        required: false,
+        purpose: "sync time inside copy-ups",
+        kprobe_only: Some(
+            "a kernel function outside overlay (fentry is loaded against overlay's BTF)",
+        ),
     },
 ];
 

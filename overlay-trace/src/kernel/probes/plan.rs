@@ -140,6 +140,22 @@ pub fn plan(
             ));
             continue;
         };
+        if let Some(why) = spec.kprobe_only {
+            if wanted == ProbesArg::Fentry {
+                warnings.push(format!(
+                    "--probes fentry: {target} takes kprobes only: {} not measured",
+                    spec.purpose
+                ));
+                continue;
+            }
+            out.push(Choice {
+                spec,
+                target,
+                backend: Backend::Kprobe,
+                why: why.to_string(),
+            });
+            continue;
+        }
         let fentry = fentry_for(spec, target, btf, support);
         let (backend, why) = match (wanted, fentry) {
             (ProbesArg::Kprobe, _) => (

@@ -51,6 +51,13 @@ pub fn asked_by(mut record: Vec<u8>, nr: u32, flags: u32) -> Vec<u8> {
     record
 }
 
+/// A copy-up record (`copy_up`...) that spent `ns` syncing.
+pub fn synced(mut record: Vec<u8>, ns: u64) -> Vec<u8> {
+    let at = std::mem::offset_of!(CopyUpEvent, sync_ns);
+    record[at..at + 8].copy_from_slice(&ns.to_ne_bytes());
+    record
+}
+
 /// A copy-up that returned `ret`, with the kernel's `outcome` (`COPY_UP_COPIED`, ...).
 pub fn copy_up_ending(
     dev: u32,
@@ -68,6 +75,7 @@ pub fn copy_up_ending(
         data_ns: duration_ns / 2,
         data_bytes,
         size,
+        sync_ns: 0,
         flags: 0,
         mode: 0o100644,
         ret,

@@ -185,3 +185,36 @@ fn a_mount_folded_out_of_the_detail_keeps_its_findings() {
     assert!(f[0].mount.contains("mounts folded"), "{}", f[0].mount);
     assert!(f[0].dev.is_empty());
 }
+
+#[test]
+fn copy_up_sync_from_ten_milliseconds_and_a_quarter() {
+    let ms = 1_000_000;
+    let sync = |a: &mut Aggregate, path: &str, total: u64, synced: u64| {
+        let rec = raw::asked_by(
+            raw::copy_up(1, path, 10, 10, total),
+            OPENAT,
+            O_WRONLY_APPEND,
+        );
+        add(a, raw::synced(rec, synced));
+    };
+    // Just below the time: 10 ms - 1 ns of syncs in 20 ms of copy-ups.
+    let mut a = Aggregate::default();
+    sync(&mut a, "a", 10 * ms, 5 * ms);
+    sync(&mut a, "b", 10 * ms, 5 * ms - 1);
+    assert!(ids(&a).is_empty());
+    // Just below the share: 10 ms of syncs in 40 ms + 1 ns of copy-ups.
+    let mut a = Aggregate::default();
+    sync(&mut a, "a", 20 * ms + 1, 5 * ms);
+    sync(&mut a, "b", 20 * ms, 5 * ms);
+    assert!(ids(&a).is_empty());
+    // 10 ms in 40 ms: a finding, the syncs' time its cost and saving.
+    let mut a = Aggregate::default();
+    sync(&mut a, "a", 20 * ms, 5 * ms);
+    sync(&mut a, "b", 20 * ms, 5 * ms);
+    let f = findings(&a, 1.0);
+    assert_eq!(ids(&a), ["copy-up-sync"]);
+    assert_eq!(
+        (f[0].count, f[0].time_ns, f[0].saving_ns),
+        (2, 10 * ms, 10 * ms)
+    );
+}
