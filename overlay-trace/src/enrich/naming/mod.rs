@@ -219,9 +219,14 @@ fn same_root(pid: u32) -> bool {
 }
 
 /// Our mount namespace's inode number.
+/// Read once, on first use: the tracer's namespace is set before tracing begins (the bench
+/// makes its own first), as `may_be_a_runtimes` reads our user namespace once.
 fn own_mount_namespace() -> Option<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino())
+    static OURS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino())
+    })
 }
 
 /// Process `pid`'s mount namespace and the user namespace that owns it, as inode numbers: the
