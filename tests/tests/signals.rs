@@ -94,10 +94,22 @@ fn a_signal_while_the_tracer_starts_leaves_nothing_behind() {
             let said = child.wait_with_output().unwrap();
             let what = format!("{name} at {at:?} ({}): {}", said.status, stderr(&said));
             assert!(!stderr(&said).contains("panicked"), "{what}");
-            assert_eq!(tracer_kprobe_events(), Default::default(), "{what}");
-            // Programs are released as their descriptors close (a bpftrace of an earlier test
-            // may still be letting go of its own: never more than before).
-            assert!(bpf_programs() <= programs, "{what}: a program left");
+            // The kernel lets go of a closed perf event or program a little after the process
+            // is gone (more so with a kernel build beside the VM): what is still there after
+            // 15 s was left behind. (A bpftrace of an earlier test may still be letting go of
+            // its own programs: never more than before.)
+            let t = Instant::now();
+            loop {
+                let (left, now) = (tracer_kprobe_events(), bpf_programs());
+                if left.is_empty() && now <= programs {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(15),
+                    "{what}: left behind: probe events {left:?}, {now} programs (were {programs})"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
             assert_eq!(temp_files(&dir), Vec::<String>::new(), "{what}");
             // The report is the previous one, or a whole new one from a run that began tracing.
             let now = fs::read(&json).unwrap();

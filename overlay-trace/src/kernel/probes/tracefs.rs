@@ -309,10 +309,19 @@ impl Drop for ProbeEvent {
             // SAFETY: our own fd. Disabled first so nothing runs while the event is torn down.
             unsafe { libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_DISABLE as _, 0) };
         }
-        let _ = append(
-            &self.tracefs.join("kprobe_events"),
-            &format!("-:{GROUP}/{}\n", self.name),
-        );
+        // The perf event is closed above; should the kernel still count it as a user of the
+        // probe for a moment (EBUSY), the removal is tried again for up to a second rather than
+        // leaving the probe behind until the next tracer starts.
+        let events = self.tracefs.join("kprobe_events");
+        let line = format!("-:{GROUP}/{}\n", self.name);
+        for _ in 0..50 {
+            match append(&events, &line) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => break,
+            }
+        }
     }
 }
 
