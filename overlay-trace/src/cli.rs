@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::kernel::probes::{ProbesArg, tracefs::MAXACTIVE_MAX};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "overlay-trace",
@@ -83,18 +85,46 @@ pub enum Command {
     Check,
 }
 
+/// What is traced and with which probes: the same flags on `run`, `top` and `serve`.
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Only trace this process id (filtered in the kernel).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+    /// Only trace this running container (name, id or id prefix; repeatable). Filtered in the
+    /// kernel by the container's overlay superblock, so other containers cost nothing.
+    #[arg(long = "container", value_name = "NAME|ID")]
+    pub containers: Vec<String>,
+    /// Calls of one function that may be in flight at once before the kernel starts missing
+    /// their returns (kretprobe `maxactive`; the kernel caps it at 4096). Missed returns are
+    /// counted and shown either way.
+    #[arg(long, default_value_t = MAXACTIVE_MAX, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub maxactive: u32,
+    /// Kind of probe: fentry/fexit where this kernel allows it for that function and kprobes
+    /// elsewhere (auto), or one kind everywhere. `check` shows what auto picks, and why.
+    #[arg(long, value_enum, default_value_t = ProbesArg::Auto)]
+    pub probes: ProbesArg,
+}
+
+impl Default for TraceArgs {
+    /// Everything, with the flags' defaults.
+    fn default() -> Self {
+        Self {
+            pid: None,
+            containers: Vec::new(),
+            maxactive: MAXACTIVE_MAX,
+            probes: ProbesArg::Auto,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Stop after this long (e.g. 30s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Only trace this process id (filtered in the kernel).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub pid: Option<u32>,
-    /// Only trace this container (name, id or id prefix; repeatable). Filtered in the kernel by
-    /// the container's overlay superblock, so other containers cost nothing.
-    #[arg(long = "container", value_name = "NAME|ID")]
-    pub containers: Vec<String>,
+    #[command(flatten)]
+    pub tracing: TraceArgs,
     /// (for tests) Only trace the overlay with this device number, as `--container` does for a
     /// container's (repeatable).
     #[arg(long = "only-dev", value_name = "MAJ:MIN", hide = true)]
@@ -115,15 +145,6 @@ pub struct RunArgs {
     /// No live status line.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Calls of one function that may be in flight at once before the kernel starts missing
-    /// their returns (kretprobe `maxactive`; the kernel caps it at 4096). Missed returns are
-    /// counted and shown either way.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub maxactive: u32,
-    /// Kind of probe: fentry/fexit where this kernel allows it for that function and kprobes
-    /// elsewhere (auto), or one kind everywhere. `check` shows what auto picks, and why.
-    #[arg(long, value_enum, default_value_t = crate::kernel::probes::ProbesArg::Auto)]
-    pub probes: crate::kernel::probes::ProbesArg,
     /// Run CMD with the probes attached; trace until it exits and exit with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -140,18 +161,8 @@ pub struct TopArgs {
     /// The column the rows are sorted by at first (largest first; keys change it on screen).
     #[arg(long, value_enum, default_value_t = crate::views::top::Column::CopyUps)]
     pub sort: crate::views::top::Column,
-    /// Only trace this process id (filtered in the kernel).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub pid: Option<u32>,
-    /// Only trace this container (name, id or id prefix; repeatable), as `run --container`.
-    #[arg(long = "container", value_name = "NAME|ID")]
-    pub containers: Vec<String>,
-    /// As `run --maxactive`.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub maxactive: u32,
-    /// As `run --probes`.
-    #[arg(long, value_enum, default_value_t = crate::kernel::probes::ProbesArg::Auto)]
-    pub probes: crate::kernel::probes::ProbesArg,
+    #[command(flatten)]
+    pub tracing: TraceArgs,
 }
 
 /// An interval of 250 ms to an hour: a look takes the drain's thread about 10 ms when 256
@@ -169,12 +180,8 @@ pub struct ServeArgs {
     /// Address to serve /metrics and /healthz on.
     #[arg(long, default_value = "127.0.0.1:9477")]
     pub listen: std::net::SocketAddr,
-    /// Only trace this process id (filtered in the kernel).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub pid: Option<u32>,
-    /// Only trace this running container (name, id or id prefix; repeatable).
-    #[arg(long = "container", value_name = "NAME|ID")]
-    pub containers: Vec<String>,
+    #[command(flatten)]
+    pub tracing: TraceArgs,
     /// A container's series is dropped once it has had no live mount and no event this long.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub forget_after: Duration,
@@ -185,12 +192,6 @@ pub struct ServeArgs {
     /// (counted in `overlay_trace_scrape_series_cut_total`).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_body_mib: u64,
-    /// As for `run`.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub maxactive: u32,
-    /// Kind of probe, as for `run`.
-    #[arg(long, value_enum, default_value_t = crate::kernel::probes::ProbesArg::Auto)]
-    pub probes: crate::kernel::probes::ProbesArg,
 }
 
 #[derive(Args, Debug)]
@@ -199,8 +200,8 @@ pub struct BenchArgs {
     /// log-append, chmod-r, rename-dirs.
     pub scenario: String,
     /// Kind of probe, as for `run`.
-    #[arg(long, value_enum, default_value_t = crate::kernel::probes::ProbesArg::Auto)]
-    pub probes: crate::kernel::probes::ProbesArg,
+    #[arg(long, value_enum, default_value_t = ProbesArg::Auto)]
+    pub probes: ProbesArg,
     /// Runs; the report keeps medians and the spread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,

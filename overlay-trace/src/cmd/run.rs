@@ -83,11 +83,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 async fn trace(args: &RunArgs, signals: &mut Signals) -> Result<Result<Traced, i32>> {
     let start = Session::start_unless_signalled(
         Options {
-            pid: args.pid,
-            containers: &args.containers,
+            tracing: args.tracing.clone(),
             only: &args.only_devs,
-            maxactive: args.maxactive,
-            probes: args.probes,
             json: args.json.as_deref(),
             events: args.events.as_deref(),
             trace: args.trace.as_deref(),

@@ -116,10 +116,7 @@ pub fn endpoint(
 async fn trace(args: &ServeArgs, metrics: Shared, signals: &mut Signals) -> Result<Option<Report>> {
     let start = Session::start_unless_signalled(
         Options {
-            pid: args.pid,
-            containers: &args.containers,
-            maxactive: args.maxactive,
-            probes: args.probes,
+            tracing: args.tracing.clone(),
             metrics: Some(metrics),
             ..Default::default()
         },

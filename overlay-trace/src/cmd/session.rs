@@ -24,6 +24,7 @@ use feed::{answer, hand_over, take};
 use super::signals::Signals;
 
 use crate::{
+    cli::TraceArgs,
     enrich::{
         answer::Named,
         budget::{Budgeted, EnrichCounts},
@@ -35,7 +36,6 @@ use crate::{
     kernel::{
         btf_offsets::KernelBtf,
         preflight,
-        probes::ProbesArg,
         session::{self as kernel_side, KernelSide},
     },
     model::{
@@ -57,13 +57,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// What a command asks of its session.
 #[derive(Default)]
 pub struct Options<'a> {
-    pub pid: Option<u32>,
-    /// `--container` arguments: traced exclusively, by superblock.
-    pub containers: &'a [String],
+    /// `--pid`, `--container` (traced exclusively, by superblock), `--maxactive`, `--probes`.
+    pub tracing: TraceArgs,
     /// Superblocks traced exclusively besides (bench's private overlay).
     pub only: &'a [Dev],
-    pub maxactive: u32,
-    pub probes: ProbesArg,
     pub json: Option<&'a Path>,
     pub events: Option<&'a Path>,
     pub trace: Option<&'a Path>,
@@ -116,7 +113,7 @@ impl Session {
         let mounts_now = read_overlay_mounts()?;
         let enrich_counts = Arc::new(EnrichCounts::default());
         let mut only = super::select::select_containers(
-            o.containers,
+            &o.tracing.containers,
             &mounts_now,
             &mut resolver,
             &mut Budgeted::new("select", enrich_counts.clone()),
@@ -126,7 +123,7 @@ impl Session {
 
         let verbose = verbose();
         let btf = KernelBtf::load()?;
-        let mut config = btf.config(o.pid.unwrap_or(0))?;
+        let mut config = btf.config(o.tracing.pid.unwrap_or(0))?;
         config.data_len_arg = crate::kernel::probes::PROBES
             .iter()
             .find(|p| p.entry == "copy_up_data_entry")
@@ -149,9 +146,9 @@ impl Session {
             &caps.symbols,
             &devs,
             &uppers,
-            o.maxactive,
+            o.tracing.maxactive,
             &facts,
-            o.probes,
+            o.tracing.probes,
             trace.is_some(),
         )?;
         // aya's own parse of the BTF is gone too: give that memory back.

@@ -17,7 +17,7 @@ use nix::mount::{MntFlags, MsFlags};
 
 use crate::base::BadInput;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, TraceArgs};
 
 use crate::stream::event::Dev;
 
@@ -346,9 +346,11 @@ async fn traced_workload(command: &[String], dev: Dev, probes: ProbesArg) -> Res
     let mut signals = crate::cmd::signals::Signals::install()?;
     let only = [dev];
     let start = Session::start(Options {
+        tracing: TraceArgs {
+            probes,
+            ..Default::default()
+        },
         only: &only,
-        maxactive: 4096,
-        probes,
         ..Default::default()
     });
     let mut session = tokio::select! {

@@ -47,10 +47,7 @@ pub async fn top(args: TopArgs) -> Result<i32> {
     let full_screen = std::io::stdout().is_terminal();
     let start = Session::start_unless_signalled(
         Options {
-            pid: args.pid,
-            containers: &args.containers,
-            maxactive: args.maxactive,
-            probes: args.probes,
+            tracing: args.tracing.clone(),
             hold_warnings: true,
             ..Default::default()
         },
