@@ -10,6 +10,7 @@ use std::{
 };
 
 use overlay_trace_tests::attached::{AttachedRun as Run, mount_at};
+use overlay_trace_tests::disks::Disk;
 use overlay_trace_tests::{Overlay, out_dir, read_events, sh, stderr, tracer};
 use serde_json::Value;
 
@@ -71,7 +72,7 @@ fn a_filesystem_that_never_answers_stalls_nothing() {
     fs::create_dir_all(r.join("fz")).unwrap();
     fs::create_dir_all(r.join("b")).unwrap();
     fs::create_dir_all(r.join("d")).unwrap();
-    let slow = SlowDisk::new(&r.join("d.img"));
+    let slow = Disk::new(&r.join("d.img"), 16);
     // The daemon that never answers: opens /dev/fuse, mounts with fd=, never reads it.
     let mut daemon = Command::new("bash")
         .arg("-c")
@@ -159,7 +160,7 @@ sleep 8
 "#,
         r = r.display(),
         slow_dev = slow.dev(),
-        slow_on = slow.slow_down(),
+        slow_on = slow.delay_reads_script(30_000),
     );
     let tenant = Command::new("unshare")
         .args(["-m", "--propagation", "private", "bash", "-c", &script])
@@ -310,75 +311,4 @@ sleep 8
         .status();
     drop(slow);
     let _ = fs::remove_dir_all(&r);
-}
-
-/// An ext4 image on a loop device behind dm-delay, fast until `slow_down` (mounting it through
-/// a 30 s delay would take minutes): then every read of it takes 30 s.
-struct SlowDisk {
-    name: String,
-    loop_dev: String,
-    sectors: String,
-}
-
-impl SlowDisk {
-    fn new(image: &std::path::Path) -> Self {
-        let run = |args: &[&str]| -> String {
-            let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-            String::from_utf8_lossy(&o.stdout).trim().to_string()
-        };
-        let img = image.to_str().unwrap();
-        run(&["truncate", "-s", "16M", img]);
-        run(&["mkfs.ext4", "-q", img]);
-        // Modules in Debian's kernels (already there if built in).
-        let _ = Command::new("modprobe")
-            .args(["-a", "loop", "dm-delay"])
-            .status();
-        let loop_dev = run(&["losetup", "-f", "--show", img]);
-        let sectors = run(&["blockdev", "--getsz", &loop_dev]);
-        let name = format!("otdelay{}", std::process::id());
-        let table = format!("0 {sectors} delay {loop_dev} 0 0");
-        run(&[
-            "dmsetup",
-            "create",
-            "--noudevsync",
-            &name,
-            "--table",
-            &table,
-        ]);
-        run(&["dmsetup", "mknodes", &name]);
-        Self {
-            name,
-            loop_dev,
-            sectors,
-        }
-    }
-
-    fn dev(&self) -> String {
-        format!("/dev/mapper/{}", self.name)
-    }
-
-    /// Shell lines that make reads take 30 s (writes stay fast) and drop what is cached, so
-    /// the next lookup by path reads the disk.
-    fn slow_down(&self) -> String {
-        let (n, l, s) = (&self.name, &self.loop_dev, &self.sectors);
-        format!(
-            "dmsetup suspend --noudevsync {n}\n\
-             dmsetup reload --noudevsync {n} --table '0 {s} delay {l} 0 30000 {l} 0 0'\n\
-             dmsetup resume --noudevsync {n}\n\
-             sync; echo 3 > /proc/sys/vm/drop_caches"
-        )
-    }
-}
-
-impl Drop for SlowDisk {
-    fn drop(&mut self) {
-        // Still mounted while a lookup waits on it: removed once the last user is gone.
-        let _ = Command::new("dmsetup")
-            .args(["remove", "--deferred", "--noudevsync", &self.name])
-            .status();
-        let _ = Command::new("losetup")
-            .args(["-d", &self.loop_dev])
-            .status();
-    }
 }

@@ -4,13 +4,16 @@
 
 use std::{fs, path::PathBuf, process::Command};
 
+use overlay_trace_tests::disks::Disk;
 use overlay_trace_tests::{out_dir, read_events, read_json, sh, stderr, stdout, tracer};
 
 const FILES: usize = 20;
 
-/// A tmpfs with the lower layer, an ext4 image on it holding upper and work, and the overlay.
+/// A tmpfs with the lower layer, an ext4 disk image on it holding upper and work, and the
+/// overlay.
 struct ExtOverlay {
     root: PathBuf,
+    disk: Option<Disk>,
 }
 
 impl ExtOverlay {
@@ -20,26 +23,27 @@ impl ExtOverlay {
         let root = PathBuf::from(format!("/run/ot-sync-{}-{kind}", std::process::id()));
         fs::create_dir_all(&root).unwrap();
         sh(&format!("mount -t tmpfs tmpfs {}", root.display()));
-        let o = ExtOverlay { root };
-        let lower = o.root.join("lower");
+        let lower = root.join("lower");
         fs::create_dir_all(&lower).unwrap();
         for i in 0..FILES {
             fs::write(lower.join(format!("f{i}")), vec![b'x'; 256 << 10]).unwrap();
         }
-        let (img, ext) = (o.root.join("ext4.img"), o.root.join("ext4"));
+        let disk = Disk::new(&root.join("ext4.img"), 128);
+        let ext = root.join("ext4");
         fs::create_dir_all(&ext).unwrap();
-        // The loop device made and named by hand: `mount -o loop` is refused in the guest.
         sh(&format!(
-            "modprobe loop; truncate -s 128M {img} && mkfs.ext4 -q -F {img} && \
-             losetup -f --show {img} > {root}/loopdev && mount -t ext4 $(cat {root}/loopdev) {ext} && \
-             mkdir {ext}/upper {ext}/work {root}/merged && mount -t overlay overlay -o \
+            "mount -t ext4 {dev} {ext} && mkdir {ext}/upper {ext}/work {root}/merged && \
+             mount -t overlay overlay -o \
              lowerdir={lower},upperdir={ext}/upper,workdir={ext}/work{extra} {root}/merged",
-            img = img.display(),
+            dev = disk.dev(),
             ext = ext.display(),
             lower = lower.display(),
-            root = o.root.display(),
+            root = root.display(),
         ));
-        o
+        ExtOverlay {
+            root,
+            disk: Some(disk),
+        }
     }
 
     fn merged(&self) -> PathBuf {
@@ -58,9 +62,8 @@ impl Drop for ExtOverlay {
         for p in [self.merged(), self.root.join("ext4")] {
             let _ = Command::new("umount").arg(p).status();
         }
-        if let Ok(dev) = fs::read_to_string(self.root.join("loopdev")) {
-            let _ = Command::new("losetup").args(["-d", dev.trim()]).status();
-        }
+        // The disk's image is on the tmpfs: the disk goes first.
+        drop(self.disk.take());
         let _ = Command::new("umount").arg(&self.root).status();
         let _ = fs::remove_dir(&self.root);
     }

@@ -37,7 +37,7 @@ kretprobe:ovl_lookup /@lk[tid]/ { @lookup_ns = hist(nsecs - @lk[tid]); @lookup_l
 
 pub fn host(rounds: usize, tracer: &Path) -> Result<()> {
     let me = std::env::current_exe()?;
-    let code = crate::in_vm(&format!(
+    let code = crate::vm::in_vm(&format!(
         "{} bench-in-vm --rounds {rounds} --tracer {}",
         me.display(),
         tracer.display()

@@ -286,7 +286,7 @@ pub fn render(r: &Report) -> String {
     let mut out = String::new();
     header::header(&mut out, r);
     out.push('\n');
-    crate::views::findings::text(&mut out, &r.findings);
+    findings::findings(&mut out, &r.findings);
     if r.mounts.is_empty() && r.retired.is_empty() {
         let _ = writeln!(out, "\nno overlayfs activity seen");
     }
@@ -338,6 +338,7 @@ pub fn render(r: &Report) -> String {
     out
 }
 
+pub mod findings;
 mod header;
 
 #[cfg(test)]

@@ -142,10 +142,10 @@ fn fail_on_names_what_is_there() {
     assert_eq!(failing(&f, &["big-file-copy".into()]).len(), 1);
     assert_eq!(failing(&f, &["any".into()]).len(), 1);
     let mut text_out = String::new();
-    text(&mut text_out, &f);
+    crate::views::text::findings::findings(&mut text_out, &f);
     assert!(text_out.contains("[big-file-copy]"), "{text_out}");
     let mut none = String::new();
-    text(&mut none, &[]);
+    crate::views::text::findings::findings(&mut none, &[]);
     assert_eq!(none, "findings: none\n");
 }
 
