@@ -63,6 +63,11 @@ impl Tracer {
         self.0.args(["--", "sh", "-c", script]);
         self
     }
+    /// `-- bash -c SCRIPT`: the traced command, for scripts that need bash.
+    pub fn bash(mut self, script: &str) -> Self {
+        self.0.args(["--", "bash", "-c", script]);
+        self
+    }
 }
 
 impl std::ops::Deref for Tracer {

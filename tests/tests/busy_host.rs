@@ -269,19 +269,7 @@ fn lookup_storm_on_a_slow_disk_reports_every_lookup() {
         &format!("cat {}/d$i/f > /dev/null", merged.display()),
     );
     let started = Instant::now();
-    let o = tracer()
-        .args([
-            "run",
-            "-q",
-            "--json",
-            json.to_str().unwrap(),
-            "--",
-            "bash",
-            "-c",
-            &workload,
-        ])
-        .output()
-        .unwrap();
+    let o = tracer().run().json(&json).bash(&workload).output().unwrap();
     let bt_out = bt.stop();
     println!(
         "storm took {:.1} s\n{}",

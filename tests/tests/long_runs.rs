@@ -57,16 +57,9 @@ fn soak_of_short_lived_overlays_keeps_memory_flat_and_totals_exact() {
     );
     let started = Instant::now();
     let mut child = tracer()
-        .args([
-            "run",
-            "-q",
-            "--json",
-            json.to_str().unwrap(),
-            "--",
-            "bash",
-            "-c",
-            &workload,
-        ])
+        .run()
+        .json(&json)
+        .bash(&workload)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -184,18 +177,11 @@ fn a_docker_socket_that_never_answers_costs_no_events_and_little_time() {
         end = end_mark.display()
     );
     let o = tracer()
+        .run()
+        .json(&json)
+        .bash(&workload)
         .env("DOCKER_HOST", format!("unix://{}", sock.display()))
         .env("OVERLAY_TRACE_VERBOSE", "1")
-        .args([
-            "run",
-            "-q",
-            "--json",
-            json.to_str().unwrap(),
-            "--",
-            "bash",
-            "-c",
-            &workload,
-        ])
         .output()
         .unwrap();
     let exited = std::time::SystemTime::now()

@@ -16,20 +16,10 @@ fn pid_filter_is_applied_in_the_kernel() {
     let events = out_dir().join("pid_filter.ndjson");
     let run = |pid: &str, file: &str| {
         let o = tracer()
-            .args([
-                "run",
-                "-q",
-                "--pid",
-                pid,
-                "--events",
-                events.to_str().unwrap(),
-                "--",
-            ])
-            .args([
-                "sh",
-                "-c",
-                &format!("echo x >> {}/{file}", ov.merged().display()),
-            ])
+            .run()
+            .with(&["--pid", pid])
+            .events(&events)
+            .sh(&format!("echo x >> {}/{file}", ov.merged().display()))
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
@@ -68,24 +58,14 @@ fn pid_filter_is_applied_in_the_kernel() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let o = tracer()
-        .args([
-            "run",
-            "-q",
-            "--pid",
-            &pid,
-            "--events",
-            events.to_str().unwrap(),
-            "--",
-        ])
-        .args([
-            "sh",
-            "-c",
-            &format!(
-                "touch {}; while [ ! -e {}/g ]; do sleep 0.1; done; sleep 0.5",
-                go.display(),
-                ov.upper().display()
-            ),
-        ])
+        .run()
+        .with(&["--pid", &pid])
+        .events(&events)
+        .sh(&format!(
+            "touch {}; while [ ! -e {}/g ]; do sleep 0.1; done; sleep 0.5",
+            go.display(),
+            ov.upper().display()
+        ))
         .output()
         .unwrap();
     writer.wait().unwrap();
