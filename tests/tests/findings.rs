@@ -166,6 +166,14 @@ fn a_slow_start_has_one_finding_per_cause_and_a_clean_one_none() {
             .starts_with("busybox[")
     );
     assert!(upper.join("srv/new/f").exists());
+    // /srv/old was made by the first RUN line: the finding says so.
+    assert!(
+        renamed["top"][0]["created_by"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/srv/old"),
+        "{renamed:#}"
+    );
 
     // The replay finds the same.
     let replayed = out_dir().join("slow.replayed.json");

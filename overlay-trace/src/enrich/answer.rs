@@ -47,6 +47,12 @@ pub enum Named {
         copy_up: CopyUpRef,
         layer: u32,
     },
+    /// The source layer of a refused rename's directory (`seq`: the rename's arrival number).
+    RenameLayer {
+        key: MountKey,
+        seq: u64,
+        layer: u32,
+    },
     Warning(String),
     Done,
 }

@@ -1,5 +1,5 @@
-//! The source layer of each copy-up, found off the drain's thread: the drain asks (mount, the
-//! copy-up's arrival number, its path), the naming side says where the mount's lowerdirs are
+//! The source layer of each copy-up (and of each refused rename's directory), found off the
+//! drain's thread: the drain asks (mount, the event's arrival number, its path), the naming side says where the mount's lowerdirs are
 //! (and in which mount namespace), and this thread looks the path up beneath each lowerdir with a
 //! time budget per lookup (`Budgeted`). Each answer is a `Named::SourceLayer` record that the
 //! model applies, live and in a replay alike.
@@ -37,11 +37,24 @@ const WAITING_MAX: usize = 65_536;
 /// Asks of one mount waiting for its lowerdirs.
 const WAITING_PER_MOUNT: usize = 4096;
 
+/// What a path's layer is looked up for.
+#[derive(Clone, Copy, Debug)]
+enum Asked {
+    CopyUp(CopyUpRef),
+    Rename(u64),
+}
+
 pub enum LayerAsk {
     /// A copy-up whose source layer is wanted.
     CopyUp {
         key: MountKey,
         copy_up: CopyUpRef,
+        path: String,
+    },
+    /// A refused rename whose directory's layer is wanted (`seq`: its arrival number).
+    Rename {
+        key: MountKey,
+        seq: u64,
         path: String,
     },
     /// A mount's lowerdirs (topmost first) and the root they are resolved from.
@@ -111,7 +124,7 @@ struct LayerFinder {
     mounts: HashMap<MountKey, (MountRoot, Arc<Vec<String>>)>,
     order: VecDeque<MountKey>,
     /// Asks of mounts whose lowerdirs are not known yet.
-    waiting: HashMap<MountKey, Vec<(CopyUpRef, String)>>,
+    waiting: HashMap<MountKey, Vec<(Asked, String)>>,
     waiting_total: usize,
     /// Mounts one of whose lookups was abandoned: not looked up again.
     stuck: HashSet<MountKey>,
@@ -121,7 +134,10 @@ impl LayerFinder {
     fn run(mut self, rx: Receiver<LayerAsk>) {
         for a in rx {
             match a {
-                LayerAsk::CopyUp { key, copy_up, path } => self.copy_up(key, copy_up, path),
+                LayerAsk::CopyUp { key, copy_up, path } => {
+                    self.ask(key, Asked::CopyUp(copy_up), path)
+                }
+                LayerAsk::Rename { key, seq, path } => self.ask(key, Asked::Rename(seq), path),
                 LayerAsk::Lowerdirs { key, root, dirs } => self.lowerdirs(key, root, dirs),
                 LayerAsk::Forget { key } => self.forget(key),
                 LayerAsk::Finish => {
@@ -132,18 +148,18 @@ impl LayerFinder {
         }
     }
 
-    fn copy_up(&mut self, key: MountKey, copy_up: CopyUpRef, path: String) {
+    fn ask(&mut self, key: MountKey, asked: Asked, path: String) {
         if self.stuck.contains(&key) {
             self.counts.skip();
             return;
         }
         if self.mounts.contains_key(&key) {
-            self.look_up(key, copy_up, path);
+            self.look_up(key, asked, path);
             return;
         }
         let waiting = self.waiting.entry(key).or_default();
         if self.waiting_total < WAITING_MAX && waiting.len() < WAITING_PER_MOUNT {
-            waiting.push((copy_up, path));
+            waiting.push((asked, path));
             self.waiting_total += 1;
         } else {
             self.counts.skip();
@@ -170,13 +186,13 @@ impl LayerFinder {
             self.order.push_back(key);
         }
         self.mounts.insert(key, (root, Arc::new(dirs)));
-        for (copy_up, path) in self.waiting.remove(&key).unwrap_or_default() {
+        for (asked, path) in self.waiting.remove(&key).unwrap_or_default() {
             self.waiting_total -= 1;
-            self.copy_up(key, copy_up, path);
+            self.ask(key, asked, path);
         }
     }
 
-    fn look_up(&mut self, key: MountKey, copy_up: CopyUpRef, path: String) {
+    fn look_up(&mut self, key: MountKey, asked: Asked, path: String) {
         let Some((root, dirs)) = self.mounts.get(&key).cloned() else {
             return;
         };
@@ -185,10 +201,13 @@ impl LayerFinder {
         });
         match found {
             Outcome::Done(Some(layer)) => {
-                let _ = self.out.send(Named::SourceLayer {
-                    key,
-                    copy_up,
-                    layer,
+                let _ = self.out.send(match asked {
+                    Asked::CopyUp(copy_up) => Named::SourceLayer {
+                        key,
+                        copy_up,
+                        layer,
+                    },
+                    Asked::Rename(seq) => Named::RenameLayer { key, seq, layer },
                 });
             }
             Outcome::Done(None) | Outcome::Skipped => {}

@@ -260,6 +260,14 @@ impl Aggregate {
         }
     }
 
+    /// A refused rename's directory's layer, learned after it was added (nothing for a mount
+    /// already folded).
+    pub fn set_rename_layer(&mut self, key: MountKey, seq: u64, layer: u32) {
+        if let Some(m) = self.mounts.get_mut(&key) {
+            m.evidence.set_rename_layer(seq, layer);
+        }
+    }
+
     /// A copy-up's source layer, learned after it was added (under layer 0, unknown): its
     /// tally moves to that layer and its row in the slowest table says so. Nothing for a mount
     /// already folded (groups keep no layers).

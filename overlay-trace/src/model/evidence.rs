@@ -174,13 +174,25 @@ impl Evidence {
         };
         self.metadata_copy.merge(&named(&o.metadata_copy));
         self.big_files.merge(&named(&o.big_files));
-        self.refused_renames.merge(&o.refused_renames);
+        self.refused_renames.merge(&named(&o.refused_renames));
         self.synced.merge(&named(&o.synced));
         self.sync_ns = self.sync_ns.saturating_add(o.sync_ns);
         let (d, od) = (&mut self.deep_lookups, &o.deep_lookups);
         d.count += od.count;
         d.total_ns = d.total_ns.saturating_add(od.total_ns);
         d.layers = d.layers.saturating_add(od.layers);
+    }
+
+    /// Refused rename `seq` was of a directory of lower layer `layer`.
+    pub(super) fn set_rename_layer(&mut self, seq: u64, layer: u32) {
+        for i in self
+            .refused_renames
+            .items
+            .iter_mut()
+            .filter(|i| i.seq == seq)
+        {
+            i.layer = Some(layer);
+        }
     }
 
     /// Copy-up `seq` came from lower layer `layer` (learned after it was added).

@@ -84,10 +84,10 @@ impl Collector {
             tgid: e.origin().tgid,
             alive_ns: e.origin().start_ns,
         });
-        if let Event::CopyUp(c) = e {
+        match e {
             // Its source layer, looked up beside the drain; not for a wait (it copied nothing)
             // nor a path cut short or not UTF-8 (its name below is not known exactly).
-            if !c.is_wait() && !c.path_truncated && c.path_hex.is_none() {
+            Event::CopyUp(c) if !c.is_wait() && !c.path_truncated && c.path_hex.is_none() => {
                 // Only what was copied is evidence of which mount this is (a failed copy-up
                 // may have left nothing in the upper dir).
                 if !added.named && c.ret == 0 {
@@ -100,6 +100,15 @@ impl Collector {
                     path: c.path,
                 });
             }
+            // A refused rename's directory: its layer names the Dockerfile line that made it.
+            Event::Rename(r) if !r.path_truncated && r.path_hex.is_none() => {
+                self.layer_asks.push(LayerAsk::Rename {
+                    key: added.key,
+                    seq: added.seq,
+                    path: r.path,
+                });
+            }
+            _ => {}
         }
         Some(Taken {
             key: added.key,
@@ -158,6 +167,12 @@ impl Collector {
                 dev: key.dev,
                 mount_gen: key.generation,
                 copy_up,
+                layer,
+            },
+            Named::RenameLayer { key, seq, layer } => Record::RenameLayer {
+                dev: key.dev,
+                mount_gen: key.generation,
+                seq,
                 layer,
             },
             Named::Warning(w) => return Some(w),

@@ -47,6 +47,12 @@ pub fn apply(agg: &mut Aggregate, rec: Record) {
             copy_up,
             layer,
         } => agg.set_source_layer(key(dev, mount_gen), copy_up, layer),
+        Record::RenameLayer {
+            dev,
+            mount_gen,
+            seq,
+            layer,
+        } => agg.set_rename_layer(key(dev, mount_gen), seq, layer),
         Record::Known {
             dev,
             mount_gen,

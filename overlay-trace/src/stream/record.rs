@@ -76,6 +76,14 @@ pub enum Record {
         copy_up: crate::stream::record::CopyUpRef,
         layer: u32,
     },
+    /// A refused rename's source layer (the layer of the directory it could not move), found
+    /// after its event was written; `seq` is the rename's arrival number.
+    RenameLayer {
+        dev: Dev,
+        mount_gen: u32,
+        seq: u64,
+        layer: u32,
+    },
     /// A container chosen with `--container`, known before tracing began.
     Known {
         dev: Dev,

@@ -160,6 +160,43 @@ fn one_refused_rename_is_a_finding() {
     assert_eq!((f[0].count, f[0].top[0].path.as_str()), (1, "/srv/old"));
     assert_eq!(f[0].top[0].process, "mv[100]");
     assert_eq!(a.rename_events, 1);
+    assert_eq!(f[0].top[0].created_by, None);
+
+    // The directory's layer, found beside the drain, names the Dockerfile line that made it.
+    use crate::stream::{event::Dev, names::LayerInfo, record::Record};
+    let key = a.current(Dev::from_kernel(1));
+    let seq = a.mounts[&key].evidence.refused_renames.items[0].seq;
+    let layer = |index: u32, created_by: &str| LayerInfo {
+        index,
+        lowerdir: format!("/l{index}"),
+        created_by: Some(created_by.to_string()),
+        ..Default::default()
+    };
+    let (dev, mount_gen) = (key.dev, key.generation);
+    let layers = vec![layer(1, "RUN touch /x"), layer(2, "RUN mkdir -p /srv/old")];
+    crate::model::replay::apply(
+        &mut a,
+        Record::NamedLayers {
+            dev,
+            mount_gen,
+            layers,
+        },
+    );
+    crate::model::replay::apply(
+        &mut a,
+        Record::RenameLayer {
+            dev,
+            mount_gen,
+            seq,
+            layer: 2,
+        },
+    );
+    let f = findings(&a, 1.0);
+    assert_eq!(f[0].top[0].layer, Some(2));
+    assert_eq!(
+        f[0].top[0].created_by.as_deref(),
+        Some("RUN mkdir -p /srv/old")
+    );
 }
 
 #[test]
