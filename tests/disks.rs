@@ -2,7 +2,11 @@
 //! dm-delay device whose read delay can be changed while it is mounted (a slow disk, or one
 //! that takes 30 s to answer). Writes are never delayed, so populating it stays fast.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use super::stderr;
 
@@ -10,6 +14,9 @@ pub struct Disk {
     name: String,
     loop_dev: String,
     sectors: String,
+    /// Where `mount` mounted it in our namespace: unmounted first on drop.
+    mounted: Option<PathBuf>,
+    image: PathBuf,
 }
 
 impl Disk {
@@ -30,11 +37,13 @@ impl Disk {
             .status();
         let loop_dev = run(&["losetup", "-f", "--show", img]);
         let sectors = run(&["blockdev", "--getsz", &loop_dev]);
-        // Unique per process and image: tests run one at a time, but a test may have two.
+        // Unique per process and disk: a removal deferred while a lookup still waits must not
+        // meet the next disk's name.
+        static DISKS: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "ot-disk-{}-{}",
             std::process::id(),
-            image.file_stem().and_then(|s| s.to_str()).unwrap_or("img")
+            DISKS.fetch_add(1, Ordering::Relaxed)
         );
         let table = format!("0 {sectors} delay {loop_dev} 0 0");
         run(&[
@@ -50,7 +59,16 @@ impl Disk {
             name,
             loop_dev,
             sectors,
+            mounted: None,
+            image: image.to_path_buf(),
         }
+    }
+
+    /// Mounts it (ext4) on `dir`, made if missing, in our namespace.
+    pub fn mount(&mut self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        super::sh(&format!("mount -t ext4 {} {}", self.dev(), dir.display()));
+        self.mounted = Some(dir.to_path_buf());
     }
 
     /// The device to mount.
@@ -80,6 +98,13 @@ impl Disk {
 
 impl Drop for Disk {
     fn drop(&mut self) {
+        if let Some(dir) = &self.mounted {
+            // Lazily if it is busy (an overlay may still have it as a layer).
+            let now = Command::new("umount").arg(dir).status();
+            if !now.is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(dir).status();
+            }
+        }
         // Still mounted while a lookup waits on it: removed once the last user is gone.
         let _ = Command::new("dmsetup")
             .args(["remove", "--deferred", "--noudevsync", &self.name])
@@ -87,5 +112,7 @@ impl Drop for Disk {
         let _ = Command::new("losetup")
             .args(["-d", &self.loop_dev])
             .status();
+        // Its space comes back once the loop device lets go.
+        let _ = std::fs::remove_file(&self.image);
     }
 }

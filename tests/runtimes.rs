@@ -245,20 +245,20 @@ rootfs, out, name = sys.argv[1:4]
 layer = subprocess.run(["tar", "-C", rootfs, "-c", "."], check=True, capture_output=True).stdout
 def digest(b): return "sha256:" + hashlib.sha256(b).hexdigest()
 config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
-"rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
+    "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
 manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-"config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config), "size": len(config)},
-"layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(layer), "size": len(layer)}]}).encode()
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config), "size": len(config)},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(layer), "size": len(layer)}]}).encode()
 index = json.dumps({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-"digest": digest(manifest), "size": len(manifest),
-"annotations": {"org.opencontainers.image.ref.name": name, "io.containerd.image.name": name}}]}).encode()
+    "digest": digest(manifest), "size": len(manifest),
+    "annotations": {"org.opencontainers.image.ref.name": name, "io.containerd.image.name": name}}]}).encode()
 with tarfile.open(out, "w") as t:
-def add(n, b):
-    i = tarfile.TarInfo(n); i.size = len(b); t.addfile(i, io.BytesIO(b))
-add("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
-add("index.json", index)
-for b in (layer, config, manifest):
-    add("blobs/sha256/" + digest(b)[7:], b)
+    def add(n, b):
+        i = tarfile.TarInfo(n); i.size = len(b); t.addfile(i, io.BytesIO(b))
+    add("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+    add("index.json", index)
+    for b in (layer, config, manifest):
+        add("blobs/sha256/" + digest(b)[7:], b)
 "#;
     let st = Command::new("python3")
         .arg("-c")

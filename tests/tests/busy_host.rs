@@ -226,10 +226,9 @@ fn lookup_storm_on_a_slow_disk_reports_every_lookup() {
     const N: usize = 128;
     // The lower layer on a disk whose reads take 20 ms: lookups that miss the cache sleep, so
     // many are in flight at once.
-    let disk = Disk::new(Path::new("/run/ot-lookup-storm.img"), 64);
+    let mut disk = Disk::new(Path::new("/run/ot-lookup-storm.img"), 64);
     let lower = Path::new("/run/ot-lookup-storm-lower");
-    fs::create_dir_all(lower).unwrap();
-    sh(&format!("mount {} {}", disk.dev(), lower.display()));
+    disk.mount(lower);
     for i in 0..N {
         fs::create_dir_all(lower.join(format!("d{i}"))).unwrap();
         fs::write(lower.join(format!("d{i}/f")), "x").unwrap();

@@ -28,14 +28,12 @@ impl ExtOverlay {
         for i in 0..FILES {
             fs::write(lower.join(format!("f{i}")), vec![b'x'; 256 << 10]).unwrap();
         }
-        let disk = Disk::new(&root.join("ext4.img"), 128);
+        let mut disk = Disk::new(&root.join("ext4.img"), 128);
         let ext = root.join("ext4");
-        fs::create_dir_all(&ext).unwrap();
+        disk.mount(&ext);
         sh(&format!(
-            "mount -t ext4 {dev} {ext} && mkdir {ext}/upper {ext}/work {root}/merged && \
-             mount -t overlay overlay -o \
+            "mkdir {ext}/upper {ext}/work {root}/merged && mount -t overlay overlay -o \
              lowerdir={lower},upperdir={ext}/upper,workdir={ext}/work{extra} {root}/merged",
-            dev = disk.dev(),
             ext = ext.display(),
             lower = lower.display(),
             root = root.display(),
@@ -59,10 +57,8 @@ impl ExtOverlay {
 
 impl Drop for ExtOverlay {
     fn drop(&mut self) {
-        for p in [self.merged(), self.root.join("ext4")] {
-            let _ = Command::new("umount").arg(p).status();
-        }
-        // The disk's image is on the tmpfs: the disk goes first.
+        let _ = Command::new("umount").arg(self.merged()).status();
+        // The disk (unmounted by its drop) has its image on the tmpfs: it goes first.
         drop(self.disk.take());
         let _ = Command::new("umount").arg(&self.root).status();
         let _ = fs::remove_dir(&self.root);

@@ -111,6 +111,65 @@ pub fn entry_exists_beneath(dir: &OwnedFd, rel: &Path) -> bool {
     .is_ok()
 }
 
+/// What a lower layer holds at a path, as overlayfs reads it when it merges layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Missing,
+    /// A directory; opaque (the `overlay.opaque` xattr, trusted or user, is "y") hides the layers
+    /// below it.
+    Dir {
+        opaque: bool,
+    },
+    /// A whiteout (a character device 0/0): the name is deleted, hiding the layers below.
+    Whiteout,
+    /// Anything else (a file, a symlink): it too hides what the layers below hold there.
+    Other,
+}
+
+/// What `rel` beneath `dir` is (no symlink followed on the way, none at the end). A directory is
+/// opened to read its xattrs: opening one never blocks, and `O_DIRECTORY` refuses anything else.
+pub fn entry_beneath(dir: &OwnedFd, rel: &Path) -> Entry {
+    let resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    let Ok(fd) = openat2(dir, rel, libc::O_PATH | libc::O_NOFOLLOW, 0, resolve) else {
+        return Entry::Missing;
+    };
+    let Ok(meta) = File::from(fd).metadata() else {
+        return Entry::Missing;
+    };
+    let kind = meta.mode() & libc::S_IFMT;
+    if kind == libc::S_IFCHR && meta.rdev() == 0 {
+        return Entry::Whiteout;
+    }
+    if kind != libc::S_IFDIR {
+        return Entry::Other;
+    }
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let opaque = openat2(dir, rel, flags, 0, resolve).is_ok_and(|d| {
+        ["trusted.overlay.opaque", "user.overlay.opaque"]
+            .iter()
+            .any(|name| xattr_is_y(&d, name))
+    });
+    Entry::Dir { opaque }
+}
+
+/// Whether the xattr `name` of the open file `fd` is "y".
+fn xattr_is_y(fd: &OwnedFd, name: &str) -> bool {
+    let Ok(name) = CString::new(name) else {
+        return false;
+    };
+    let mut v = [0u8; 2];
+    // SAFETY: a valid fd, C string and buffer of v.len() bytes.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            v.as_mut_ptr().cast(),
+            v.len(),
+        )
+    };
+    n == 1 && v[0] == b'y'
+}
+
 /// Opens a directory to serve as the root of `open_beneath`.
 pub fn open_dir(path: &Path) -> Result<OwnedFd> {
     let c = cstring(path)?;

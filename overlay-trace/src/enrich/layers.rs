@@ -1,6 +1,5 @@
-//! Where a copied-up object came from: the lower layer that held it (layers are read-only, so
-//! the topmost lowerdir holding the path is the source), and, for Docker, which image layer
-//! that lowerdir is and the Dockerfile instruction that made it (`overlay2/<cache-id>` ->
+//! Which image layer each lowerdir is (`enrich::origin` finds a path's lowerdir), and, for
+//! Docker, the Dockerfile instruction that made it (`overlay2/<cache-id>` ->
 //! layerdb's `diff` id -> the image config's `rootfs.diff_ids` and `history`).
 //!
 //! Lowerdirs come from mountinfo and the metadata from the runtime's data root: both are read
@@ -19,35 +18,6 @@ use crate::base::safe_fs;
 
 /// Image-layer metadata directories read when mapping a container's layers.
 const LAYERDB_MAX: usize = 20_000;
-
-/// The index (1 = topmost) of the first lowerdir holding `path` (a path inside the overlay,
-/// starting with '/'), or None if none does or the path cannot be looked up safely. The
-/// lowerdirs are resolved as the mount's own namespace sees them: beneath `root` (`/`, or
-/// `/proc/<pid>/root` of a process in the mount namespace the mount was made in, held open). A
-/// relative lowerdir (relative to the mounter's directory then) cannot be resolved: None. This
-/// opens paths another user may control: run it with a budget (`enrich::budget`).
-pub fn source_layer<'a>(
-    root: &std::os::fd::OwnedFd,
-    lowerdirs: impl IntoIterator<Item = &'a str>,
-    path: &str,
-) -> Option<u32> {
-    let rel = path.trim_start_matches('/');
-    if !safe_fs::is_confined(rel) {
-        return None;
-    }
-    for (i, dir) in lowerdirs.into_iter().enumerate() {
-        if !dir.starts_with('/') {
-            return None;
-        }
-        let Ok(layer) = safe_fs::open_dir_in_root(root, dir) else {
-            continue;
-        };
-        if safe_fs::entry_exists_beneath(&layer, Path::new(rel)) {
-            return Some(i as u32 + 1);
-        }
-    }
-    None
-}
 
 /// A lowerdir as a path from `/`: runtimes mount long layer lists with paths relative to their
 /// layer directory (`l/<short>`), which mountinfo then shows as given.
@@ -217,46 +187,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_topmost_lowerdir_holding_the_path_is_the_source() {
-        let d = tempfile::tempdir().unwrap();
-        let (a, b) = (d.path().join("a"), d.path().join("b"));
-        fs::create_dir_all(a.join("etc")).unwrap();
-        fs::create_dir_all(b.join("etc")).unwrap();
-        fs::write(b.join("etc/conf"), "x").unwrap();
-        fs::write(a.join("etc/only-top"), "x").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", a.join("etc/link")).unwrap();
-        let dirs = [a.display().to_string(), b.display().to_string()];
-        let root = safe_fs::open_dir(Path::new("/")).unwrap();
-        assert_eq!(
-            source_layer(&root, dirs.iter().map(String::as_str), "/etc/conf"),
-            Some(2)
-        );
-        assert_eq!(
-            source_layer(&root, dirs.iter().map(String::as_str), "/etc/only-top"),
-            Some(1)
-        );
-        assert_eq!(
-            source_layer(&root, dirs.iter().map(String::as_str), "/etc"),
-            Some(1),
-            "a directory: the topmost"
-        );
-        assert_eq!(
-            source_layer(&root, dirs.iter().map(String::as_str), "/etc/link"),
-            Some(1),
-            "the symlink itself"
-        );
-        assert_eq!(
-            source_layer(&root, dirs.iter().map(String::as_str), "/nothere"),
-            None
-        );
-        assert_eq!(
-            source_layer(&root, dirs.iter().map(String::as_str), "/etc/../../x"),
-            None,
-            "never outside a layer"
-        );
-    }
-
-    #[test]
     fn podman_lowerdirs_get_their_layer_digests() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
@@ -333,29 +263,6 @@ mod tests {
             docker_layers(root, "../../x", &lowers)[1]
                 .created_by
                 .is_none()
-        );
-    }
-
-    #[test]
-    fn lowerdirs_are_resolved_beneath_the_mounts_own_root() {
-        // As /proc/<pid>/root of a process in another mount namespace: "/x/lower" means
-        // <root>/x/lower, and an absolute symlink in the layer path stays beneath the root.
-        let d = tempfile::tempdir().unwrap();
-        let r = d.path().join("root");
-        fs::create_dir_all(r.join("x/lower/etc")).unwrap();
-        fs::write(r.join("x/lower/etc/conf"), "x").unwrap();
-        std::os::unix::fs::symlink("/x/lower", r.join("link")).unwrap();
-        let root = safe_fs::open_dir(&r).unwrap();
-        assert_eq!(source_layer(&root, ["/x/lower"], "/etc/conf"), Some(1));
-        assert_eq!(source_layer(&root, ["/link"], "/etc/conf"), Some(1));
-        assert_eq!(
-            source_layer(&root, ["/nope", "/x/lower"], "/etc/conf"),
-            Some(2)
-        );
-        assert_eq!(
-            source_layer(&root, ["x/lower"], "/etc/conf"),
-            None,
-            "relative: unknown"
         );
     }
 }

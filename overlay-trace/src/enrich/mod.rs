@@ -10,4 +10,5 @@ pub mod containers;
 pub mod layers;
 pub mod mountinfo;
 pub mod naming;
+pub mod origin;
 pub mod source_layers;

@@ -197,7 +197,12 @@ impl LayerFinder {
             return;
         };
         let found = self.worker.attempt(LOOKUP_BUDGET, move || {
-            crate::enrich::layers::source_layer(&root, dirs.iter().map(String::as_str), &path)
+            let dirs = dirs.iter().map(String::as_str);
+            match asked {
+                Asked::CopyUp(_) => crate::enrich::origin::source_layer(&root, dirs, &path),
+                // A renamed directory: the layer that made it, not the last to add to it.
+                Asked::Rename(_) => crate::enrich::origin::dir_origin_layer(&root, dirs, &path),
+            }
         });
         match found {
             Outcome::Done(Some(layer)) => {

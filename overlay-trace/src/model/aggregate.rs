@@ -260,6 +260,17 @@ impl Aggregate {
         }
     }
 
+    /// Whether rename `seq` of `key` is one the mount's evidence keeps (its layer is wanted).
+    pub fn keeps_rename(&self, key: MountKey, seq: u64) -> bool {
+        self.mounts.get(&key).is_some_and(|m| {
+            m.evidence
+                .refused_renames
+                .items
+                .iter()
+                .any(|i| i.seq == seq)
+        })
+    }
+
     /// A refused rename's directory's layer, learned after it was added (nothing for a mount
     /// already folded).
     pub fn set_rename_layer(&mut self, key: MountKey, seq: u64, layer: u32) {

@@ -101,7 +101,13 @@ impl Collector {
                 });
             }
             // A refused rename's directory: its layer names the Dockerfile line that made it.
-            Event::Rename(r) if !r.path_truncated && r.path_hex.is_none() => {
+            // Asked only for the renames the evidence keeps (the first few of a mount): a
+            // tenant renaming in a loop costs the lookup thread nothing more.
+            Event::Rename(r)
+                if !r.path_truncated
+                    && r.path_hex.is_none()
+                    && self.agg.keeps_rename(added.key, added.seq) =>
+            {
                 self.layer_asks.push(LayerAsk::Rename {
                     key: added.key,
                     seq: added.seq,

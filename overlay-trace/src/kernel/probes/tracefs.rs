@@ -310,11 +310,12 @@ impl Drop for ProbeEvent {
             unsafe { libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_DISABLE as _, 0) };
         }
         // The perf event is closed above; should the kernel still count it as a user of the
-        // probe for a moment (EBUSY), the removal is tried again for up to a second rather than
-        // leaving the probe behind until the next tracer starts.
+        // probe for a moment (EBUSY), the removal is tried again for up to 200 ms (per probe:
+        // a few seconds at worst for all) rather than leaving the probe behind until the next
+        // tracer starts.
         let events = self.tracefs.join("kprobe_events");
         let line = format!("-:{GROUP}/{}\n", self.name);
-        for _ in 0..50 {
+        for _ in 0..10 {
             match append(&events, &line) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
