@@ -67,7 +67,11 @@ enum Op {
     Gone {
         dev: u32,
     },
-    /// The source layer of the oldest copy-up still waiting for one.
+    /// A rename overlayfs refused.
+    Rename {
+        dev: u32,
+    },
+    /// The source layer of the oldest copy-up (or rename) still waiting for one.
     Layer {
         layer: u32,
     },
@@ -84,7 +88,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(dev, failed, ns)| Op::Mount { dev, failed, ns }),
         2 => (dev.clone(), 0u8..3).prop_map(|(dev, container)| Op::Named { dev, container }),
         1 => dev.clone().prop_map(|dev| Op::Unclaimed { dev }),
-        1 => dev.prop_map(|dev| Op::Gone { dev }),
+        1 => dev.clone().prop_map(|dev| Op::Gone { dev }),
+        1 => dev.prop_map(|dev| Op::Rename { dev }),
         2 => (1u32..4).prop_map(|layer| Op::Layer { layer }),
     ]
 }
@@ -144,7 +149,9 @@ fn fold(ops: &[Op]) -> (Report, String, Report) {
         tool_version: "t".into(),
         kernel: "k".into(),
     });
-    let mut waiting_layer: std::collections::VecDeque<(MountKey, _)> = Default::default();
+    // Asks waiting for a layer: a copy-up (Ok) or a refused rename (Err: its arrival number).
+    let mut waiting_layer: std::collections::VecDeque<(MountKey, Result<_, u64>)> =
+        Default::default();
     let key = |c: &Collector, dev: u32| c.agg.current(Dev::from_kernel(dev));
     for (i, op) in ops.iter().enumerate() {
         let path = format!("d/f{i}");
@@ -199,20 +206,35 @@ fn fold(ops: &[Op]) -> (Report, String, Report) {
                 let k = key(&c, *dev);
                 c.apply(Named::Gone { key: k });
             }
-            Op::Layer { layer } => {
-                if let Some((k, r)) = waiting_layer.pop_front() {
+            Op::Rename { dev } => {
+                c.take(&raw::rename_refused(*dev, &path));
+            }
+            Op::Layer { layer } => match waiting_layer.pop_front() {
+                Some((key, Ok(copy_up))) => {
                     c.apply(Named::SourceLayer {
-                        key: k,
-                        copy_up: r,
+                        key,
+                        copy_up,
                         layer: *layer,
                     });
                 }
-            }
+                Some((key, Err(seq))) => {
+                    c.apply(Named::RenameLayer {
+                        key,
+                        seq,
+                        layer: *layer,
+                    });
+                }
+                None => {}
+            },
         }
         c.copied_unnamed.clear();
         for a in c.layer_asks.drain(..) {
-            if let LayerAsk::CopyUp { key, copy_up, .. } = a {
-                waiting_layer.push_back((key, copy_up));
+            match a {
+                LayerAsk::CopyUp { key, copy_up, .. } => {
+                    waiting_layer.push_back((key, Ok(copy_up)))
+                }
+                LayerAsk::Rename { key, seq, .. } => waiting_layer.push_back((key, Err(seq))),
+                _ => {}
             }
         }
     }
