@@ -52,6 +52,7 @@ pub fn dir_origin_layer<'a>(
     if !safe_fs::is_confined(&rel.to_string_lossy()) {
         return None;
     }
+    let hides_below = |e: Entry| !matches!(e, Entry::Missing | Entry::Dir { opaque: false });
     let mut origin = None;
     for (i, dir) in lowerdirs.into_iter().enumerate() {
         if !dir.starts_with('/') {
@@ -60,7 +61,6 @@ pub fn dir_origin_layer<'a>(
         let Ok(layer) = safe_fs::open_dir_in_root(root, dir) else {
             continue;
         };
-        let hides_below = |e: Entry| !matches!(e, Entry::Missing | Entry::Dir { opaque: false });
         let here = safe_fs::entry_beneath(&layer, rel);
         match here {
             Entry::Dir { .. } => origin = Some(i as u32 + 1),

@@ -1,8 +1,9 @@
 //! The source layer of each copy-up (and of each refused rename's directory), found off the
-//! drain's thread: the drain asks (mount, the event's arrival number, its path), the naming side says where the mount's lowerdirs are
-//! (and in which mount namespace), and this thread looks the path up beneath each lowerdir with a
-//! time budget per lookup (`Budgeted`). Each answer is a `Named::SourceLayer` record that the
-//! model applies, live and in a replay alike.
+//! drain's thread: the drain asks (mount, the event's arrival number, its path), the naming side
+//! says where the mount's lowerdirs are (and in which mount namespace), and this thread looks the
+//! path up beneath each lowerdir with a time budget per lookup (`Budgeted`). Each answer is a
+//! `Named::SourceLayer` (or `Named::RenameLayer`) record that the model applies, live and in a
+//! replay alike.
 //!
 //! A lookup that overruns its budget is abandoned (its thread may be stuck in the kernel for
 //! good) and its mount's later copy-ups are not looked up at all: they stay "layer unknown",

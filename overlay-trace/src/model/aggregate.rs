@@ -275,7 +275,7 @@ impl Aggregate {
     /// already folded).
     pub fn set_rename_layer(&mut self, key: MountKey, seq: u64, layer: u32) {
         if let Some(m) = self.mounts.get_mut(&key) {
-            m.evidence.set_rename_layer(seq, layer);
+            m.evidence.set_layer(seq, layer);
         }
     }
 

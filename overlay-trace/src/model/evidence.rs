@@ -183,24 +183,14 @@ impl Evidence {
         d.layers = d.layers.saturating_add(od.layers);
     }
 
-    /// Refused rename `seq` was of a directory of lower layer `layer`.
-    pub(super) fn set_rename_layer(&mut self, seq: u64, layer: u32) {
-        for i in self
-            .refused_renames
-            .items
-            .iter_mut()
-            .filter(|i| i.seq == seq)
-        {
-            i.layer = Some(layer);
-        }
-    }
-
-    /// Copy-up `seq` came from lower layer `layer` (learned after it was added).
+    /// Copy-up or refused rename `seq` came from lower layer `layer` (learned after it was
+    /// added; arrival numbers are unique across kinds of event).
     pub(super) fn set_layer(&mut self, seq: u64, layer: u32) {
         for t in [
             &mut self.metadata_copy,
             &mut self.big_files,
             &mut self.synced,
+            &mut self.refused_renames,
         ] {
             for i in t.items.iter_mut().filter(|i| i.seq == seq) {
                 i.layer = Some(layer);
