@@ -11,12 +11,24 @@ use super::{out_dir, stderr, stdout};
 
 pub const ROOT: &str = "/run/overlay-trace-docker";
 
+/// A dockerd for one test, or the one the Docker tests of a VM boot share: with
+/// `OVERLAY_TRACE_SHARED_DOCKERD=1` (set by `cargo xtask test` around those tests, which it runs
+/// one after another, stopping that dockerd after the last) a running one is used and one
+/// started is left running; each test's containers are removed when it ends either way.
+/// Starting dockerd costs tens of seconds under emulation.
 pub struct Dockerd {
-    child: Child,
+    child: Option<Child>,
+}
+
+fn shared() -> bool {
+    std::env::var_os("OVERLAY_TRACE_SHARED_DOCKERD").is_some_and(|v| v == "1")
 }
 
 impl Dockerd {
     pub fn start() -> Self {
+        if shared() && docker(&["info"]).status.success() {
+            return Dockerd { child: None };
+        }
         fs::create_dir_all(ROOT).unwrap();
         sh(&format!(
             "mountpoint -q {ROOT} || mount -t tmpfs tmpfs {ROOT}"
@@ -71,7 +83,9 @@ impl Dockerd {
             );
             std::thread::sleep(Duration::from_secs(1));
         }
-        Dockerd { child }
+        Dockerd {
+            child: (!shared()).then_some(child),
+        }
     }
 }
 
@@ -82,8 +96,10 @@ impl Drop for Dockerd {
             .arg("docker rm -f $(docker ps -aq) >/dev/null 2>&1")
             .env("DOCKER_HOST", host())
             .status();
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
     }
 }
 

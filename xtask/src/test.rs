@@ -17,6 +17,7 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
     let out = cargo()
         .args([
             "test",
+            "--release",
             "--package",
             "overlay-trace-tests",
             "--no-run",
@@ -45,64 +46,59 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
     Ok(bins)
 }
 
-/// The other kernels of the matrix, fetched by scripts/fetch-kernels (cached), and the tests
-/// each runs: this kernel's verifier over every program (the preflight tests), and the core
-/// copy-up and lookup tests (against the upper dir and bpftrace, fentry and kprobes where both
-/// are possible, and against each other).
-/// The tests of the other kernels, one VM each.
-fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
-    let mut kernels: Vec<(String, PathBuf)> = Vec::new();
-    if only.is_none_or(|k| k != "builtin") {
-        let out = Command::new(workspace().join("scripts/fetch-kernels"))
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("scripts/fetch-kernels")?;
-        if !out.status.success() {
-            bail!("scripts/fetch-kernels failed");
-        }
-        for p in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(PathBuf::from)
-            .filter(|p| p.is_file())
-        {
+/// The built-in overlay kernel: built from Debian's source once per machine (cached; a build
+/// started earlier in the background is waited for, the script holding a lock).
+fn builtin_kernel() -> Result<PathBuf> {
+    let started = std::time::Instant::now();
+    let out = Command::new(workspace().join("scripts/build-builtin-kernel"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("scripts/build-builtin-kernel")?;
+    if !out.status.success() {
+        bail!("scripts/build-builtin-kernel failed");
+    }
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !p.is_file() {
+        bail!("scripts/build-builtin-kernel printed no kernel image");
+    }
+    println!(
+        "xtask: kernel matrix: the built-in overlay kernel took {:.0} s to get",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(p)
+}
+
+/// The fetched kernels of the matrix (scripts/fetch-kernels, cached), by short version.
+fn fetched_kernels() -> Result<Vec<(String, PathBuf)>> {
+    let out = Command::new(workspace().join("scripts/fetch-kernels"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("scripts/fetch-kernels")?;
+    if !out.status.success() {
+        bail!("scripts/fetch-kernels failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .map(|p| {
             let name = p
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_prefix("vmlinuz-"))
                 .map(|v| v.split('.').take(2).collect::<Vec<_>>().join("."))
                 .unwrap_or_default();
-            kernels.push((name, p));
-        }
-    }
-    if only.is_none_or(|k| k == "builtin") {
-        // Overlay built into vmlinux: built from Debian's source once per machine (cached).
-        let started = std::time::Instant::now();
-        let out = Command::new(workspace().join("scripts/build-builtin-kernel"))
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("scripts/build-builtin-kernel")?;
-        if !out.status.success() {
-            bail!("scripts/build-builtin-kernel failed");
-        }
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if !p.is_file() {
-            bail!("scripts/build-builtin-kernel printed no kernel image");
-        }
-        println!(
-            "xtask: kernel matrix: the built-in overlay kernel took {:.0} s to get",
-            started.elapsed().as_secs_f64()
-        );
-        kernels.push(("builtin".into(), p));
-    }
-    if let Some(k) = only {
-        kernels.retain(|(name, _)| name == k);
-        if kernels.is_empty() {
-            bail!("no kernel {k:?} in the matrix (6.12, 5.10, builtin)");
-        }
-    }
-    if kernels.is_empty() {
-        bail!("scripts/fetch-kernels printed no kernel image");
-    }
+            (name, p)
+        })
+        .collect())
+}
+
+/// The tests of the other kernels, one VM each: this kernel's verifier over every program (the
+/// preflight tests), the core copy-up and lookup tests (against the upper dir and bpftrace,
+/// fentry and kprobes where both are possible, and against each other) and the system call
+/// behind each copy-up. Two VMs run at once (5.10 in one lane; 6.12, then the built-in kernel,
+/// in the other): the host has two cores, and none of these tests times the tracer.
+fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
     let find = |name: &str| {
         bins.iter().find(|b| {
             b.file_name()
@@ -110,48 +106,107 @@ fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
                 .is_some_and(|n| n.starts_with(name))
         })
     };
-    let (Some(kernel_trace), Some(preflight), Some(triggers), Some(naming)) = (
-        find("kernel_trace-"),
-        find("preflight-"),
-        find("triggers-"),
-        find("mount_naming-"),
-    ) else {
+    let (Some(kernel_trace), Some(preflight), Some(triggers)) =
+        (find("kernel_trace-"), find("preflight-"), find("triggers-"))
+    else {
         bail!("test binaries not found");
     };
-    let mut failed = Vec::new();
-    for (name, k) in &kernels {
-        let started = std::time::Instant::now();
-        println!("xtask: kernel matrix: {}", k.display());
-        let script = format!(
+    let script = |name: &str| {
+        format!(
             "failed=0\n\
              export OVERLAY_TRACE_TEST_OUT={ws}/target/test-out/{name}\n\
              OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {p} --include-ignored --test-threads=1 || failed=1\n\
              OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned || failed=1\n\
-             OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {mn} --include-ignored --test-threads=1 --exact a_reused_device_number_never_names_a_mount_after_the_next || failed=1\n\
              OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {tr} --include-ignored --test-threads=1 || failed=1\n\
              exit $failed\n",
             t = tracer.display(),
             p = preflight.display(),
             kt = kernel_trace.display(),
-            mn = naming.display(),
             tr = triggers.display(),
             ws = workspace().display(),
-        );
-        let code = in_vm_on(k, &script, &format!("[{name}] "))?;
-        println!(
-            "xtask: kernel matrix: {} took {:.0} s",
-            k.display(),
-            started.elapsed().as_secs_f64()
-        );
-        if code != 0 {
-            failed.push(k.display().to_string());
-        }
+        )
+    };
+    let wanted = |k: &str| only.is_none_or(|o| o == k);
+    let fetched = if only.is_none_or(|o| o != "builtin") {
+        fetched_kernels()?
+    } else {
+        Vec::new()
+    };
+    if only.is_some_and(|o| o != "builtin" && !fetched.iter().any(|(n, _)| n == o)) {
+        bail!("no kernel {only:?} in the matrix (6.12, 5.10, builtin)");
     }
+    // One kernel's boot: its name, and whether every test passed (an error says why not).
+    let boot = |name: &str, kernel: Result<PathBuf>| -> (String, Result<bool>) {
+        let r = kernel.and_then(|k| {
+            let started = std::time::Instant::now();
+            println!("xtask: kernel matrix: {}", k.display());
+            let code = in_vm_on(&k, &script(name), &format!("[{name}] "))?;
+            println!(
+                "xtask: kernel matrix: {name} took {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(code == 0)
+        });
+        (name.to_string(), r)
+    };
+    let mut lanes: [Vec<(String, Option<PathBuf>)>; 2] = [Vec::new(), Vec::new()];
+    for (name, path) in fetched.into_iter().filter(|(n, _)| wanted(n)) {
+        let lane = usize::from(name != "5.10");
+        lanes[lane].push((name, Some(path)));
+    }
+    if wanted("builtin") {
+        // Last in its lane: the build may still be running.
+        lanes[1].push(("builtin".into(), None));
+    }
+    if lanes.iter().all(Vec::is_empty) {
+        bail!("scripts/fetch-kernels printed no kernel image");
+    }
+    let results: Vec<(String, Result<bool>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = lanes
+            .iter()
+            .map(|lane| {
+                s.spawn(|| {
+                    lane.iter()
+                        .map(|(name, path)| {
+                            let kernel = match path {
+                                Some(p) => Ok(p.clone()),
+                                None => builtin_kernel(),
+                            };
+                            boot(name, kernel)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|(name, r)| match r {
+            Ok(true) => None,
+            Ok(false) => Some(name),
+            Err(e) => Some(format!("{name} ({e:#})")),
+        })
+        .collect();
     if !failed.is_empty() {
         bail!("kernel tests failed on {}", failed.join(", "));
     }
     Ok(())
 }
+
+/// The test binaries that start a real dockerd (`runtimes::Dockerd`).
+const DOCKERD_TESTS: [&str; 5] = ["docker", "findings", "fleet", "runtimes", "top"];
+
+/// Stops the dockerd the Docker tests shared (its pid file is under `runtimes::ROOT`), waiting
+/// up to 60 s for it to go: the tests after them expect no dockerd.
+const STOP_SHARED_DOCKERD: &str = "p=/run/overlay-trace-docker/docker.pid\n\
+    if [ -s $p ] && kill $(cat $p) 2>/dev/null; then\n\
+      for _ in $(seq 120); do [ -e /proc/$(cat $p 2>/dev/null || echo 0) ] && sleep 0.5 || break; done\n\
+    fi\n\
+    echo \"xtask: the shared dockerd is stopped\"\n";
 
 /// Seconds one VM test may take (the slowest take about 6 minutes under emulation).
 const TEST_TIME_MAX: u32 = 1200;
@@ -167,6 +222,12 @@ pub fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<
     // The integration tests run the overlay-trace binary, which `cargo test` does not build.
     // Release, as users run it: under emulation a debug build takes 15 s to start and stop
     // (parsing the kernel's BTF), a release build 5 s, and the tests start it hundreds of times.
+    // The built-in overlay kernel (built once per machine, minutes on 2 cores) is built from the
+    // start, at the lowest priority, beside the builds and the tests: its lane of the matrix
+    // waits for it. Killed if the run stops early.
+    let _builtin = (!native_only && !no_matrix && kernel.is_none())
+        .then(Background::build_builtin)
+        .flatten();
     let tracer = build_tracer(true)?;
     if let Some(k) = kernel {
         matrix(&tracer, &integration_test_binaries()?, Some(k))?;
@@ -178,7 +239,10 @@ pub fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<
     }
     println!("xtask: native tests (unit tests, preflight on this kernel, this kernel's verifier)");
     let mut c = cargo();
-    c.args(["test"]).env("OVERLAY_TRACE_BIN", &tracer);
+    // Release, like the tracer: the dependencies (and the eBPF object) are built once, not
+    // again in the debug profile (minutes on a fresh machine).
+    c.args(["test", "--release"])
+        .env("OVERLAY_TRACE_BIN", &tracer);
     run(c)?;
     println!(
         "xtask: native tests took {:.0} s",
@@ -203,29 +267,42 @@ pub fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<
     // (`--exact`) so its time is printed, and the slow ones are plain to see; one that hangs is
     // killed after TEST_TIME_MAX seconds (a failure, not a run that never ends).
     let mut script = String::from("failed=''\n");
-    for b in &bins {
+    // The tests that run a real dockerd share one (started by the first, stopped after the
+    // last): they run one after another, first.
+    let uses_dockerd = |name: &str| DOCKERD_TESTS.contains(&name);
+    let short = |b: &PathBuf| -> String {
         let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("tests");
-        let name = name.rsplit_once('-').map_or(name, |(n, _)| n);
+        name.rsplit_once('-').map_or(name, |(n, _)| n).to_string()
+    };
+    let (docker_bins, other_bins): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        bins.iter().partition(|b| uses_dockerd(&short(b)));
+    for (i, b) in docker_bins.iter().chain(&other_bins).enumerate() {
+        let name = short(b);
+        let shared = if uses_dockerd(&name) {
+            "OVERLAY_TRACE_SHARED_DOCKERD=1 "
+        } else {
+            ""
+        };
         script.push_str(&format!(
             "t=$(date +%s)\n\
              for test in $({bin} --list --include-ignored --format terse | sed -n 's/: test$//p'); do\n\
                s=$(date +%s)\n\
-               OVERLAY_TRACE_BIN={tracer} timeout --kill-after=10 {TEST_TIME_MAX} {bin} --include-ignored --test-threads=1 --exact \"$test\" || failed=\"$failed {name}::$test\"\n\
+               {shared}OVERLAY_TRACE_BIN={tracer} timeout --kill-after=10 {TEST_TIME_MAX} {bin} --include-ignored --test-threads=1 --exact \"$test\" || failed=\"$failed {name}::$test\"\n\
                echo \"xtask: {name}::$test took $(( $(date +%s) - s )) s\"\n\
              done\n\
              echo \"xtask: {name} took $(( $(date +%s) - t )) s\"\n",
             tracer = tracer.display(),
             bin = b.display(),
         ));
+        if i + 1 == docker_bins.len() {
+            script.push_str(STOP_SHARED_DOCKERD);
+        }
     }
     script.push_str(
         "if [ -n \"$failed\" ]; then echo \"xtask: failed in the VM:$failed\"; exit 1; fi\n",
     );
-    // The guest mostly keeps one core busy: the built-in overlay kernel (built once per machine,
-    // minutes on 2 cores) is built meanwhile on the other, at the lowest priority. The other
-    // kernels' VMs boot after this one, not beside it: a second emulated guest slows both, and
-    // tests that time what the tracer does within 0.3 s then fail (measured).
-    let builtin = (!no_matrix).then(build_builtin_in_background).flatten();
+    // The other kernels' VMs boot after this one, not beside it: a second emulated guest slows
+    // both, and tests that time what the tracer does within 0.3 s then fail (measured).
     let vm_started = std::time::Instant::now();
     let code = in_vm(&script);
     println!(
@@ -233,19 +310,6 @@ pub fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<
         vm_started.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    if let Some(mut b) = builtin {
-        // Done or not, it is waited for: the matrix's own call then finds it in the cache (or
-        // builds it, saying why).
-        if matches!(code, Ok(0)) {
-            let _ = b.wait();
-        } else {
-            // Its own process group: make and the compilers go with it.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", b.id())])
-                .status();
-            let _ = b.wait();
-        }
-    }
     let code = code?;
     if code != 0 {
         bail!("kernel tests in the VM failed (exit {code})");
@@ -260,25 +324,43 @@ pub fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<
     Ok(())
 }
 
-/// Starts `scripts/build-builtin-kernel` at the lowest priority, its output in
-/// target/vm/builtin-build.log; None if it cannot start (the matrix then builds it itself).
-fn build_builtin_in_background() -> Option<std::process::Child> {
-    let log = workspace().join("target/vm/builtin-build.log");
-    let _ = fs::create_dir_all(workspace().join("target/vm"));
-    let out = fs::File::create(&log).ok()?;
-    let err = out.try_clone().ok()?;
-    println!(
-        "xtask: building the built-in overlay kernel beside the VM (if not cached; log: {})",
-        log.display()
-    );
-    use std::os::unix::process::CommandExt as _;
-    Command::new("nice")
-        .args(["-n", "19"])
-        .arg(workspace().join("scripts/build-builtin-kernel"))
-        .process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .ok()
+/// A build running in the background in its own process group, killed with its compilers when
+/// dropped (a finished one is only reaped).
+struct Background(std::process::Child);
+
+impl Background {
+    /// Starts `scripts/build-builtin-kernel` at the lowest priority, its output in
+    /// target/vm/builtin-build.log; None if it cannot start (the matrix then builds it itself).
+    fn build_builtin() -> Option<Self> {
+        let log = workspace().join("target/vm/builtin-build.log");
+        let _ = fs::create_dir_all(workspace().join("target/vm"));
+        let out = fs::File::create(&log).ok()?;
+        let err = out.try_clone().ok()?;
+        println!(
+            "xtask: building the built-in overlay kernel in the background (if not cached; log: {})",
+            log.display()
+        );
+        use std::os::unix::process::CommandExt as _;
+        Command::new("nice")
+            .args(["-n", "19"])
+            .arg(workspace().join("scripts/build-builtin-kernel"))
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .ok()
+            .map(Self)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0.id())])
+                .status();
+        }
+        let _ = self.0.wait();
+    }
 }

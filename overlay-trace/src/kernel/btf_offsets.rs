@@ -23,20 +23,26 @@ impl KernelBtf {
     }
 
     pub fn load_from(vmlinux: &Path, overlay_module: &Path) -> Result<Self> {
-        let vmlinux_btf = Btf::from_file(vmlinux).map_err(|e| {
-            anyhow!(
-                "cannot read kernel BTF {}: {e} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)",
-                vmlinux.display()
-            )
-        })?;
+        // Read whole, then parsed from memory: btf-rs's file reader seeks for every type (126k
+        // seeks and 8k reads of vmlinux's BTF), which costs seconds under emulation.
+        let vmlinux_btf = read(vmlinux)
+            .and_then(|b| Btf::from_bytes(&b))
+            .map_err(|e| {
+                anyhow!(
+                    "cannot read kernel BTF {}: {e} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)",
+                    vmlinux.display()
+                )
+            })?;
         let overlay = if overlay_module.exists() {
             Some(
-                Btf::from_split_file(overlay_module, &vmlinux_btf).map_err(|e| {
-                    anyhow!(
-                        "cannot read overlay module BTF {}: {e}",
-                        overlay_module.display()
-                    )
-                })?,
+                read(overlay_module)
+                    .and_then(|b| Btf::from_split_bytes(&b, &vmlinux_btf))
+                    .map_err(|e| {
+                        anyhow!(
+                            "cannot read overlay module BTF {}: {e}",
+                            overlay_module.display()
+                        )
+                    })?,
             )
         } else {
             None
@@ -46,7 +52,14 @@ impl KernelBtf {
             overlay,
         })
     }
+}
 
+/// A BTF file's bytes, with btf-rs's error type.
+fn read(path: &Path) -> btf_rs::Result<Vec<u8>> {
+    Ok(std::fs::read(path)?)
+}
+
+impl KernelBtf {
     /// BTF holding overlay's own types: the module's split BTF, or vmlinux when built in.
     fn overlay_types(&self) -> &Btf {
         self.overlay.as_ref().unwrap_or(&self.vmlinux)

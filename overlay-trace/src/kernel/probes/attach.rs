@@ -161,12 +161,12 @@ pub(super) fn load_tracing(
         (false, Some(fd)) => tracing::<FEntry>(ebpf, program)?.load_in_btf_object(fd, btf_id),
         (true, Some(fd)) => tracing::<FExit>(ebpf, program)?.load_in_btf_object(fd, btf_id),
         (false, None) => {
-            let btf = Btf::from_sys_fs().map_err(|e| anyhow!("no kernel BTF: {e}"))?;
-            tracing::<FEntry>(ebpf, program)?.load(target, &btf)
+            let btf = vmlinux_btf()?;
+            tracing::<FEntry>(ebpf, program)?.load(target, btf)
         }
         (true, None) => {
-            let btf = Btf::from_sys_fs().map_err(|e| anyhow!("no kernel BTF: {e}"))?;
-            tracing::<FExit>(ebpf, program)?.load(target, &btf)
+            let btf = vmlinux_btf()?;
+            tracing::<FExit>(ebpf, program)?.load(target, btf)
         }
     };
     r.map_err(|e| load_error(program, e))
@@ -344,15 +344,24 @@ pub fn detach_entries(ebpf: &mut Ebpf, attached: &mut Attached) {
     attached.probes.retain(|p| p.is_return);
 }
 
+/// vmlinux's BTF as aya parses it, once per process: every fentry and fexit program loaded
+/// against vmlinux needs it, and parsing it takes a second under emulation.
+fn vmlinux_btf() -> Result<&'static Btf> {
+    static BTF: std::sync::OnceLock<Result<Btf, String>> = std::sync::OnceLock::new();
+    BTF.get_or_init(|| Btf::from_sys_fs().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| anyhow!("no kernel BTF: {e}"))
+}
+
 /// Whether this kernel loads and attaches an fentry program (to a vmlinux function).
 pub fn fentry_works(ebpf: &mut Ebpf) -> Result<()> {
-    let btf = Btf::from_sys_fs().map_err(|e| anyhow!("no kernel BTF: {e}"))?;
+    let btf = vmlinux_btf()?;
     let prog: &mut FEntry = ebpf
         .program_mut("fentry_check")
         .context("eBPF object has no fentry_check")?
         .try_into()
         .map_err(|e: ProgramError| anyhow!("{e}"))?;
-    prog.load("vfs_fsync", &btf).map_err(|e| match e {
+    prog.load("vfs_fsync", btf).map_err(|e| match e {
         ProgramError::LoadError { io_error, .. } => anyhow!("loading refused: {io_error}"),
         e => anyhow!("{e}"),
     })?;
