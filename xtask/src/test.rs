@@ -95,8 +95,8 @@ fn fetched_kernels() -> Result<Vec<(String, PathBuf)>> {
 
 /// The tests of the other kernels, one VM each: this kernel's verifier over every program (the
 /// preflight tests), the core copy-up and lookup tests (against the upper dir and bpftrace,
-/// fentry and kprobes where both are possible, and against each other) and the system call
-/// behind each copy-up. Two VMs run at once (5.10 in one lane; 6.12, then the built-in kernel,
+/// fentry and kprobes where both are possible, and against each other) and, but on 5.10, the
+/// system call behind each copy-up. Two VMs run at once (5.10 in one lane; 6.12, then the built-in kernel,
 /// in the other): the host has two cores, and none of these tests times the tracer.
 fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
     let find = |name: &str| {
@@ -117,13 +117,22 @@ fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
              export OVERLAY_TRACE_TEST_OUT={ws}/target/test-out/{name}\n\
              OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {p} --include-ignored --test-threads=1 || failed=1\n\
              OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned || failed=1\n\
-             OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {tr} --include-ignored --test-threads=1 || failed=1\n\
+             {triggers}\n\
              exit $failed\n",
             t = tracer.display(),
             p = preflight.display(),
             kt = kernel_trace.display(),
-            tr = triggers.display(),
             ws = workspace().display(),
+            // Not on 5.10, the longest lane's kernel, so that the matrix ends sooner.
+            triggers = if name == "5.10" {
+                String::new()
+            } else {
+                format!(
+                    "OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {tr} --include-ignored --test-threads=1 || failed=1",
+                    t = tracer.display(),
+                    tr = triggers.display()
+                )
+            },
         )
     };
     let wanted = |k: &str| only.is_none_or(|o| o == k);
