@@ -46,18 +46,34 @@ fn integration_test_binaries() -> Result<Vec<PathBuf>> {
     Ok(bins)
 }
 
+/// What `scripts/<name>` prints, its errors passed through.
+fn script_output(name: &str) -> Result<String> {
+    let out = Command::new(workspace().join("scripts").join(name))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("scripts/{name}"))?;
+    if !out.status.success() {
+        bail!("scripts/{name} failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The shell line that runs test binary `bin` (with `args`) in a VM: the tracer named, killed
+/// after TEST_TIME_MAX seconds (a failure, not a run that never ends), `on_failure` run if it
+/// fails.
+fn test_command(tracer: &Path, bin: &Path, args: &str, on_failure: &str) -> String {
+    format!(
+        "OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {b} --include-ignored --test-threads=1 {args} || {on_failure}",
+        t = tracer.display(),
+        b = bin.display(),
+    )
+}
+
 /// The built-in overlay kernel: built from Debian's source once per machine (cached; a build
 /// started earlier in the background is waited for, the script holding a lock).
 fn builtin_kernel() -> Result<PathBuf> {
     let started = std::time::Instant::now();
-    let out = Command::new(workspace().join("scripts/build-builtin-kernel"))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("scripts/build-builtin-kernel")?;
-    if !out.status.success() {
-        bail!("scripts/build-builtin-kernel failed");
-    }
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let p = PathBuf::from(script_output("build-builtin-kernel")?.trim());
     if !p.is_file() {
         bail!("scripts/build-builtin-kernel printed no kernel image");
     }
@@ -70,14 +86,7 @@ fn builtin_kernel() -> Result<PathBuf> {
 
 /// The fetched kernels of the matrix (scripts/fetch-kernels, cached), by short version.
 fn fetched_kernels() -> Result<Vec<(String, PathBuf)>> {
-    let out = Command::new(workspace().join("scripts/fetch-kernels"))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("scripts/fetch-kernels")?;
-    if !out.status.success() {
-        bail!("scripts/fetch-kernels failed");
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    Ok(script_output("fetch-kernels")?
         .lines()
         .map(PathBuf::from)
         .filter(|p| p.is_file())
@@ -112,28 +121,24 @@ fn matrix(tracer: &Path, bins: &[PathBuf], only: Option<&str>) -> Result<()> {
         bail!("test binaries not found");
     };
     let script = |name: &str| {
-        format!(
-            "failed=0\n\
-             export OVERLAY_TRACE_TEST_OUT={ws}/target/test-out/{name}\n\
-             OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {p} --include-ignored --test-threads=1 || failed=1\n\
-             OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {kt} --include-ignored --test-threads=1 --exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned || failed=1\n\
-             {triggers}\n\
-             exit $failed\n",
-            t = tracer.display(),
-            p = preflight.display(),
-            kt = kernel_trace.display(),
-            ws = workspace().display(),
-            // Not on 5.10, the longest lane's kernel, so that the matrix ends sooner.
-            triggers = if name == "5.10" {
-                String::new()
-            } else {
-                format!(
-                    "OVERLAY_TRACE_BIN={t} timeout --kill-after=10 {TEST_TIME_MAX} {tr} --include-ignored --test-threads=1 || failed=1",
-                    t = tracer.display(),
-                    tr = triggers.display()
-                )
-            },
-        )
+        let mut lines = vec![
+            format!(
+                "export OVERLAY_TRACE_TEST_OUT={}/target/test-out/{name}",
+                workspace().display()
+            ),
+            test_command(tracer, preflight, "", "failed=1"),
+            test_command(
+                tracer,
+                kernel_trace,
+                "--exact copy_ups_and_lookups_match_the_kernel traced_command_status_is_returned",
+                "failed=1",
+            ),
+        ];
+        // Not on 5.10, the longest lane's kernel, so that the matrix ends sooner.
+        if name != "5.10" {
+            lines.push(test_command(tracer, triggers, "", "failed=1"));
+        }
+        format!("failed=0\n{}\nexit $failed\n", lines.join("\n"))
     };
     let wanted = |k: &str| only.is_none_or(|o| o == k);
     let fetched = if only.is_none_or(|o| o != "builtin") {
@@ -296,11 +301,16 @@ pub fn test(native_only: bool, no_matrix: bool, kernel: Option<&str>) -> Result<
             "t=$(date +%s)\n\
              for test in $({bin} --list --include-ignored --format terse | sed -n 's/: test$//p'); do\n\
                s=$(date +%s)\n\
-               {shared}OVERLAY_TRACE_BIN={tracer} timeout --kill-after=10 {TEST_TIME_MAX} {bin} --include-ignored --test-threads=1 --exact \"$test\" || failed=\"$failed {name}::$test\"\n\
+               {shared}{command}\n\
                echo \"xtask: {name}::$test took $(( $(date +%s) - s )) s\"\n\
              done\n\
              echo \"xtask: {name} took $(( $(date +%s) - t )) s\"\n",
-            tracer = tracer.display(),
+            command = test_command(
+                &tracer,
+                b,
+                "--exact \"$test\"",
+                &format!("failed=\"$failed {name}::$test\""),
+            ),
             bin = b.display(),
         ));
         if i + 1 == docker_bins.len() {

@@ -17,6 +17,11 @@ pub struct KernelBtf {
     overlay: Option<Btf>,
 }
 
+/// A BTF file's bytes, with btf-rs's error type.
+fn read(path: &Path) -> btf_rs::Result<Vec<u8>> {
+    Ok(std::fs::read(path)?)
+}
+
 impl KernelBtf {
     pub fn load() -> Result<Self> {
         Self::load_from(Path::new(VMLINUX_BTF), Path::new(OVERLAY_MODULE_BTF))
@@ -52,14 +57,7 @@ impl KernelBtf {
             overlay,
         })
     }
-}
 
-/// A BTF file's bytes, with btf-rs's error type.
-fn read(path: &Path) -> btf_rs::Result<Vec<u8>> {
-    Ok(std::fs::read(path)?)
-}
-
-impl KernelBtf {
     /// BTF holding overlay's own types: the module's split BTF, or vmlinux when built in.
     fn overlay_types(&self) -> &Btf {
         self.overlay.as_ref().unwrap_or(&self.vmlinux)
