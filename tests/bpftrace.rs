@@ -3,10 +3,12 @@
 //!
 //! bpftrace detaches its probes before its END probe runs and before it prints its maps at exit,
 //! and under emulation a detach can take minutes (the kernel waits for every task to pass a
-//! quiescent point). So the helper adds a probe of its own on the `kill` syscall that prints
-//! every map and then a marker when this process sends signal 0 to a process number of the
-//! helper's choosing: `stop` triggers it while the probes are still attached, returns once
-//! the marker is out, and leaves bpftrace to detach in the background.
+//! quiescent point; on 5.10 CI saw one never end). So the helper adds a probe of its own that
+//! prints every map and then a marker while the probes are still attached: on the `kill` syscall,
+//! when this process sends signal 0 to a process number of the helper's choosing, or, where
+//! bpftrace refuses syscall tracepoints (0.17 on 5.10, whose BTF it cannot read), every second.
+//! `stop` returns once a set printed after it was asked is out, and leaves bpftrace to detach in
+//! the background.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,12 +27,21 @@ const PRINTED: &str = "overlay-trace-tests: maps printed";
 /// own.
 static NEXT_TRIGGER: AtomicI32 = AtomicI32::new(4_190_000);
 
-/// bpftrace running a program; `stop` interrupts it and returns what it printed (map dumps).
+/// How bpftrace is made to print its maps.
+enum Printing {
+    /// `kill(pid, 0)` makes it print them.
+    OnKill(i32),
+    /// It prints them every second.
+    EachSecond,
+    /// Only as it exits after SIGINT (bpftrace refused both print probes).
+    AtExit,
+}
+
+/// bpftrace running a program; `stop` returns what it printed (map dumps).
 pub struct Bpftrace {
     child: Child,
     out: PathBuf,
-    /// `kill(trigger, 0)` makes it print its maps (None: the print probe was refused).
-    trigger: Option<i32>,
+    printing: Printing,
 }
 
 impl Bpftrace {
@@ -40,8 +51,7 @@ impl Bpftrace {
     }
 
     /// As `start`, but None when bpftrace refuses the program (e.g. it cannot resolve a kernel
-    /// struct on this kernel) instead of a failed test. A bpftrace that refuses the print probe
-    /// (a kernel without syscall tracepoints) runs the program alone, stopped the old way.
+    /// struct on this kernel) instead of a failed test.
     pub fn try_start(program: &str, out: PathBuf) -> Option<Self> {
         let trigger =
             NEXT_TRIGGER.fetch_add(1, Ordering::SeqCst) + (std::process::id() as i32 % 1000);
@@ -49,23 +59,24 @@ impl Bpftrace {
             .iter()
             .map(|m| format!("print(@{m}); "))
             .collect();
-        let with_probe = format!(
-            "{program}\ntracepoint:syscalls:sys_enter_kill /args->sig == 0 && args->pid == {trigger}/ \
-             {{ {prints}printf(\"{PRINTED}\\n\"); }}"
-        );
-        Self::spawn(&with_probe, &out)
-            .map(|child| Bpftrace {
+        let body = format!("{{ {prints}printf(\"{PRINTED}\\n\"); }}");
+        let tries = [
+            (
+                format!(
+                    "tracepoint:syscalls:sys_enter_kill /args->sig == 0 && args->pid == {trigger}/ {body}"
+                ),
+                Printing::OnKill(trigger),
+            ),
+            (format!("interval:s:1 {body}"), Printing::EachSecond),
+            (String::new(), Printing::AtExit),
+        ];
+        tries.into_iter().find_map(|(probe, printing)| {
+            Self::spawn(&format!("{program}\n{probe}"), &out).map(|child| Bpftrace {
                 child,
                 out: out.clone(),
-                trigger: Some(trigger),
+                printing,
             })
-            .or_else(|| {
-                Self::spawn(program, &out).map(|child| Bpftrace {
-                    child,
-                    out: out.clone(),
-                    trigger: None,
-                })
-            })
+        })
     }
 
     /// bpftrace running `program` once its BEGIN probe printed "ready"; None if it ended first.
@@ -92,20 +103,29 @@ impl Bpftrace {
         Some(child)
     }
 
-    /// Has bpftrace print its maps while its probes are still attached and returns them; one
-    /// that has not printed them within 120 s fails the test saying so (never a hang). It is
+    /// Has bpftrace print its maps while its probes are still attached and returns the last set;
+    /// one that has not printed them within 120 s fails the test saying so (never a hang). It is
     /// then killed, and reaped in the background (its detach may take minutes).
     pub fn stop(mut self) -> String {
-        let Some(trigger) = self.trigger else {
-            return self.interrupt();
+        // Sets whose marker is out when asked may have been taken before the workload ended.
+        let before = printed(&self.out).matches(PRINTED).count();
+        let wanted = match self.printing {
+            Printing::AtExit => return self.interrupt(),
+            Printing::OnKill(_) => before + 1,
+            // A set counted as new may have been taken a moment before it was asked, the next
+            // one a second after it.
+            Printing::EachSecond => before + 2,
         };
         let asked = Instant::now();
         loop {
-            // Asked again each second until the marker is out (a repeat prints after it).
-            unsafe { libc::kill(trigger, 0) };
+            if let Printing::OnKill(trigger) = self.printing {
+                // Asked again each second until the marker is out (a repeat prints after it).
+                unsafe { libc::kill(trigger, 0) };
+            }
             let text = printed(&self.out);
-            // The last whole set of maps (each ask prints one).
-            if let Some((before, _)) = text.rsplit_once(PRINTED) {
+            if text.matches(PRINTED).count() >= wanted {
+                // The last whole set of maps.
+                let (before, _) = text.rsplit_once(PRINTED).unwrap();
                 let maps = before.rsplit_once(PRINTED).map_or(before, |(_, m)| m);
                 let maps = maps.to_string();
                 let _ = self.child.kill();
@@ -119,11 +139,11 @@ impl Bpftrace {
                 let _ = self.child.kill();
                 panic!("bpftrace did not print its maps within 120 s (it printed: {text:?})");
             }
-            std::thread::sleep(Duration::from_secs(1));
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 
-    /// Without the print probe: SIGINT, and the maps bpftrace prints as it exits (after its
+    /// Without a print probe: SIGINT, and the maps bpftrace prints as it exits (after its
     /// detach, so given 300 s).
     fn interrupt(mut self) -> String {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };

@@ -128,7 +128,7 @@ fn diff_passes_on_repeats_and_fails_on_bigger_files() {
 }
 
 #[test]
-fn report_and_diff_reject_bad_input_with_exit_2() {
+fn report_diff_and_bench_reject_bad_input_with_exit_2() {
     let dir = out_dir();
     let bad = dir.join("malformed.json");
     fs::write(&bad, "{ not json").unwrap();
@@ -149,16 +149,20 @@ fn report_and_diff_reject_bad_input_with_exit_2() {
             "not valid JSON",
         ),
         (
-            vec!["bench", "no-such-scenario"],
-            "not a file, nor one of container-start",
+            vec!["report", "/dev/zero"],
+            "/dev/zero: longer than 256 MiB",
         ),
+        (
+            vec!["bench", "no-such-scenario"],
+            "not a readable file (cannot read no-such-scenario",
+        ),
+        (vec!["bench", "/dev/zero"], "/dev/zero: longer than 256 MiB"),
     ] {
         let o = overlay_trace(&args);
         let err = stderr(&o);
         assert!(err.contains(needle), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(!err.contains("panicked"));
-        let want = if args[0] == "bench" { 1 } else { 2 };
-        assert_eq!(o.status.code(), Some(want), "{args:?}");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
     }
 }

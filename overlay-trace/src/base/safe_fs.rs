@@ -258,9 +258,36 @@ fn read_capped(f: File) -> Option<String> {
     Some(text)
 }
 
+/// A file the user named (a report, a scenario), read whole but at most `max` bytes: a device
+/// such as /dev/zero, or a pipe that never ends, is refused with one line instead of filling
+/// memory. Pipes are read (`report <(...)`).
+pub fn read_user_file(path: &Path, max: u64) -> Result<String> {
+    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        bail!(
+            "{}: longer than {} MiB: not a file this command reads",
+            path.display(),
+            max >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_user_file_is_refused() {
+        let e = read_user_file(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        assert!(format!("{e}").contains("longer than 1 MiB"), "{e}");
+        let e = read_user_file(Path::new("/dev/urandom"), 1 << 20).unwrap_err();
+        assert!(format!("{e}").contains("longer than"), "{e}");
+    }
 
     #[test]
     fn confined_paths() {

@@ -2,7 +2,6 @@
 //! version, bad limits) exits 2; a regression exits 1.
 
 use std::{
-    fs,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -15,6 +14,9 @@ use crate::views::{diff, json, plot, text};
 
 use crate::views::timeline_svg::Timeline;
 
+/// The largest JSON report read (one of a thousand mounts is a few MiB).
+const REPORT_MAX: u64 = 256 << 20;
+
 fn load(path: &Path) -> Result<Report> {
     if crate::stream::input::is_events_file(path) {
         let r = crate::model::replay::replay(path)?;
@@ -23,7 +25,7 @@ fn load(path: &Path) -> Result<Report> {
         }
         return Ok(Report::replayed(r));
     }
-    let t = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let t = crate::base::safe_fs::read_user_file(path, REPORT_MAX)?;
     json::from_str(&t).with_context(|| format!("{}", path.display()))
 }
 

@@ -1,14 +1,14 @@
 //! Benchmark scenarios: small TOML files a user can copy and edit (see scenarios/ in the repo).
 //! A scenario says what the lower layers hold and what the workload does on the merged view.
 
-use std::fs;
+use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::base::BadInput;
 
-use crate::base::safe_fs::is_confined;
+use crate::base::safe_fs::{is_confined, read_user_file};
 
 /// The scenarios shipped with overlay-trace, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -152,6 +152,8 @@ fn check_path(key: &str, p: &str) -> Result<()> {
 
 /// Files, and steps, one scenario may make (counts included).
 const OBJECTS_MAX: usize = 1_000_000;
+/// The largest scenario file read (a million objects is about 100 MiB of TOML).
+const SCENARIO_MAX: u64 = 256 << 20;
 
 impl Scenario {
     pub fn parse(text: &str) -> Result<Self> {
@@ -213,12 +215,12 @@ impl Scenario {
     pub fn load(name_or_path: &str) -> Result<(Self, String)> {
         let text = match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
             Some((_, t)) => t.to_string(),
-            None => fs::read_to_string(name_or_path).with_context(|| {
+            None => read_user_file(Path::new(name_or_path), SCENARIO_MAX).map_err(|e| {
                 let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-                format!(
-                    "no scenario {name_or_path:?}: not a file, nor one of {}",
+                BadInput(format!(
+                    "no scenario {name_or_path:?}: not a readable file ({e:#}), nor one of {}",
                     names.join(", ")
-                )
+                ))
             })?,
         };
         Ok((

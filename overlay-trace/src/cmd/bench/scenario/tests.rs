@@ -23,7 +23,8 @@ fn bad_scenarios_are_clear() {
     assert!(e("name='x'\nlayers=1\n[[steps]]\nop='explode'\npath='a'").contains("unknown variant"));
     let err = format!("{:#}", Scenario::load("no-such-scenario").unwrap_err());
     assert!(
-        err.contains("not a file, nor one of container-start"),
+        err.contains("not a readable file (cannot read no-such-scenario: No such file")
+            && err.contains("nor one of container-start"),
         "{err}"
     );
 }
