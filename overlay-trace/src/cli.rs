@@ -121,7 +121,7 @@ impl Default for TraceArgs {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Stop after this long (e.g. 30s, 5m).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = run_length)]
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub tracing: TraceArgs,
@@ -156,13 +156,22 @@ pub struct TopArgs {
     #[arg(long, default_value = "1s", value_parser = interval)]
     pub interval: Duration,
     /// Stop after this long (e.g. 30s, 5m).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = run_length)]
     pub duration: Option<Duration>,
     /// The column the rows are sorted by at first (largest first; keys change it on screen).
     #[arg(long, value_enum, default_value_t = crate::views::top::Column::CopyUps)]
     pub sort: crate::views::top::Column,
     #[command(flatten)]
     pub tracing: TraceArgs,
+}
+
+/// A run's length: at most a year (the clock's deadline overflows far past it).
+fn run_length(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_secs(365 * 86_400) {
+        return Err("expected at most 365d".into());
+    }
+    Ok(d)
 }
 
 /// An interval of 250 ms to an hour: a look takes the drain's thread about 10 ms when 256

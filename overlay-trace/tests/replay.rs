@@ -168,6 +168,19 @@ fn bad_events_files_are_refused_with_the_line() {
     let e = replayed(&p).unwrap_err();
     assert!(format!("{e:#}").contains(":2: not JSON"), "{e:#}");
 
+    // Cut inside a character of a name (a path of "é"s): cut short too, not unreadable.
+    let named = ev1.replace("\"/a\"", "\"/\u{e9}\u{e9}\u{e9}\"");
+    let mut bytes = format!(
+        "{{\"type\":\"header\",\"schema_version\":1,\"tool_version\":\"t\",\"kernel\":\"k\"}}\n{ev1}{named}"
+    )
+    .into_bytes();
+    let cut = bytes.len() - named.len() + named.find('\u{e9}').unwrap() + 1;
+    bytes.truncate(cut);
+    std::fs::write(&p, &bytes).unwrap();
+    let (r, warning) = replayed(&p).unwrap();
+    assert!(warning.unwrap().contains(":3: the last line was cut short"));
+    assert_eq!(r.mounts[0].copy_up.count, 1);
+
     // Hostile values: a container id that is not ASCII, durations that would overflow.
     let ev = |d: u64| {
         format!(

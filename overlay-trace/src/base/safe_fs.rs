@@ -253,9 +253,11 @@ fn read_capped(f: File) -> Option<String> {
     if !meta.file_type().is_file() || meta.size() > METADATA_MAX {
         return None;
     }
-    let mut text = String::new();
-    f.take(METADATA_MAX).read_to_string(&mut text).ok()?;
-    Some(text)
+    let mut bytes = Vec::new();
+    f.take(METADATA_MAX).read_to_end(&mut bytes).ok()?;
+    // Lossy: a mountinfo or command line may hold a name that is not UTF-8 (any user can make
+    // one), which must not hide the rest of the file.
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A file the user named (a report, a scenario), read whole but at most `max` bytes: a device

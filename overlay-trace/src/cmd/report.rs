@@ -8,7 +8,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::views::report::Report;
+use crate::{
+    model::replay,
+    stream::input::{is_events_file, is_header_line},
+    views::report::Report,
+};
 
 use crate::views::{diff, json, plot, text};
 
@@ -18,35 +22,63 @@ use crate::views::timeline_svg::Timeline;
 const REPORT_MAX: u64 = 256 << 20;
 
 fn load(path: &Path) -> Result<Report> {
-    if crate::stream::input::is_events_file(path) {
-        let r = crate::model::replay::replay(path)?;
-        if let Some(w) = &r.warning {
-            eprintln!("overlay-trace: warning: {w}");
+    if let Some(text) = read_once(path)? {
+        if is_header_line(text.lines().next().unwrap_or("").as_bytes()) {
+            return replayed(replay::replay_from(
+                path,
+                text.as_bytes(),
+                |_, _| {},
+                |_, _, _| {},
+            )?);
         }
-        return Ok(Report::replayed(r));
+        return json::from_str(&text).with_context(|| format!("{}", path.display()));
+    }
+    if is_events_file(path) {
+        return replayed(replay::replay(path)?);
     }
     let t = crate::base::safe_fs::read_user_file(path, REPORT_MAX)?;
     json::from_str(&t).with_context(|| format!("{}", path.display()))
 }
 
+/// A file that cannot be read twice (a pipe: `report <(zcat events.ndjson.gz)`), read whole; None
+/// for a regular file, which is read where it lies.
+fn read_once(path: &Path) -> Result<Option<String>> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.file_type().is_file() && !m.file_type().is_dir() => {
+            crate::base::safe_fs::read_user_file(path, REPORT_MAX).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+fn replayed(r: replay::Replayed) -> Result<Report> {
+    if let Some(w) = &r.warning {
+        eprintln!("overlay-trace: warning: {w}");
+    }
+    Ok(Report::replayed(r))
+}
+
 /// An events file replayed into its report, its timeline drawn from the events on the way.
 fn load_with_timeline(path: &Path) -> Result<(Report, Timeline)> {
-    if !crate::stream::input::is_events_file(path) {
+    let once = read_once(path)?;
+    let events = match &once {
+        Some(text) => is_header_line(text.lines().next().unwrap_or("").as_bytes()),
+        None => is_events_file(path),
+    };
+    if !events {
         return Err(anyhow::anyhow!(crate::base::BadInput(format!(
             "--timeline needs an events file (`run --events`); {} is not one",
             path.display()
         ))));
     }
     let t = std::cell::RefCell::new(Timeline::default());
-    let r = crate::model::replay::replay_with(
-        path,
-        |e, key| t.borrow_mut().add(e, key),
-        |key, n, container| t.borrow_mut().name(key, n, container),
-    )?;
-    if let Some(w) = &r.warning {
-        eprintln!("overlay-trace: warning: {w}");
-    }
-    Ok((Report::replayed(r), t.into_inner()))
+    let on_event = |e: &_, key| t.borrow_mut().add(e, key);
+    let on_name = |key, n, container| t.borrow_mut().name(key, n, container);
+    let r = match &once {
+        Some(text) => replay::replay_from(path, text.as_bytes(), on_event, on_name)?,
+        None => replay::replay_with(path, on_event, on_name)?,
+    };
+    Ok((replayed(r)?, t.into_inner()))
 }
 
 fn bad_input(e: anyhow::Error) -> ExitCode {
@@ -97,7 +129,7 @@ pub fn report(files: &[PathBuf], outputs: Outputs<'_>) -> ExitCode {
         Err(e) => return bad_input(e),
     };
     if verify {
-        if !crate::stream::input::is_events_file(&files[0]) {
+        if !is_events_file(&files[0]) {
             return bad_input(anyhow::anyhow!(crate::base::BadInput(
                 "--verify needs an events file (run --events), not a JSON report".into()
             )));

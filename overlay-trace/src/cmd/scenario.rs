@@ -144,10 +144,12 @@ pub fn scenario(events: &Path, mount: Option<&str>) -> Result<String> {
             }
             hits.into_iter().next()
         }
-        None => mounts
-            .iter()
-            .filter(|(_, r)| root(r))
-            .max_by_key(|(_, r)| r.copy_ups.iter().map(|c| c.0.duration_ns).sum::<u64>()),
+        None => mounts.iter().filter(|(_, r)| root(r)).max_by_key(|(_, r)| {
+            r.copy_ups
+                .iter()
+                .map(|c| c.0.duration_ns)
+                .fold(0, u64::saturating_add)
+        }),
     };
     let Some((key, r)) = chosen else {
         let known: Vec<String> = mounts.iter().map(|(k, r)| r.label(k)).collect();

@@ -55,6 +55,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // The port bound (`--listen 127.0.0.1:0` asks for any free one).
+    let bound = listener.local_addr().unwrap_or(args.listen);
     let shared: Shared = Arc::new(Mutex::new(Metrics::new(
         args.forget_after,
         args.max_series as usize,
@@ -68,10 +70,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             })
             .await
     });
-    eprintln!(
-        "overlay-trace: serving http://{}/metrics (and /healthz)",
-        args.listen
-    );
+    eprintln!("overlay-trace: serving http://{bound}/metrics (and /healthz)");
     let traced = trace(&args, shared, &mut signals).await;
     let _ = stop_tx.send(());
     // Scrapes in progress get a moment to finish; the process ends either way.

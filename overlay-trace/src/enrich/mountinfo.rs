@@ -78,10 +78,12 @@ pub fn parse_mountinfo(text: &str) -> BTreeMap<Dev, OverlayMount> {
     out
 }
 
+/// Our mountinfo's overlays. Read as bytes: any user can mount (FUSE, a user namespace) at a
+/// path that is not UTF-8, and that must not make every other mount unreadable; such a path
+/// shows with U+FFFD.
 pub fn read_overlay_mounts() -> Result<BTreeMap<Dev, OverlayMount>> {
-    let text =
-        fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text))
+    let bytes = fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&String::from_utf8_lossy(&bytes)))
 }
 
 #[cfg(test)]

@@ -240,6 +240,10 @@ impl Aggregate {
     /// A mount known before any event (`--container`): named and attributed from the start.
     pub fn add_known(&mut self, key: MountKey, mount: Option<OverlayMount>, container: Container) {
         if !self.mounts.contains_key(&key) {
+            // Within the cap, as `add`: above it every later new mount would search them all.
+            if self.live >= LIVE_MOUNTS_MAX {
+                self.evict_least_recent();
+            }
             self.live += 1;
         }
         let m = self.mounts.entry(key).or_default();

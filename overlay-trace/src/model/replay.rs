@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{
     model::aggregate::Aggregate,
@@ -82,13 +82,24 @@ pub fn replay(path: &Path) -> Result<Replayed> {
 /// `on_name` (a container's track name with `true`, a mount point with `false`), in file order.
 pub fn replay_with(
     path: &Path,
+    on_event: impl FnMut(&Event, MountKey),
+    on_name: impl FnMut(MountKey, String, bool),
+) -> Result<Replayed> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    replay_from(path, f, on_event, on_name)
+}
+
+/// `replay_with` of what `r` holds (a pipe's bytes, read once); `path` names it in messages.
+pub fn replay_from(
+    path: &Path,
+    r: impl std::io::Read,
     mut on_event: impl FnMut(&Event, MountKey),
     mut on_name: impl FnMut(MountKey, String, bool),
 ) -> Result<Replayed> {
     let mut agg = Aggregate::default();
     let mut kernel = String::new();
     let mut end = None;
-    let cut = input::read(path, |item| {
+    let cut = input::read_from(path, r, |item| {
         match item {
             Item::Event(e) => {
                 let added = agg.add(&e);

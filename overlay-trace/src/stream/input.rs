@@ -33,41 +33,63 @@ pub fn is_events_file(path: &Path) -> bool {
     let Ok(f) = File::open(path) else {
         return false;
     };
-    let mut first = String::new();
-    let _ = BufReader::new(f.take(LINE_MAX)).read_line(&mut first);
-    first.trim_start().starts_with('{') && first.contains("\"type\":\"header\"")
+    let mut first = Vec::new();
+    let _ = BufReader::new(f.take(LINE_MAX)).read_until(b'\n', &mut first);
+    is_header_line(&first)
+}
+
+/// Whether a first line is a header record (parsed: `jq` may have spaced it out).
+pub fn is_header_line(line: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(line)
+        .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("header"))
 }
 
 /// Hands every line of `path` to `each`, in order. Returns the number of a last line that was
 /// cut short (and so not handed over), if there was one.
-pub fn read(path: &Path, mut each: impl FnMut(Item) -> Result<()>) -> Result<Option<usize>> {
+pub fn read(path: &Path, each: impl FnMut(Item) -> Result<()>) -> Result<Option<usize>> {
+    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    read_from(path, f, each)
+}
+
+/// `read` of what `r` holds (a pipe's bytes read once); `path` names it in messages.
+pub fn read_from(
+    path: &Path,
+    r: impl std::io::Read,
+    mut each: impl FnMut(Item) -> Result<()>,
+) -> Result<Option<usize>> {
     let bad =
         |line: usize, why: String| anyhow!(BadInput(format!("{}:{line}: {why}", path.display())));
-    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut r = BufReader::new(f);
+    let mut r = BufReader::new(r);
     let mut header = false;
-    let mut line = String::new();
+    let mut bytes = Vec::new();
     let mut n = 0;
     loop {
-        line.clear();
+        bytes.clear();
         let read = (&mut r)
             .take(LINE_MAX)
-            .read_line(&mut line)
+            .read_until(b'\n', &mut bytes)
             .with_context(|| format!("cannot read {}", path.display()))?;
         if read == 0 {
             break;
         }
         n += 1;
-        if read as u64 == LINE_MAX && !line.ends_with('\n') {
+        let whole = bytes.ends_with(b"\n");
+        if read as u64 == LINE_MAX && !whole {
             return Err(bad(n, "a line longer than 1 MiB".into()));
         }
+        // Bytes, then text: a run killed mid-write may cut a character in two.
+        let line = match std::str::from_utf8(&bytes) {
+            Ok(l) => l,
+            Err(_) if !whole && header => return Ok(Some(n)),
+            Err(_) => return Err(bad(n, "not UTF-8 text".into())),
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = match serde_json::from_str(&line) {
+        let v: serde_json::Value = match serde_json::from_str(line) {
             Ok(v) => v,
             // The last line, without its newline: the writer was killed mid-line.
-            Err(_) if !line.ends_with('\n') && header => return Ok(Some(n)),
+            Err(_) if !whole && header => return Ok(Some(n)),
             Err(e) => return Err(bad(n, format!("not JSON: {e}"))),
         };
         let kind = v["type"].as_str().unwrap_or("").to_string();

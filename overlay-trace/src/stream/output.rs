@@ -1,6 +1,8 @@
 //! Output files (`--json`, `--events`, pictures). Each is written to a temporary file beside its
 //! target and renamed into place only when complete: a failed, refused or interrupted run leaves
-//! the previous file as it was, and a symlink at the path is replaced, never followed. The
+//! the previous file as it was, and a symlink at the path is replaced, never followed. A path
+//! that is (or whose symlink leads to) anything but a regular file, such as `/dev/stdout`,
+//! `/dev/null`, a FIFO or a directory, is refused: replacing it would break it for everyone. The
 //! events file is the exception: it is put in place as soon as tracing starts, so that a run
 //! that is killed keeps what it recorded.
 
@@ -86,6 +88,14 @@ impl PendingFile {
         let name = path
             .file_name()
             .ok_or_else(|| anyhow!("cannot write {what} to {}: not a file name", path.display()))?;
+        if let Some(m) = fs::metadata(path).ok().filter(|m| !m.file_type().is_file()) {
+            return Err(anyhow!(
+                "cannot write {what} to {}: it is {}, not a regular file (overlay-trace writes \
+                 a new file and renames it into place, which would replace it)",
+                path.display(),
+                kind(&m.file_type())
+            ));
+        }
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -168,6 +178,24 @@ impl Drop for PendingFile {
         if self.out.take().is_some() && !self.placed {
             let _ = fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// What a file that is not a regular one is, for the error that refuses it.
+fn kind(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -305,6 +333,42 @@ mod tests {
             fs::metadata(&link).unwrap().permissions().mode() & 0o777,
             0o644
         );
+    }
+
+    #[test]
+    fn devices_fifos_and_links_to_them_are_refused_untouched() {
+        let dir = std::env::temp_dir().join(format!("ot-out-dev-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let link = dir.join("to-null");
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        for (path, why) in [
+            (Path::new("/dev/null"), "a character device"),
+            (&fifo, "a FIFO"),
+            (&link, "a character device"),
+            (&dir, "a directory"),
+        ] {
+            let e = format!("{:#}", write_file(path, "the report", b"x").unwrap_err());
+            assert!(e.contains(why), "{e}");
+        }
+        use std::os::unix::fs::FileTypeExt as _;
+        assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("/dev/null"));
+        assert!(
+            fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            2,
+            "no temporary file left"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

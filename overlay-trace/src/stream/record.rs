@@ -160,18 +160,26 @@ fn is_zero(v: &u64) -> bool {
 }
 
 impl EventCounts {
+    /// Saturating, as every sum here: counts from a file may be anything, and a wrapped sum
+    /// would read "no events lost".
     pub fn lost(&self) -> u64 {
-        self.dropped_copy_up
-            + self.dropped_lookup
-            + self.dropped_mount
-            + self.untracked_calls
-            + self.skipped_calls
-            + self.decode_errors
-            + self.missed_returns()
+        [
+            self.dropped_copy_up,
+            self.dropped_lookup,
+            self.dropped_mount,
+            self.untracked_calls,
+            self.skipped_calls,
+            self.decode_errors,
+            self.missed_returns(),
+        ]
+        .into_iter()
+        .fold(0, u64::saturating_add)
     }
 
     pub fn missed_returns(&self) -> u64 {
-        self.missed_return_copy_up + self.missed_return_lookup + self.missed_return_mount
+        self.missed_return_copy_up
+            .saturating_add(self.missed_return_lookup)
+            .saturating_add(self.missed_return_mount)
     }
 }
 

@@ -28,14 +28,12 @@ pub fn metrics(r: &Report) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     // Totals: the mounts in detail plus the per-container rows of the mounts folded out of it.
     let sum = |f: &dyn Fn(&super::report::CopyUpReport, &super::report::LookupReport) -> u64| {
-        (r.mounts
+        // Saturating: a hostile report's counts must not wrap to a smaller total.
+        r.mounts
             .iter()
             .map(|x| f(&x.copy_up, &x.lookup))
-            .sum::<u64>()
-            + r.retired
-                .iter()
-                .map(|g| f(&g.copy_up, &g.lookup))
-                .sum::<u64>()) as f64
+            .chain(r.retired.iter().map(|g| f(&g.copy_up, &g.lookup)))
+            .fold(0, u64::saturating_add) as f64
     };
     let worst = |f: &dyn Fn(&super::report::MountReport) -> u64| {
         r.mounts.iter().map(f).max().unwrap_or(0) as f64
@@ -175,6 +173,7 @@ mod tests {
             probes: Vec::new(),
             events_file_error: None,
             trace_file_error: None,
+            incomplete: None,
             mounts: vec![MountReport {
                 dev: "0:1".into(),
                 mount_gen: 0,

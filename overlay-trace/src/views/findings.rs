@@ -150,8 +150,11 @@ pub fn findings(agg: &Aggregate, traced_seconds: f64) -> Vec<Finding> {
             out.push(f);
         }
     }
-    for f in &mut out {
-        f.share_of_traced = f.time_ns as f64 / traced_ns;
+    // Unknown (0) without a time traced: a replayed run cut short.
+    if traced_seconds > 0.0 {
+        for f in &mut out {
+            f.share_of_traced = f.time_ns as f64 / traced_ns;
+        }
     }
     out.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(a.id.cmp(&b.id)));
     out

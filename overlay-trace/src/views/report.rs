@@ -47,6 +47,10 @@ pub struct Report {
     /// Set by `overlay-trace bench`: what ran, where, and the spread over repeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bench: Option<BenchInfo>,
+    /// A replayed events file without its end record (a run killed): the time traced and the
+    /// kernel side's loss counts are unknown, not zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
 }
 
 /// The conditions of a benchmark run, so two reports can be compared knowingly.
@@ -343,9 +347,13 @@ impl Report {
     /// Mounts with copy-ups come first, by total copy-up time, then by lookups; summaries too.
     /// The report of the run that wrote an events file, from its fold.
     pub fn replayed(r: crate::model::replay::Replayed) -> Self {
+        let incomplete = r.end.is_none().then(|| {
+            "no end record (the run was cut short): time traced and loss counts unknown".to_string()
+        });
         let (traced, counts, probes) = r.end.unwrap_or_default();
         let mut report = Report::build(&r.agg, r.kernel, traced, counts);
         report.probes = probes;
+        report.incomplete = incomplete;
         report
     }
 
@@ -384,6 +392,7 @@ impl Report {
             probes: Vec::new(),
             events_file_error: None,
             trace_file_error: None,
+            incomplete: None,
             bench: None,
         }
     }

@@ -296,7 +296,7 @@ pub fn render(r: &Report) -> String {
     }
     if r.mounts.len() > DETAIL_MOUNTS {
         let rest = &r.mounts[DETAIL_MOUNTS..];
-        let sum = |f: fn(&MountReport) -> u64| rest.iter().map(f).sum::<u64>();
+        let sum = |f: fn(&MountReport) -> u64| rest.iter().map(f).fold(0, u64::saturating_add);
         let _ = writeln!(
             out,
             "\n... and {} more mounts: {} (all of them in --json)",
@@ -310,7 +310,11 @@ pub fn render(r: &Report) -> String {
         );
     }
     if !r.retired.is_empty() {
-        let n: u64 = r.retired.iter().map(|g| g.mounts).sum();
+        let n = r
+            .retired
+            .iter()
+            .map(|g| g.mounts)
+            .fold(0, u64::saturating_add);
         let _ = writeln!(
             out,
             "\n{n} more mounts (gone long before the end), by container:"
@@ -320,7 +324,7 @@ pub fn render(r: &Report) -> String {
         }
         if r.retired.len() > DETAIL_GROUPS {
             let rest = &r.retired[DETAIL_GROUPS..];
-            let sum = |f: fn(&GroupReport) -> u64| rest.iter().map(f).sum::<u64>();
+            let sum = |f: fn(&GroupReport) -> u64| rest.iter().map(f).fold(0, u64::saturating_add);
             let _ = writeln!(
                 out,
                 "  ... and {} more containers, {} mounts: {}",

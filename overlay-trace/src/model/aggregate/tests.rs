@@ -171,6 +171,16 @@ fn memory_is_bounded_and_totals_exact_over_many_mounts() {
 }
 
 #[test]
+fn known_mounts_stay_within_the_cap() {
+    let mut a = Aggregate::default();
+    for i in 0..2 * LIVE_MOUNTS_MAX as u32 {
+        a.add_known(key(5000 + i, 0), None, Container::default());
+    }
+    assert_eq!(a.live_mounts(), LIVE_MOUNTS_MAX);
+    assert_eq!(a.mounts.len(), LIVE_MOUNTS_MAX);
+}
+
+#[test]
 fn groups_are_capped_with_an_other_row() {
     let mut a = Aggregate::default();
     let n = GONE_DETAIL_MAX + GROUPS_MAX + 10;

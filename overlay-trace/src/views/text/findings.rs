@@ -35,14 +35,9 @@ pub fn findings(out: &mut String, findings: &[Finding]) {
         } else {
             let _ = writeln!(
                 out,
-                "    cost {} ({:.1}% of the traced time{}); the fix saves about {}{}",
+                "    cost {} ({}); the fix saves about {}{}",
                 ns(f.time_ns),
-                f.share_of_traced * 100.0,
-                if f.share_of_copy_up_time > 0.0 {
-                    format!(", {:.1}% of copy-up time", f.share_of_copy_up_time * 100.0)
-                } else {
-                    String::new()
-                },
+                shares(f),
                 ns(f.saving_ns),
                 if f.saving_bytes > 0 {
                     format!(" and {} copied", bytes(f.saving_bytes))
@@ -88,4 +83,26 @@ pub fn findings(out: &mut String, findings: &[Finding]) {
             );
         }
     }
+}
+
+/// "x% of the traced time, y% of copy-up time", each where known (a replayed run cut short has
+/// no time traced).
+fn shares(f: &crate::views::findings::Finding) -> String {
+    let mut parts = Vec::new();
+    if f.share_of_traced > 0.0 {
+        parts.push(format!(
+            "{:.1}% of the traced time",
+            f.share_of_traced * 100.0
+        ));
+    }
+    if f.share_of_copy_up_time > 0.0 {
+        parts.push(format!(
+            "{:.1}% of copy-up time",
+            f.share_of_copy_up_time * 100.0
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("share of the traced time unknown".into());
+    }
+    parts.join(", ")
 }

@@ -10,16 +10,22 @@ pub(super) fn header(out: &mut String, r: &Report) {
     let _ = writeln!(
         *out,
         "overlay-trace {} on kernel {}: traced {:.1} s, {} copy-ups, {} lookups",
-        r.tool_version, r.kernel, r.traced_seconds, e.copy_up, e.lookup
+        escape(&r.tool_version),
+        escape(&r.kernel),
+        r.traced_seconds,
+        e.copy_up,
+        e.lookup
     );
-    if e.lost() > 0 || e.kernel_read_errors > 0 {
+    if let Some(why) = &r.incomplete {
+        let _ = writeln!(*out, "INCOMPLETE: {}", escape(why));
+    } else if e.lost() > 0 || e.kernel_read_errors > 0 {
         let _ = writeln!(
             *out,
             "LOST: {} copy-up and {} lookup events dropped (ring buffer full), {} missed returns \
              (copy-up {}, lookup {}, mount {}), {} calls untracked, {} calls skipped by the kernel, \
              {} undecodable records, {} failed kernel reads",
             e.dropped_copy_up,
-            e.dropped_lookup + e.dropped_mount,
+            e.dropped_lookup.saturating_add(e.dropped_mount),
             e.missed_returns(),
             e.missed_return_copy_up,
             e.missed_return_lookup,

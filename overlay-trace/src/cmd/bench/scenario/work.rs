@@ -150,10 +150,13 @@ pub fn run_steps(s: &Scenario, merged: &Path) -> Result<()> {
                     .and_then(|f| f.set_permissions(fs::Permissions::from_mode(0o640)))
                     .with_context(ctx)?,
                 Op::Rename | Op::Link => {
-                    let to = expand(st.to.as_deref().unwrap_or(""), st.count)
-                        .into_iter()
-                        .nth(i)
-                        .unwrap_or_default();
+                    // The i-th name as `expand` makes it, without making them all (a step of
+                    // a million renames would make them a million times).
+                    let to = st
+                        .to
+                        .as_deref()
+                        .unwrap_or("")
+                        .replace("{i}", &i.to_string());
                     let (from_dir, from_name) = parent_of(&dir, p).with_context(ctx)?;
                     let (to_dir, to_name) = parent_of(&dir, Path::new(&to)).with_context(ctx)?;
                     let (from, to) = (from_dir.as_raw_fd(), to_dir.as_raw_fd());
