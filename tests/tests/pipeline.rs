@@ -147,6 +147,10 @@ fn stopping_without_tracefs_misses_no_return() {
     let json = out_dir().join("perf-stop.json");
     let _ = fs::remove_file(&json);
     let m = ov.merged().display().to_string();
+    // The storm's progress: the tracer stops once it made 20 lookups (a fixed time made 7 on a
+    // loaded host), more still in flight.
+    let count = out_dir().join("perf-stop.count");
+    let _ = fs::remove_file(&count);
     // In a mount namespace of its own, tracefs is unmounted for the tracer alone.
     let script = format!(
         "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
@@ -154,9 +158,11 @@ fn stopping_without_tracefs_misses_no_return() {
          if [ -e /sys/kernel/tracing/kprobe_events ] || [ -e /sys/kernel/debug/tracing/kprobe_events ]; \
          then echo 'tracefs still mounted' >&2; exit 9; fi; \
          exec {bin} run -q --probes kprobe --json {json} -- sh -c \
-         '(i=0; while :; do i=$((i+1)); ls {m}/nope-stop-$i; done) >/dev/null 2>&1 & sleep 4'",
+         '(i=0; while :; do i=$((i+1)); ls {m}/nope-stop-$i; echo $i > {count}; done) >/dev/null 2>&1 & \
+          t=0; while [ $(cat {count} 2>/dev/null || echo 0) -lt 20 ] && [ $t -lt 600 ]; do sleep 0.2; t=$((t+1)); done'",
         bin = overlay_trace_tests::bin().display(),
         json = json.display(),
+        count = count.display(),
     );
     let o = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", &script])

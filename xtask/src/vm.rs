@@ -118,8 +118,24 @@ pub fn in_vm_on(kernel: &Path, script: &str, label: &str) -> Result<i32> {
         "{label}xtask: the VM ran for {:.0} s",
         booted.elapsed().as_secs_f64()
     );
-    code.ok_or_else(|| anyhow!("the VM ended without running the script to the end (vng: {st})"))
+    code.ok_or_else(|| anyhow!(VmDied(format!("vng: {st}"))))
 }
+
+/// The VM ended without running its script to the end (qemu or the guest died: vng's 255).
+#[derive(Debug)]
+pub struct VmDied(String);
+
+impl std::fmt::Display for VmDied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the VM ended without running the script to the end ({})",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for VmDied {}
 
 /// Whether the VM can use KVM here: `/dev/kvm` usable and a quick probe boot that reaches its
 /// command within a minute (on some hosts qemu aborts on an MSR, or nested virtualisation hangs

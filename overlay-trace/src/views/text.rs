@@ -56,15 +56,17 @@ fn mount(out: &mut String, m: &MountReport) {
             out,
             "container {}{} ({}, {}{}) image {}",
             escape(&c.name),
+            // Every part escaped: a containerd task's id and namespace are its creator's choice,
+            // and a report may come from another host.
             c.role
                 .as_deref()
-                .map(|r| format!(" [{r}]"))
+                .map(|r| format!(" [{}]", escape(r)))
                 .unwrap_or_default(),
-            c.short_id(),
-            c.runtime,
+            escape(c.short_id()),
+            escape(&c.runtime),
             c.namespace
                 .as_deref()
-                .map(|n| format!(" namespace {n}"))
+                .map(|n| format!(" namespace {}", escape(n)))
                 .unwrap_or_default(),
             if c.image.is_empty() {
                 "-".to_string()

@@ -18,7 +18,7 @@ pub fn findings(out: &mut String, findings: &[Finding]) {
         let _ = writeln!(
             out,
             "  [{}] {}{}: {}",
-            f.id,
+            escape(&f.id),
             escape(&f.mount),
             f.container
                 .as_deref()
@@ -59,7 +59,7 @@ pub fn findings(out: &mut String, findings: &[Finding]) {
                 b,
                 t,
                 escape(&e.process),
-                e.syscall.as_deref().unwrap_or("-"),
+                escape(e.syscall.as_deref().unwrap_or("-")),
                 escape(&e.path),
                 match (&e.created_by, e.layer) {
                     (Some(c), _) => format!("  <- {}", escape(c)),
@@ -68,13 +68,13 @@ pub fn findings(out: &mut String, findings: &[Finding]) {
                 }
             );
         }
-        let _ = writeln!(out, "    fix: {}", f.fix);
+        let _ = writeln!(out, "    fix: {}", escape(&f.fix));
         if let Some(v) = &f.verified {
             let _ = writeln!(
                 out,
                 "    verified on the bench: with {} the recorded start's copy-ups for metadata \
                  copied {} instead of {} and took {} instead of {} (saved {})",
-                v.mount_option,
+                escape(&v.mount_option),
                 bytes(v.with.data_bytes),
                 bytes(v.without.data_bytes),
                 ns(v.with.total_ns),
