@@ -152,6 +152,8 @@ fn check_path(key: &str, p: &str) -> Result<()> {
 
 /// Files, and steps, one scenario may make (counts included).
 const OBJECTS_MAX: usize = 1_000_000;
+/// The bytes a scenario's files may hold (all on tmpfs, in memory).
+const BYTES_MAX: u64 = 16 << 30;
 /// The largest scenario file read (a million objects is about 100 MiB of TOML).
 const SCENARIO_MAX: u64 = 256 << 20;
 
@@ -190,23 +192,39 @@ impl Scenario {
                 files, steps
             )));
         }
+        // The layers are filled on tmpfs, in this host's memory.
+        let bytes = s
+            .files
+            .iter()
+            .map(|f| f.size.saturating_mul(f.count as u64))
+            .fold(0, u64::saturating_add);
+        if bytes > BYTES_MAX {
+            bail!(BadInput(format!(
+                "bad scenario: its files hold {bytes} bytes; at most {} GiB",
+                BYTES_MAX >> 30
+            )));
+        }
         if s.layers == 0 || s.layers > 64 {
             bail!(BadInput("bad scenario: layers must be 1 to 64".into()));
         }
         if let Some(f) = s.files.iter().find(|f| f.layer >= s.layers) {
-            bail!(
+            bail!(BadInput(format!(
                 "bad scenario: file {} is in layer {} of {}",
-                f.path,
+                crate::base::escape::escape(&f.path),
                 f.layer,
                 s.layers
-            );
+            )));
         }
         if let Some(st) = s
             .steps
             .iter()
             .find(|st| matches!(st.op, Op::Rename | Op::Link) && st.to.is_none())
         {
-            bail!("bad scenario: {:?} of {} has no `to`", st.op, st.path);
+            bail!(BadInput(format!(
+                "bad scenario: {:?} of {} has no `to`",
+                st.op,
+                crate::base::escape::escape(&st.path)
+            )));
         }
         Ok(s)
     }

@@ -20,6 +20,10 @@ fn bad_scenarios_are_clear() {
         e("name='x'\nlayers=1\nsteps=[]\n[[files]]\nlayer=3\npath='a'").contains("in layer 3 of 1")
     );
     assert!(e("name='x'\nlayers=1\n[[steps]]\nop='rename'\npath='a'").contains("has no `to`"));
+    assert!(
+        e("name='x'\nlayers=1\nsteps=[]\n[[files]]\nlayer=0\npath='a{i}'\ncount=2\nsize=18446744073709551615")
+            .contains("at most 16 GiB")
+    );
     assert!(e("name='x'\nlayers=1\n[[steps]]\nop='explode'\npath='a'").contains("unknown variant"));
     let err = format!("{:#}", Scenario::load("no-such-scenario").unwrap_err());
     assert!(

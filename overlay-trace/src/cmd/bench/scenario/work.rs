@@ -3,7 +3,7 @@
 
 use std::{
     fs::{self, File},
-    io::{Read as _, Write as _},
+    io::Write as _,
     os::{
         fd::{AsRawFd as _, OwnedFd},
         unix::fs::PermissionsExt as _,
@@ -239,9 +239,9 @@ pub fn run_steps(s: &Scenario, merged: &Path) -> Result<()> {
                     let _ = open_at(&dir, p, libc::O_PATH | libc::O_NOFOLLOW);
                 }
                 Op::Read => {
-                    let mut buf = Vec::new();
+                    // Streamed: a file may be larger than memory.
                     open_at(&dir, p, libc::O_RDONLY)
-                        .and_then(|mut f| f.read_to_end(&mut buf))
+                        .and_then(|mut f| std::io::copy(&mut f, &mut std::io::sink()))
                         .with_context(ctx)?;
                 }
             }
