@@ -149,7 +149,7 @@ impl Bpftrace {
         let asked = Instant::now();
         loop {
             if let Printing::OnKill(trigger) = self.printing {
-                // Asked again each second until the marker is out (a repeat prints after it).
+                // Asked again each half second until the marker is out (a repeat prints after it).
                 unsafe { libc::kill(trigger, 0) };
             }
             let text = printed(&self.out);
@@ -173,8 +173,8 @@ impl Bpftrace {
     }
 
     /// Kills bpftrace and waits up to 60 s for it to be gone, so that its probes' detach is
-    /// over before the next test attaches to the same functions (a guest on 5.10 died once when
-    /// both overlapped); past that, it is reaped in the background, saying so.
+    /// over before the next test attaches to the same functions (a 5.10 guest died once just
+    /// after such a kill, cause unknown); past that, it is reaped in the background, saying so.
     fn kill_and_reap(mut self) {
         let _ = self.child.kill();
         let asked = Instant::now();

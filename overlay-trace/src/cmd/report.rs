@@ -21,64 +21,86 @@ use crate::views::timeline_svg::Timeline;
 /// The largest JSON report read (one of a thousand mounts is a few MiB).
 const REPORT_MAX: u64 = 256 << 20;
 
-fn load(path: &Path) -> Result<Report> {
-    if let Some(text) = read_once(path)? {
-        if is_header_line(text.lines().next().unwrap_or("").as_bytes()) {
-            return replayed(replay::replay_from(
+/// A report or events file named on the command line: read where it lies, or held whole when
+/// it cannot be read twice (a pipe: `report <(zcat events.ndjson.gz)`).
+enum Input<'a> {
+    File(&'a Path),
+    Held(&'a Path, String),
+}
+
+impl<'a> Input<'a> {
+    fn open(path: &'a Path) -> Result<Self> {
+        Ok(match std::fs::metadata(path) {
+            Ok(m) if !m.file_type().is_file() && !m.file_type().is_dir() => Input::Held(
                 path,
-                text.as_bytes(),
-                |_, _| {},
-                |_, _, _| {},
-            )?);
+                crate::base::safe_fs::read_user_file(path, REPORT_MAX)?,
+            ),
+            _ => Input::File(path),
+        })
+    }
+
+    fn is_events(&self) -> bool {
+        match self {
+            Input::File(path) => is_events_file(path),
+            Input::Held(_, text) => is_header_line(text.lines().next().unwrap_or("").as_bytes()),
         }
-        return json::from_str(&text).with_context(|| format!("{}", path.display()));
     }
-    if is_events_file(path) {
-        return replayed(replay::replay(path)?);
+
+    /// The events replayed into the report of the run that wrote them (a file not whole is
+    /// warned about).
+    fn replay(
+        &self,
+        on_event: impl FnMut(&crate::stream::event::Event, crate::stream::record::MountKey),
+        on_name: impl FnMut(crate::stream::record::MountKey, String, bool),
+    ) -> Result<Report> {
+        let r = match self {
+            Input::File(path) => replay::replay_with(path, on_event, on_name)?,
+            Input::Held(path, text) => {
+                replay::replay_from(path, text.as_bytes(), on_event, on_name)?
+            }
+        };
+        if let Some(w) = &r.warning {
+            eprintln!("overlay-trace: warning: {w}");
+        }
+        Ok(Report::replayed(r))
     }
-    let t = crate::base::safe_fs::read_user_file(path, REPORT_MAX)?;
-    json::from_str(&t).with_context(|| format!("{}", path.display()))
+
+    fn json(&self) -> Result<Report> {
+        let (path, text) = match self {
+            Input::File(path) => (
+                *path,
+                crate::base::safe_fs::read_user_file(path, REPORT_MAX)?,
+            ),
+            Input::Held(path, text) => (*path, text.clone()),
+        };
+        json::from_str(&text).with_context(|| format!("{}", path.display()))
+    }
 }
 
-/// A file that cannot be read twice (a pipe: `report <(zcat events.ndjson.gz)`), read whole; None
-/// for a regular file, which is read where it lies.
-fn read_once(path: &Path) -> Result<Option<String>> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.file_type().is_file() && !m.file_type().is_dir() => {
-            crate::base::safe_fs::read_user_file(path, REPORT_MAX).map(Some)
-        }
-        _ => Ok(None),
+fn load(path: &Path) -> Result<Report> {
+    let input = Input::open(path)?;
+    if input.is_events() {
+        input.replay(|_, _| {}, |_, _, _| {})
+    } else {
+        input.json()
     }
-}
-
-fn replayed(r: replay::Replayed) -> Result<Report> {
-    if let Some(w) = &r.warning {
-        eprintln!("overlay-trace: warning: {w}");
-    }
-    Ok(Report::replayed(r))
 }
 
 /// An events file replayed into its report, its timeline drawn from the events on the way.
 fn load_with_timeline(path: &Path) -> Result<(Report, Timeline)> {
-    let once = read_once(path)?;
-    let events = match &once {
-        Some(text) => is_header_line(text.lines().next().unwrap_or("").as_bytes()),
-        None => is_events_file(path),
-    };
-    if !events {
+    let input = Input::open(path)?;
+    if !input.is_events() {
         return Err(anyhow::anyhow!(crate::base::BadInput(format!(
             "--timeline needs an events file (`run --events`); {} is not one",
             path.display()
         ))));
     }
     let t = std::cell::RefCell::new(Timeline::default());
-    let on_event = |e: &_, key| t.borrow_mut().add(e, key);
-    let on_name = |key, n, container| t.borrow_mut().name(key, n, container);
-    let r = match &once {
-        Some(text) => replay::replay_from(path, text.as_bytes(), on_event, on_name)?,
-        None => replay::replay_with(path, on_event, on_name)?,
-    };
-    Ok((replayed(r)?, t.into_inner()))
+    let report = input.replay(
+        |e, key| t.borrow_mut().add(e, key),
+        |key, n, container| t.borrow_mut().name(key, n, container),
+    )?;
+    Ok((report, t.into_inner()))
 }
 
 fn bad_input(e: anyhow::Error) -> ExitCode {
